@@ -1,0 +1,426 @@
+"""Build and load the models behind photobg.
+
+- `load_pipeline`: a background-generation pipeline from a complete model (the published
+  `yahoo-inc/photo-background-generation` layout: model_index.json + component folders including
+  `controlnet/`), or from a base model (SD2-inpainting or SD2-base) plus a ControlNet given as a Hub id, a
+  folder, or a single state-dict file.
+- `convert_controlnet`: a single `.pth`/`.safetensors` ControlNet state dict -> a diffusers ControlNet folder.
+- `build_components` / `write_test_model`: random-weight models from the configs in `photobg.configs`, in
+  the exact folder layout of a Hub model (tiny ones for tests, real-size ones for benchmarks).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .configs import get_config
+
+DEFAULT_MODEL = "yahoo-inc/photo-background-generation"
+DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+# Model names that are built locally on first use instead of being downloaded.
+TEST_MODELS = ("tiny-inpainting", "tiny-base")
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+_KEY_PREFIXES = ("module.", "controlnet.", "_orig_mod.")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- devices and dtypes
+
+
+def resolve_device(device=None):
+    """The device to run on: the caller's choice, else CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype=None, device=None):
+    """The weight dtype: the caller's (`fp32`/`fp16`/`bf16` or a torch dtype), else fp16 on CUDA, fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float16 if resolve_device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, scheduler=None):
+    """Load a background-generation pipeline.
+
+    Args:
+        model: Hub id or local folder (Hub layout). Either a complete model with a `controlnet/` folder
+            (default `yahoo-inc/photo-background-generation`), or a base model (SD2-inpainting, SD2-base)
+            when `controlnet` is given. `tiny-inpainting` / `tiny-base` name random test models built locally.
+        controlnet: Hub id, local folder, or a single state-dict file (`.pth`, `.safetensors`, ...) of a
+            ControlNet trained on `model`'s UNet; overrides the model's own `controlnet/`.
+        device: torch device or name; default CUDA when present, else CPU.
+        dtype: `fp32`, `fp16`, `bf16` or a torch dtype; default fp16 on CUDA, fp32 on CPU.
+        scheduler: optional diffusers scheduler class name (e.g. `UniPCMultistepScheduler`) to use instead
+            of the model's own, configured from the model's scheduler config.
+
+    Returns:
+        A `StableDiffusionControlNetInpaintPipeline` on `device` in `dtype`.
+    """
+    from diffusers import ControlNetModel
+
+    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+
+    model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
+    device, dtype = resolve_device(device), resolve_dtype(dtype, device)
+    unet_config = _load_component_config(model, "unet")
+    kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if controlnet is not None and _is_state_dict_file(controlnet):
+        kwargs["controlnet"] = controlnet_from_state_dict(controlnet, unet_config).to(dtype=dtype)
+    elif controlnet is not None:
+        controlnet = resolve_model(controlnet, what="ControlNet")
+        _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, unet_config)
+        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
+    else:
+        if not _has_component(model, "controlnet"):
+            raise ValueError(
+                f"Model {model!r} has no 'controlnet/' component: pass a ControlNet "
+                "(`controlnet=` / `--controlnet`) to use it as a base model."
+            )
+        _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config)
+    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    return pipe.to(device)
+
+
+def make_scheduler(name, config):
+    """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"Unknown scheduler {name!r}: expected a diffusers scheduler class name.")
+    return cls.from_config(config)
+
+
+def resolve_model(spec, what="Model"):
+    """Turn a model spec into something `from_pretrained` takes: a local folder or a Hub id.
+
+    Test model names (`tiny-inpainting`, `tiny-base`) are written to `$PHOTOBG_CACHE` (default
+    `~/.cache/photobg`) on first use. A spec that is plainly a path (absolute, `./`, `~`) must exist.
+    """
+    spec = str(spec)
+    if spec in TEST_MODELS:
+        folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / spec
+        if not (folder / "model_index.json").exists():
+            write_test_model(folder, spec)
+        return str(folder)
+    if os.path.isdir(os.path.expanduser(spec)):
+        return os.path.expanduser(spec)
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.path.exists(spec):
+        raise FileNotFoundError(f"{what} folder {spec!r} does not exist.")
+    return spec
+
+
+def _from_pretrained(cls, spec, what, **kwargs):
+    try:
+        return cls.from_pretrained(spec, **kwargs)
+    except OSError as err:
+        if os.path.isdir(spec):
+            raise
+        raise OSError(
+            f"Could not load {what.lower()} {spec!r}: there is no local folder of that name and the Hub "
+            f"did not provide it ({err.__class__.__name__}). Pass a local folder, or run where the Hub is "
+            "reachable (or where the model is cached, with HF_HUB_OFFLINE=1)."
+        ) from err
+
+
+def _has_component(model, name):
+    if os.path.isdir(model):
+        return os.path.isdir(os.path.join(model, name))
+    index = _load_config(model, None, "Model", filename="model_index.json")
+    return name in index and index[name][0] is not None
+
+
+def _load_component_config(model, name):
+    if os.path.isdir(model):
+        if not os.path.exists(os.path.join(model, "model_index.json")):
+            raise FileNotFoundError(
+                f"Model folder {model!r} has no model_index.json: expected a diffusers model folder "
+                f"(model_index.json plus {', '.join(COMPONENTS)} folders)."
+            )
+        if not os.path.isdir(os.path.join(model, name)):
+            raise FileNotFoundError(f"Model folder {model!r} has no '{name}/' component folder.")
+    return _load_config(model, name, "Model")
+
+
+def _load_config(spec, subfolder, what, filename="config.json"):
+    if os.path.isdir(spec):
+        path = os.path.join(spec, subfolder or "", filename)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{what} folder {spec!r} has no {os.path.join(subfolder or '', filename)}.")
+        with open(path) as f:
+            return json.load(f)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        with open(hf_hub_download(spec, filename, subfolder=subfolder)) as f:
+            return json.load(f)
+    except Exception as err:
+        raise OSError(
+            f"Could not load {what.lower()} {spec!r}: there is no local folder of that name and the Hub "
+            f"did not provide it ({err.__class__.__name__})."
+        ) from err
+
+
+def _check_channels(controlnet_name, controlnet_config, model, unet_config):
+    got, want = controlnet_config["in_channels"], unet_config["in_channels"]
+    if got != want:
+        raise ValueError(
+            f"ControlNet {controlnet_name!r} takes {got} input channels but the UNet of {model!r} takes "
+            f"{want}: an inpaint-variant ControlNet (9 channels) needs an SD2-inpainting base model and a "
+            "base-variant ControlNet (4 channels) an SD2-base one."
+        )
+
+
+# ----------------------------------------------------------------------------- state-dict ControlNets
+
+
+def _is_state_dict_file(spec):
+    return os.path.isfile(str(spec)) and str(spec).endswith(STATE_DICT_SUFFIXES)
+
+
+def read_controlnet_state_dict(path):
+    """Read a ControlNet saved as one state-dict file and normalise its keys.
+
+    Loads `.safetensors` with safetensors and anything else with `torch.load(..., weights_only=True)` (no
+    pickled code runs). Unwraps a top-level `state_dict`/`model`/`controlnet` entry and strips the
+    `module.`, `controlnet.` and `_orig_mod.` key prefixes left by DDP, wrappers and `torch.compile`.
+    """
+    path = str(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"Could not read {path!r} as a weights-only state dict: {err}") from err
+    for wrapper in ("state_dict", "model", "controlnet"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path!r} does not hold a state dict (a mapping of parameter names to tensors).")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{path!r} is not a plain state dict: {not_tensors[:3]} are not tensors.")
+    clean = {}
+    for key, value in state.items():
+        while key.startswith(_KEY_PREFIXES):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    if "conv_in.weight" not in clean or "controlnet_cond_embedding.conv_in.weight" not in clean:
+        raise ValueError(
+            f"{path!r} is not a diffusers ControlNet state dict: it lacks 'conv_in.weight' / "
+            f"'controlnet_cond_embedding.conv_in.weight' (keys look like {sorted(clean)[:3]})."
+        )
+    return clean
+
+
+def controlnet_config_from_unet(unet_config, in_channels=None, conditioning_channels=3, embedding_channels=None):
+    """The config of a ControlNet built from a UNet config, as `ControlNetModel.from_unet` would build it."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    config = {k: v for k, v in unet_config.items() if k in accepted}
+    config.update(in_channels=in_channels or unet_config["in_channels"], conditioning_channels=conditioning_channels)
+    if embedding_channels is not None:
+        config["conditioning_embedding_out_channels"] = list(embedding_channels)
+    return config
+
+
+def controlnet_from_state_dict(path, unet_config):
+    """Build a `ControlNetModel` with the architecture of `unet_config` and the weights in file `path`.
+
+    The input channels (9 for the inpaint variant, 4 for the base variant) and the conditioning encoder's
+    widths are read from the weights; every other setting comes from `unet_config`.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
+    state = read_controlnet_state_dict(path)
+    # The conditioning encoder is conv_in, then per width step a (c_i -> c_i, c_i -> c_i+1) pair of blocks.
+    prefix = "controlnet_cond_embedding."
+    widths = [state[prefix + "conv_in.weight"].shape[0]]
+    while prefix + f"blocks.{2 * len(widths) - 1}.weight" in state:
+        widths.append(state[prefix + f"blocks.{2 * len(widths) - 1}.weight"].shape[0])
+    config = controlnet_config_from_unet(
+        unet_config,
+        in_channels=state["conv_in.weight"].shape[1],
+        conditioning_channels=state[prefix + "conv_in.weight"].shape[1],
+        embedding_channels=widths,
+    )
+    with init_empty_weights():
+        controlnet = ControlNetModel.from_config(config)
+    result = controlnet.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path!r} does not match the ControlNet architecture of the base model: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})."
+        )
+    return controlnet
+
+
+def convert_controlnet(checkpoint, output_dir, base=None):
+    """Convert a single-file ControlNet state dict into a diffusers ControlNet folder (safetensors).
+
+    Args:
+        checkpoint: a `.pth`/`.pt`/`.bin`/`.safetensors` file, e.g. the authors'
+            `controlnet_inpainting_salient_aware.pth`.
+        output_dir: folder to write (`config.json` + `diffusion_pytorch_model.safetensors`); written to a
+            temporary folder first and moved into place, so a failure leaves nothing half-written.
+        base: where the architecture comes from: a config name of `photobg.configs` (default
+            `sd2-inpainting`; the input channels are read from the weights, so this also fits SD2-base
+            ControlNets) or a base model folder / Hub id whose `unet/config.json` is used.
+
+    Returns:
+        The output folder as a `Path`.
+    """
+    base = base or "sd2-inpainting"
+    try:
+        unet_config = get_config(base)["unet"]
+    except ValueError:
+        unet_config = _load_component_config(resolve_model(base, "Base model"), "unet")
+    controlnet = controlnet_from_state_dict(checkpoint, unet_config)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"Output folder {str(output_dir)!r} exists and is not empty.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=output_dir.parent))
+    try:
+        controlnet.save_pretrained(tmp, safe_serialization=True)
+        if output_dir.exists():
+            output_dir.rmdir()
+        tmp.rename(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output_dir
+
+
+# ----------------------------------------------------------------------------- random-weight models
+
+
+def build_components(config_name="tiny-inpainting", seed=0, with_controlnet=True):
+    """Random-weight models with a registered architecture (see `photobg.configs.MODEL_CONFIGS`).
+
+    The ControlNet is built with `ControlNetModel.from_unet` like in training; its zero-initialised output
+    layers then get small random weights so that, unlike a fresh ControlNet, it changes the UNet's output.
+
+    Returns:
+        dict with `unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler` and (optionally) `controlnet`.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = get_config(config_name)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(config["unet"])
+    vae = AutoencoderKL.from_config(config["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+    scheduler_config = dict(config["scheduler"])
+    scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
+    components = dict(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+    with tempfile.TemporaryDirectory() as folder:
+        components["tokenizer"] = _write_tokenizer(folder)
+    if with_controlnet:
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=config["conditioning_channels"]
+        )
+        zero_initialised = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+        for layer in [*zero_initialised, controlnet.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(layer.weight, std=0.05)
+        components["controlnet"] = controlnet
+    return components
+
+
+def write_test_model(path, config_name="tiny-inpainting", seed=0, with_controlnet=True):
+    """Write random-weight models in the folder layout of a Hub model.
+
+    With `with_controlnet=True` the layout is the published photobg model's (model_index.json of our
+    pipeline plus `controlnet/`); without, it is the base model's (SD2-inpainting or SD2-base layout).
+    The tokenizer folder holds `vocab.json`/`merges.txt` written by the factory, like SD2's.
+
+    Returns:
+        The folder as a `Path`.
+    """
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+
+    components = build_components(config_name, seed, with_controlnet)
+    if with_controlnet:
+        cls = StableDiffusionControlNetInpaintPipeline
+    else:
+        cls = StableDiffusionInpaintPipeline if components["unet"].config.in_channels == 9 else StableDiffusionPipeline
+    pipe = cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=path.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(tmp / "tokenizer")
+        _write_tokenizer(tmp / "tokenizer")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_tokenizer(folder):
+    """Write a small byte-level BPE CLIP tokenizer (vocab.json, merges.txt, configs) and load it."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    merges = []
+    for word in ("a", "photo", "of", "on", "the", "table", "bottle", "product", "cat", "dog", "beach", "studio"):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    special["pad_token"] = "!"  # SD2's tokenizer pads with "!"
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    config = {**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def _byte_chars():
+    # Byte-level BPE alphabet: printable bytes stand for themselves, the rest map to code points from 256.
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    chars, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + shifted))
+            shifted += 1
+    return chars
