@@ -275,7 +275,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         scales = _controlnet_scales(
             len(timesteps), controlnet_conditioning_scale, control_guidance_start, control_guidance_end
         )
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
