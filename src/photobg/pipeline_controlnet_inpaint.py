@@ -222,7 +222,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+        batch_size = (
+            1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
+        )
         total = batch_size * num_images_per_prompt
         device = self._execution_device
         guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
@@ -283,7 +285,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                     latents, t, prompt_embeds, mask if in_channels == 9 else None, masked_image_latents,
                     control_image, scales[i], guess_mode,
                 )  # fmt: skip
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
                 if in_channels == 4:
                     latents = self._keep_known_region(latents, image_latents[0], noise, mask, timesteps, i)
                 if callback_on_step_end is not None:
@@ -316,7 +320,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError("This pipeline runs exactly one ControlNetModel.")
         unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
         if unet_channels not in (4, 9):
-            raise ValueError(f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base).")
+            raise ValueError(
+                f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base)."
+            )
         if controlnet_channels != unet_channels:
             raise ValueError(
                 f"The ControlNet takes {controlnet_channels} input channels but the UNet takes {unet_channels}: "
@@ -343,7 +349,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, not {output_type!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}.")
+            raise ValueError(
+                f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}."
+            )
 
     def _check_seed_inputs(self, image, mask_image, preserve_object):
         if image is None:
@@ -357,7 +365,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError("`preserve_object` needs the object: pass `object_mask` or an RGBA image.")
         for img, msk in zip(_as_list(image), _as_list(mask_image)):
             if _size(img) is not None and _size(msk) is not None and _size(img) != _size(msk):
-                raise ValueError(f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match.")
+                raise ValueError(
+                    f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match."
+                )
 
     def _load_objects(self, image, object_mask, mask_image, control_image, preserve_object):
         """Object mode: [(RGB image, object mask "L" image)] per input image, checked."""
@@ -394,7 +404,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
     def _prepare_images(self, image, mask_image, control_image, objects, height, width):
         """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size."""
         if objects is not None:
-            init_image = self.image_processor.preprocess([rgb for rgb, _ in objects], height=height, width=width)
+            init_image = self.image_processor.preprocess(
+                [rgb for rgb, _ in objects], height=height, width=width
+            )
             masks = [object_mask_to_tensor(obj, (width, height)) for _, obj in objects]
             mask = inpaint_mask_from_object(torch.cat(masks))
         else:
@@ -407,7 +419,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             control_image = self.control_image_processor.preprocess(control_image, height=height, width=width)
         return init_image, mask, control_image.to(dtype=torch.float32)
 
-    def _predict_noise(self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, scale, guess_mode):
+    def _predict_noise(
+        self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, scale, guess_mode
+    ):
         """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step."""
         cfg = self.do_classifier_free_guidance
         latent_model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
@@ -455,10 +469,16 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         for k, generated in enumerate(image):
             rgb, obj = objects[0] if len(objects) == 1 else objects[k // num_images_per_prompt]
             if generated.shape[-2:] != (rgb.height, rgb.width):
-                generated = F.interpolate(generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True)
+                generated = F.interpolate(
+                    generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True
+                )
                 generated = generated[0].clamp(0, 1)
             generated = generated.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-            restored.append(paste_object(generated, np.asarray(rgb), np.asarray(obj)) if self._preserve_object else generated)
+            restored.append(
+                paste_object(generated, np.asarray(rgb), np.asarray(obj))
+                if self._preserve_object
+                else generated
+            )
         restored = np.stack(restored).astype(np.float32)
         if output_type == "pt":
             return torch.from_numpy(restored).permute(0, 3, 1, 2), nsfw
@@ -470,7 +490,10 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
 
 def _controlnet_scales(num_steps, scale, start, end):
     """Per-step ControlNet scale: `scale` inside [start, end] of the schedule, 0 outside (diffusers' rule)."""
-    return [0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale) for i in range(num_steps)]
+    return [
+        0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale)
+        for i in range(num_steps)
+    ]
 
 
 def _expand(images, batch_size, num_images_per_prompt, generator=None, always=False):

@@ -1,0 +1,272 @@
+"""The salient-aware pipeline on tiny random models: it is SI2 plus the ControlNet, nothing else."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import generator, make_photo
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+
+import photobg.pipeline_controlnet_inpaint as pipeline_file
+from photobg.pipeline_controlnet_inpaint import (
+    StableDiffusionControlNetInpaintPipeline,
+    make_control_image,
+    unet_input,
+)
+
+PROMPT = "a photo of a bottle on the beach"
+
+
+def seed_inputs(size=64):
+    """Seed-style inputs at a working size: photo, binary inpaint mask (white = generate)."""
+    photo, object_mask = make_photo(size, size)
+    inpaint = Image.fromarray(np.where(np.asarray(object_mask) >= 128, 0, 255).astype(np.uint8))
+    return photo, inpaint
+
+
+def run(pipe, **kwargs):
+    kwargs = {"num_inference_steps": 3, "output_type": "np", "generator": generator(0), **kwargs}
+    return pipe(kwargs.pop("prompt", PROMPT), **kwargs).images
+
+
+def test_scale_zero_equals_diffusers_sd_inpainting(pipe):
+    photo, inpaint = seed_inputs()
+    si2 = StableDiffusionInpaintPipeline(
+        **{k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    si2.set_progress_bar_config(disable=True)
+    for scheduler_cls in (None, DDPMScheduler):  # PNDM (the model's) and a stochastic one
+        if scheduler_cls is not None:
+            pipe.scheduler = si2.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        inputs = dict(image=photo, mask_image=inpaint, height=64, width=64)
+        ours = run(pipe, **inputs, control_image=inpaint, controlnet_conditioning_scale=0.0)
+        theirs = run(si2, **inputs)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_controlnet_changes_result_and_guidance_window_switches_it_off(pipe):
+    photo, inpaint = seed_inputs()
+    inputs = dict(image=photo, mask_image=inpaint, control_image=inpaint)
+    off = run(pipe, **inputs, controlnet_conditioning_scale=0.0)
+    on = run(pipe, **inputs, controlnet_conditioning_scale=1.0)
+    assert np.abs(on - off).mean() > 1e-3
+    np.testing.assert_array_equal(run(pipe, **inputs, control_guidance_end=0.0), off)
+
+
+def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
+    photo, inpaint = seed_inputs()
+    seen = {}
+
+    def record(name):
+        def hook(module, args, kwargs):
+            seen.setdefault(name, (args[0].clone(), kwargs.get("controlnet_cond")))
+
+        return hook
+
+    pipe.unet.register_forward_pre_hook(record("unet"), with_kwargs=True)
+    pipe.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)
+    run(pipe, image=photo, mask_image=inpaint, num_inference_steps=1)
+    unet_sample, _ = seen["unet"]
+    control_sample, control_cond = seen["controlnet"]
+    assert control_sample.shape[1] == 9
+    torch.testing.assert_close(control_sample, unet_sample)
+    # controlnet_cond: the inpaint mask, 3 channels in [0, 1], white = region to generate.
+    expected = torch.from_numpy(np.asarray(inpaint) / 255.0).float().expand(3, -1, -1)
+    torch.testing.assert_close(control_cond[0], expected)
+    torch.testing.assert_close(control_cond[1], expected)  # the guidance batch's other half
+
+
+def test_object_mode_keeps_every_object_pixel_and_the_input_size(pipe):
+    photo, object_mask = make_photo(70, 45)  # not a multiple of 8
+    result = pipe(
+        PROMPT, image=photo, object_mask=object_mask, num_inference_steps=2, generator=generator()
+    ).images
+    assert result[0].size == photo.size
+    full = np.asarray(object_mask) == 255
+    assert full.sum() > 100
+    np.testing.assert_array_equal(np.asarray(result[0])[full], np.asarray(photo)[full])
+    background = np.asarray(object_mask) == 0
+    assert np.abs(np.asarray(result[0])[background].astype(int) - np.asarray(photo)[background]).mean() > 5
+
+
+def test_rgba_cutout_is_object_mode(pipe):
+    photo, object_mask = make_photo()
+    cutout = photo.copy()
+    cutout.putalpha(object_mask)
+    from_alpha = run(pipe, image=cutout)
+    from_mask = run(pipe, image=photo, object_mask=object_mask)
+    np.testing.assert_array_equal(from_alpha, from_mask)
+
+
+def test_preserve_object_false_leaves_generated_pixels(pipe):
+    photo, object_mask = make_photo()
+    kept = run(pipe, image=photo, object_mask=object_mask)
+    raw = run(pipe, image=photo, object_mask=object_mask, preserve_object=False)
+    full = np.asarray(object_mask) == 255
+    np.testing.assert_allclose(kept[0][full], np.asarray(photo)[full] / 255.0, atol=1e-6)
+    assert not np.allclose(raw[0][full], kept[0][full], atol=1e-3)
+
+
+def test_two_prompts_in_one_call_equal_two_calls(pipe):
+    photo, object_mask = make_photo(64, 64)
+    prompts = ["a photo of a cat", "a dog on the table"]
+    batch = run(
+        pipe, prompt=prompts, image=photo, object_mask=object_mask, generator=[generator(1), generator(2)]
+    )
+    for k, prompt in enumerate(prompts):
+        single = run(pipe, prompt=prompt, image=photo, object_mask=object_mask, generator=generator(k + 1))
+        np.testing.assert_allclose(batch[k], single[0], atol=1e-5)
+
+
+def test_list_prompts_and_images_per_prompt_batch_in_prompt_order(pipe):
+    photo, object_mask = make_photo(64, 64)
+    prompts = ["a photo of a cat", "a dog on the table"]
+    out = run(pipe, prompt=prompts, image=photo, object_mask=object_mask, num_images_per_prompt=2)
+    assert out.shape == (4, 64, 64, 3)
+    gens = [generator(s) for s in range(4)]
+    out = run(
+        pipe, prompt=prompts, image=photo, object_mask=object_mask, num_images_per_prompt=2, generator=gens
+    )
+    third = run(pipe, prompt=prompts[1], image=photo, object_mask=object_mask, generator=generator(2))
+    np.testing.assert_allclose(out[2], third[0], atol=1e-5)
+
+
+def test_guess_mode_with_guidance_runs_controlnet_on_conditional_half(pipe):
+    photo, inpaint = seed_inputs()
+    batches = []
+    pipe.controlnet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    guessed = run(pipe, image=photo, mask_image=inpaint, guess_mode=True)
+    assert set(batches) == {1}  # guidance batch is 2; the ControlNet saw only the conditional half
+    assert not np.allclose(guessed, run(pipe, image=photo, mask_image=inpaint), atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler])
+def test_any_diffusers_scheduler(pipe, scheduler_cls):
+    photo, object_mask = make_photo()
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    out = run(pipe, image=photo, object_mask=object_mask)
+    assert out.shape == (1, 48, 72, 3) and np.isfinite(out).all()
+
+
+def test_base_variant_keeps_object_by_latent_blending(base_pipe):
+    photo, object_mask = make_photo(64, 64)
+    latents = []
+    base_pipe.controlnet.register_forward_pre_hook(
+        lambda m, args, kwargs: latents.append((args[0].shape[1], kwargs["controlnet_cond"])),
+        with_kwargs=True,
+    )
+    raw = run(base_pipe, image=photo, object_mask=object_mask, preserve_object=False, output_type="latent")
+    channels, control = latents[0]
+    assert channels == 4
+    # Conditioning: the object's pixels on black, in [0, 1].
+    obj = torch.from_numpy(np.asarray(object_mask) >= 128)
+    photo01 = torch.from_numpy(np.asarray(photo) / 255.0).permute(2, 0, 1).float()
+    assert control[0][:, ~obj].abs().max() == 0
+    torch.testing.assert_close(control[0][:, obj], photo01[:, obj], atol=0.02, rtol=0)
+    # After the last step the latents outside the region to generate are the photo's own latents.
+    image = base_pipe.image_processor.preprocess(photo)
+    known = base_pipe.vae.encode(image).latent_dist.mean * base_pipe.vae.config.scaling_factor
+    keep = torch.nn.functional.interpolate((obj[None, None] >= 1).float(), size=known.shape[-2:]) == 1
+    assert (raw - known).abs()[keep.expand_as(raw)].mean() < 0.5 * (raw - known).abs()[
+        ~keep.expand_as(raw)
+    ].mean()
+
+
+def test_base_variant_object_pixels_exact(base_pipe):
+    photo, object_mask = make_photo(70, 45)
+    out = base_pipe(PROMPT, image=photo, object_mask=object_mask, num_inference_steps=2).images[0]
+    full = np.asarray(object_mask) == 255
+    np.testing.assert_array_equal(np.asarray(out)[full], np.asarray(photo)[full])
+
+
+def test_conditioning_conventions():
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
+    inpaint = torch.zeros(1, 1, 8, 8)
+    inpaint[..., :4] = 1
+    control = make_control_image(image, inpaint, 9)
+    assert control.shape == (1, 3, 8, 8) and set(control.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(control[:, 0:1], inpaint)
+    control = make_control_image(image, inpaint, 4)
+    assert control[..., :4].abs().max() == 0
+    torch.testing.assert_close(control[..., 4:], (image[..., 4:] + 1) / 2)
+    latents, mask, masked = torch.randn(2, 4, 8, 8), torch.ones(2, 1, 8, 8), torch.randn(2, 4, 8, 8)
+    assert unet_input(latents, mask, masked).shape == (2, 9, 8, 8)
+    assert unet_input(latents, None, masked) is latents
+
+
+def test_save_load_round_trip_and_hub_custom_pipeline(pipe, tmp_path):
+    photo, object_mask = make_photo()
+    before = run(pipe, image=photo, object_mask=object_mask)
+    pipe.save_pretrained(tmp_path / "saved")
+    again = StableDiffusionControlNetInpaintPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(run(again, image=photo, object_mask=object_mask), before)
+    custom = DiffusionPipeline.from_pretrained(
+        tmp_path / "saved", custom_pipeline=pipeline_file.__file__, trust_remote_code=True
+    )
+    custom.set_progress_bar_config(disable=True)
+    assert type(custom).__name__ == "StableDiffusionControlNetInpaintPipeline"
+    assert type(custom).__module__ != pipeline_file.__name__  # really loaded from the file
+    np.testing.assert_array_equal(run(custom, image=photo, object_mask=object_mask), before)
+
+
+def test_model_cpu_offload_is_not_tied_to_cuda(pipe):
+    photo, object_mask = make_photo()
+    before = run(pipe, image=photo, object_mask=object_mask)
+    pipe.enable_model_cpu_offload(device="cpu")
+    np.testing.assert_allclose(run(pipe, image=photo, object_mask=object_mask), before, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make_inputs, message",
+    [
+        (
+            lambda p, m: dict(image=p, object_mask=m.resize((60, 40))),
+            "object mask is 60x40 but image 0 is 72x48",
+        ),
+        (lambda p, m: dict(image=p, object_mask=Image.new("L", p.size, 0)), "is empty"),
+        (lambda p, m: dict(image=p, object_mask=Image.new("L", p.size, 255)), "covers the whole image"),
+        (lambda p, m: dict(image=p, object_mask=m, height=50), "multiples of 8"),
+        (lambda p, m: dict(image=p.resize((4, 4)), object_mask=m.resize((4, 4))), "multiples of 8"),
+        (
+            lambda p, m: dict(image=p, mask_image=m.resize((60, 40))),
+            "`mask_image` is (60, 40) but `image` is (72, 48)",
+        ),
+        (lambda p, m: dict(image=p), "Say where the object is"),
+        (lambda p, m: dict(image=p, object_mask=m, mask_image=m), "not both"),
+        (lambda p, m: dict(image=p, object_mask=m, strength=1.5), "strength"),
+        (lambda p, m: dict(image=p, object_mask=m, output_type="jpg"), "output_type"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(pipe, make_inputs, message):
+    photo, object_mask = make_photo()
+    with pytest.raises(ValueError, match=_literal(message)):
+        pipe(PROMPT, num_inference_steps=1, **make_inputs(photo, object_mask))
+
+
+def test_controlnet_unet_channel_mismatch_is_a_value_error(pipe, base_pipe):
+    photo, object_mask = make_photo()
+    mixed = StableDiffusionControlNetInpaintPipeline(
+        **{**pipe.components, "controlnet": base_pipe.controlnet}
+    )
+    with pytest.raises(ValueError, match="ControlNet takes 4 input channels but the UNet takes 9"):
+        mixed(PROMPT, image=photo, object_mask=object_mask, num_inference_steps=1)
+
+
+def _literal(text):
+    import re
+
+    return re.escape(text)
