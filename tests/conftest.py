@@ -55,9 +55,7 @@ def make_photo(width=72, height=48, seed=0):
     """A drawn photo: a smooth gradient with noise, and its object mask (an off-centre soft-edged ellipse)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    photo = np.stack([xx / width, yy / height, 0.5 + 0 * xx], -1) * 200 + rng.integers(
-        0, 55, (height, width, 3)
-    )
+    photo = np.stack([xx / width, yy / height, 0.5 + 0 * xx], -1) * 200 + rng.integers(0, 55, (height, width, 3))
     dist = ((xx - width * 0.45) / (width * 0.25)) ** 2 + ((yy - height * 0.55) / (height * 0.3)) ** 2
     object_mask = np.clip((1.2 - dist) * 5, 0, 1) * 255
     return Image.fromarray(photo.astype(np.uint8)), Image.fromarray(object_mask.round().astype(np.uint8), "L")

@@ -88,9 +88,7 @@ def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
 
 def test_object_mode_keeps_every_object_pixel_and_the_input_size(pipe):
     photo, object_mask = make_photo(70, 45)  # not a multiple of 8
-    result = pipe(
-        PROMPT, image=photo, object_mask=object_mask, num_inference_steps=2, generator=generator()
-    ).images
+    result = pipe(PROMPT, image=photo, object_mask=object_mask, num_inference_steps=2, generator=generator()).images
     assert result[0].size == photo.size
     full = np.asarray(object_mask) == 255
     assert full.sum() > 100
@@ -120,9 +118,7 @@ def test_preserve_object_false_leaves_generated_pixels(pipe):
 def test_two_prompts_in_one_call_equal_two_calls(pipe):
     photo, object_mask = make_photo(64, 64)
     prompts = ["a photo of a cat", "a dog on the table"]
-    batch = run(
-        pipe, prompt=prompts, image=photo, object_mask=object_mask, generator=[generator(1), generator(2)]
-    )
+    batch = run(pipe, prompt=prompts, image=photo, object_mask=object_mask, generator=[generator(1), generator(2)])
     for k, prompt in enumerate(prompts):
         single = run(pipe, prompt=prompt, image=photo, object_mask=object_mask, generator=generator(k + 1))
         np.testing.assert_allclose(batch[k], single[0], atol=1e-5)
@@ -134,9 +130,7 @@ def test_list_prompts_and_images_per_prompt_batch_in_prompt_order(pipe):
     out = run(pipe, prompt=prompts, image=photo, object_mask=object_mask, num_images_per_prompt=2)
     assert out.shape == (4, 64, 64, 3)
     gens = [generator(s) for s in range(4)]
-    out = run(
-        pipe, prompt=prompts, image=photo, object_mask=object_mask, num_images_per_prompt=2, generator=gens
-    )
+    out = run(pipe, prompt=prompts, image=photo, object_mask=object_mask, num_images_per_prompt=2, generator=gens)
     third = run(pipe, prompt=prompts[1], image=photo, object_mask=object_mask, generator=generator(2))
     np.testing.assert_allclose(out[2], third[0], atol=1e-5)
 
@@ -177,9 +171,7 @@ def test_base_variant_keeps_object_by_latent_blending(base_pipe):
     image = base_pipe.image_processor.preprocess(photo)
     known = base_pipe.vae.encode(image).latent_dist.mean * base_pipe.vae.config.scaling_factor
     keep = torch.nn.functional.interpolate((obj[None, None] >= 1).float(), size=known.shape[-2:]) == 1
-    assert (raw - known).abs()[keep.expand_as(raw)].mean() < 0.5 * (raw - known).abs()[
-        ~keep.expand_as(raw)
-    ].mean()
+    assert (raw - known).abs()[keep.expand_as(raw)].mean() < 0.5 * (raw - known).abs()[~keep.expand_as(raw)].mean()
 
 
 def test_base_variant_object_pixels_exact(base_pipe):
@@ -259,9 +251,7 @@ def test_bad_input_is_a_clear_value_error(pipe, make_inputs, message):
 
 def test_controlnet_unet_channel_mismatch_is_a_value_error(pipe, base_pipe):
     photo, object_mask = make_photo()
-    mixed = StableDiffusionControlNetInpaintPipeline(
-        **{**pipe.components, "controlnet": base_pipe.controlnet}
-    )
+    mixed = StableDiffusionControlNetInpaintPipeline(**{**pipe.components, "controlnet": base_pipe.controlnet})
     with pytest.raises(ValueError, match="ControlNet takes 4 input channels but the UNet takes 9"):
         mixed(PROMPT, image=photo, object_mask=object_mask, num_inference_steps=1)
 

@@ -22,9 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)"
-    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
 
 

@@ -90,9 +90,7 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
                 f"Model {model!r} has no 'controlnet/' component: pass a ControlNet "
                 "(`controlnet=` / `--controlnet`) to use it as a base model."
             )
-        _check_channels(
-            f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config
-        )
+        _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config)
     pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
@@ -164,9 +162,7 @@ def _load_config(spec, subfolder, what, filename="config.json"):
     if os.path.isdir(spec):
         path = os.path.join(spec, subfolder or "", filename)
         if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{what} folder {spec!r} has no {os.path.join(subfolder or '', filename)}."
-            )
+            raise FileNotFoundError(f"{what} folder {spec!r} has no {os.path.join(subfolder or '', filename)}.")
         with open(path) as f:
             return json.load(f)
     from huggingface_hub import hf_hub_download
@@ -236,9 +232,7 @@ def read_controlnet_state_dict(path):
     return clean
 
 
-def controlnet_config_from_unet(
-    unet_config, in_channels=None, conditioning_channels=3, embedding_channels=None
-):
+def controlnet_config_from_unet(unet_config, in_channels=None, conditioning_channels=3, embedding_channels=None):
     """The config of a ControlNet built from a UNet config, as `ControlNetModel.from_unet` would build it."""
     import inspect
 
@@ -246,9 +240,7 @@ def controlnet_config_from_unet(
 
     accepted = inspect.signature(ControlNetModel.__init__).parameters
     config = {k: v for k, v in unet_config.items() if k in accepted}
-    config.update(
-        in_channels=in_channels or unet_config["in_channels"], conditioning_channels=conditioning_channels
-    )
+    config.update(in_channels=in_channels or unet_config["in_channels"], conditioning_channels=conditioning_channels)
     if embedding_channels is not None:
         config["conditioning_embedding_out_channels"] = list(embedding_channels)
     return config
@@ -378,11 +370,7 @@ def write_test_model(path, config_name="tiny-inpainting", seed=0, with_controlne
     if with_controlnet:
         cls = StableDiffusionControlNetInpaintPipeline
     else:
-        cls = (
-            StableDiffusionInpaintPipeline
-            if components["unet"].config.in_channels == 9
-            else StableDiffusionPipeline
-        )
+        cls = StableDiffusionInpaintPipeline if components["unet"].config.in_channels == 9 else StableDiffusionPipeline
     pipe = cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

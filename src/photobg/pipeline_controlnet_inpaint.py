@@ -215,16 +215,21 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             self._check_seed_inputs(image, mask_image, preserve_object)
             height, width = self.image_processor.get_default_height_width(_first(image), height, width)
         self.check_inputs(
-            prompt, prompt_embeds, height, width, strength, control_guidance_start, control_guidance_end,
-            output_type, callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+            prompt,
+            prompt_embeds,
+            height,
+            width,
+            strength,
+            control_guidance_start,
+            control_guidance_end,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
-        batch_size = (
-            1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
-        )
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
         total = batch_size * num_images_per_prompt
         device = self._execution_device
         guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
@@ -232,10 +237,16 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         # 2. Encode the prompt (negative first, then positive, for classifier-free guidance)
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale, clip_skip=clip_skip,
-        )  # fmt: skip
+            prompt,
+            device,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
@@ -261,16 +272,33 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         # 5. Initial latents (and, for the 4-channel UNet, the known image's latents to blend back)
         in_channels = self.unet.config.in_channels
         latents, noise, *image_latents = self.prepare_latents(
-            total, self.vae.config.latent_channels, height, width, prompt_embeds.dtype, device, generator,
-            latents, image=init_image, timestep=timesteps[:1].repeat(total), is_strength_max=strength == 1.0,
-            return_noise=True, return_image_latents=in_channels == 4,
-        )  # fmt: skip
+            total,
+            self.vae.config.latent_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+            image=init_image,
+            timestep=timesteps[:1].repeat(total),
+            is_strength_max=strength == 1.0,
+            return_noise=True,
+            return_image_latents=in_channels == 4,
+        )
 
         # 6. Latent-size mask and masked-image latents (doubled for guidance)
         mask, masked_image_latents = self.prepare_mask_latents(
-            mask_condition, masked_image, total, height, width, prompt_embeds.dtype, device, generator,
+            mask_condition,
+            masked_image,
+            total,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
             self.do_classifier_free_guidance,
-        )  # fmt: skip
+        )
 
         # 7. Denoising loop
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
@@ -282,19 +310,27 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                 if self.interrupt:
                     continue
                 noise_pred = self._predict_noise(
-                    latents, t, prompt_embeds, mask if in_channels == 9 else None, masked_image_latents,
-                    control_image, scales[i], guess_mode,
-                )  # fmt: skip
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
-                    0
-                ]
+                    latents,
+                    t,
+                    prompt_embeds,
+                    mask if in_channels == 9 else None,
+                    masked_image_latents,
+                    control_image,
+                    scales[i],
+                    guess_mode,
+                )
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if in_channels == 4:
                     latents = self._keep_known_region(latents, image_latents[0], noise, mask, timesteps, i)
                 if callback_on_step_end is not None:
                     tensors = dict(
-                        latents=latents, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                        control_image=control_image, mask=mask, masked_image_latents=masked_image_latents,
-                    )  # fmt: skip
+                        latents=latents,
+                        prompt_embeds=prompt_embeds,
+                        negative_prompt_embeds=negative_prompt_embeds,
+                        control_image=control_image,
+                        mask=mask,
+                        masked_image_latents=masked_image_latents,
+                    )
                     inputs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     outputs = callback_on_step_end(self, i, t, inputs) or {}
                     latents = outputs.pop("latents", latents)
@@ -312,17 +348,23 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
     # ------------------------------------------------------------------------- steps of __call__
 
     def check_inputs(
-        self, prompt, prompt_embeds, height, width, strength, control_guidance_start, control_guidance_end,
-        output_type, callback_on_step_end_tensor_inputs,
-    ):  # fmt: skip
+        self,
+        prompt,
+        prompt_embeds,
+        height,
+        width,
+        strength,
+        control_guidance_start,
+        control_guidance_end,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
         """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
         if not isinstance(self.controlnet, ControlNetModel):
             raise ValueError("This pipeline runs exactly one ControlNetModel.")
         unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
         if unet_channels not in (4, 9):
-            raise ValueError(
-                f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base)."
-            )
+            raise ValueError(f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base).")
         if controlnet_channels != unet_channels:
             raise ValueError(
                 f"The ControlNet takes {controlnet_channels} input channels but the UNet takes {unet_channels}: "
@@ -349,9 +391,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, not {output_type!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(
-                f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}."
-            )
+            raise ValueError(f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}.")
 
     def _check_seed_inputs(self, image, mask_image, preserve_object):
         if image is None:
@@ -365,9 +405,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError("`preserve_object` needs the object: pass `object_mask` or an RGBA image.")
         for img, msk in zip(_as_list(image), _as_list(mask_image)):
             if _size(img) is not None and _size(msk) is not None and _size(img) != _size(msk):
-                raise ValueError(
-                    f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match."
-                )
+                raise ValueError(f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match.")
 
     def _load_objects(self, image, object_mask, mask_image, control_image, preserve_object):
         """Object mode: [(RGB image, object mask "L" image)] per input image, checked."""
@@ -404,9 +442,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
     def _prepare_images(self, image, mask_image, control_image, objects, height, width):
         """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size."""
         if objects is not None:
-            init_image = self.image_processor.preprocess(
-                [rgb for rgb, _ in objects], height=height, width=width
-            )
+            init_image = self.image_processor.preprocess([rgb for rgb, _ in objects], height=height, width=width)
             masks = [object_mask_to_tensor(obj, (width, height)) for _, obj in objects]
             mask = inpaint_mask_from_object(torch.cat(masks))
         else:
@@ -419,9 +455,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             control_image = self.control_image_processor.preprocess(control_image, height=height, width=width)
         return init_image, mask, control_image.to(dtype=torch.float32)
 
-    def _predict_noise(
-        self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, scale, guess_mode
-    ):
+    def _predict_noise(self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, scale, guess_mode):
         """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step."""
         cfg = self.do_classifier_free_guidance
         latent_model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
@@ -432,17 +466,26 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             if guess_mode and cfg:  # ControlNet on the conditional half only
                 control_input, control_embeds = model_input.chunk(2)[1], prompt_embeds.chunk(2)[1]
             down_residuals, mid_residual = self.controlnet(
-                control_input, t, encoder_hidden_states=control_embeds, controlnet_cond=control_image,
-                conditioning_scale=scale, guess_mode=guess_mode, return_dict=False,
-            )  # fmt: skip
+                control_input,
+                t,
+                encoder_hidden_states=control_embeds,
+                controlnet_cond=control_image,
+                conditioning_scale=scale,
+                guess_mode=guess_mode,
+                return_dict=False,
+            )
             if guess_mode and cfg:
                 down_residuals = [torch.cat([torch.zeros_like(d), d]) for d in down_residuals]
                 mid_residual = torch.cat([torch.zeros_like(mid_residual), mid_residual])
         noise_pred = self.unet(
-            model_input, t, encoder_hidden_states=prompt_embeds, cross_attention_kwargs=self.cross_attention_kwargs,
-            down_block_additional_residuals=down_residuals, mid_block_additional_residual=mid_residual,
+            model_input,
+            t,
+            encoder_hidden_states=prompt_embeds,
+            cross_attention_kwargs=self.cross_attention_kwargs,
+            down_block_additional_residuals=down_residuals,
+            mid_block_additional_residual=mid_residual,
             return_dict=False,
-        )[0]  # fmt: skip
+        )[0]
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
@@ -469,15 +512,11 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         for k, generated in enumerate(image):
             rgb, obj = objects[0] if len(objects) == 1 else objects[k // num_images_per_prompt]
             if generated.shape[-2:] != (rgb.height, rgb.width):
-                generated = F.interpolate(
-                    generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True
-                )
+                generated = F.interpolate(generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True)
                 generated = generated[0].clamp(0, 1)
             generated = generated.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
             restored.append(
-                paste_object(generated, np.asarray(rgb), np.asarray(obj))
-                if self._preserve_object
-                else generated
+                paste_object(generated, np.asarray(rgb), np.asarray(obj)) if self._preserve_object else generated
             )
         restored = np.stack(restored).astype(np.float32)
         if output_type == "pt":
@@ -490,10 +529,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
 
 def _controlnet_scales(num_steps, scale, start, end):
     """Per-step ControlNet scale: `scale` inside [start, end] of the schedule, 0 outside (diffusers' rule)."""
-    return [
-        0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale)
-        for i in range(num_steps)
-    ]
+    return [0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale) for i in range(num_steps)]
 
 
 def _expand(images, batch_size, num_images_per_prompt, generator=None, always=False):
