@@ -11,7 +11,8 @@ import sys
 from . import __version__
 
 COMMANDS = {
-    "generate": "photobg.generate",
+    "generate": "photobg.generate_cli",
+    "app": "photobg.app",
     "convert": "photobg.convert",
 }
 

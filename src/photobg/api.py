@@ -1,0 +1,347 @@
+"""The Python API: new backgrounds around an object, at any resolution, through the one pipeline.
+
+    import photobg
+
+    images = photobg.generate("photo.jpg", "a bottle on a beach", object_mask="mask.png", seed=0)
+
+    generator = photobg.BackgroundGenerator("yahoo-inc/photo-background-generation")  # loads once
+    for path in paths:
+        generator(path, "a bottle on a beach", num_images_per_prompt=4)
+
+The CLI (`photobg generate`), the notebook and the app all go through `BackgroundGenerator`, which calls
+the pipeline's object mode: the photo is placed on the output canvas (`masks.place_on_canvas`), the
+background is generated at the model's working size, upscaled to the canvas, and the object is pasted back
+from the canvas's own pixels with its soft mask, so it is exact at full resolution.
+"""
+
+import functools
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from .masks import (
+    OBJECT_THRESHOLD,
+    as_object_mask,
+    canvas_size,
+    fit_mask_to_image,
+    load_image,
+    load_object_mask,
+    place_on_canvas,
+    split_cutout,
+)
+from .segment import get_segmenter, segment_image
+
+DEFAULT_SEGMENTER = "transparent-background"
+SEED_RANGE = 2**31  # seeds drawn when none is given are below this, so they survive JSON and int32 tools
+
+
+@dataclass
+class Prepared:
+    """An input ready to generate from: the photo and its object mask, placed on the output canvas."""
+
+    image: PIL.Image.Image  # RGB, at the output size
+    object_mask: PIL.Image.Image  # "L", white = object, soft edges kept
+    object_source: str  # "alpha", "mask" or "segmenter:NAME"
+    name: str  # how messages refer to the input (its file name, or "image")
+
+
+@dataclass
+class Job:
+    """One output: the prompt (and its index among the call's prompts) and the seed of its noise."""
+
+    prompt_index: int
+    prompt: str
+    seed: int
+
+
+class BackgroundGenerator:
+    """Loads a model once and generates backgrounds for any number of photos.
+
+    Args:
+        model: Hub id or folder of a complete model (default: the published one), or a base model with
+            `controlnet`; `tiny-inpainting` builds a random test model offline. See `models.load_pipeline`.
+        controlnet: ControlNet (Hub id, folder or state-dict file) for a base `model`.
+        device, dtype, scheduler: as in `models.load_pipeline`.
+        segmenter: name (see `photobg.segment.SEGMENTERS`) or callable `PIL image -> "L" mask` that finds
+            the object in photos that come with neither an alpha channel nor a mask; None to require one.
+            Built on first use, so a missing package only matters for photos that need it.
+        pipe: an already loaded pipeline to use instead of loading `model`.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        controlnet=None,
+        *,
+        device=None,
+        dtype=None,
+        scheduler=None,
+        segmenter=DEFAULT_SEGMENTER,
+        pipe=None,
+    ):
+        if pipe is None:
+            from .models import load_pipeline
+
+            pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler)
+        self.pipe = pipe
+        self.segmenter = segmenter
+
+    @property
+    def native_size(self):
+        """The long side (pixels) the model was trained at: the UNet's sample size times the VAE's downscale."""
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def working_size(self, size, long_side=None):
+        """The size to generate at for an output of `size` = (width, height): its aspect ratio with the long
+        side at `long_side` (default `native_size`), each side a multiple of the VAE's downscale factor."""
+        factor = self.pipe.vae_scale_factor
+        scale = (long_side or self.native_size) / max(size)
+        return tuple(max(factor, round(side * scale / factor) * factor) for side in size)
+
+    def find_object(self, image):
+        """The segmenter's object mask ("L") for an RGB image."""
+        if self.segmenter is None:
+            raise ValueError("no segmenter is set.")
+        if isinstance(self.segmenter, str):
+            self.segmenter = get_segmenter(self.segmenter)
+        return segment_image(self.segmenter, image)
+
+    def prepare(self, image, object_mask=None, *, size=None, aspect=None, object_scale=None, position="center"):
+        """Read a photo, find its object and place both on the output canvas.
+
+        The object comes from the first of: the photo's alpha channel (where it has transparency),
+        `object_mask`, the segmenter. A mask of another size is resized by `masks.fit_mask_to_image`'s rule.
+
+        Args:
+            image: file path, PIL image or uint8 array; any Pillow mode (16-bit, CMYK, palette, ...).
+            object_mask: file path, PIL image or array, white = object (see `masks.as_object_mask`).
+            size: output (width, height) or 'WxH'; aspect: 'W:H'; object_scale, position: see
+                `masks.place_on_canvas`. By default the output has the photo's own size.
+
+        Returns:
+            `Prepared`.
+
+        Raises:
+            ValueError: naming the input, when it is unreadable, has no usable object, or its object leaves
+                nothing to generate.
+        """
+        name = str(image) if isinstance(image, (str, Path)) else "image"
+        try:
+            rgb, mask, source = self._read(image, object_mask, name)
+            size = canvas_size(rgb.size, size, aspect)
+            canvas, canvas_mask = place_on_canvas(rgb, mask, size, object_scale, position)
+            _check_object(canvas_mask)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}" if not str(err).startswith(name) else str(err)) from err
+        return Prepared(canvas, canvas_mask, source, name)
+
+    def _read(self, image, object_mask, name):
+        photo = load_image(image) if isinstance(image, (str, Path)) else image
+        rgb, alpha = split_cutout(photo)
+        if alpha is not None:
+            if object_mask is not None:
+                warnings.warn(
+                    f"{name}: its alpha channel is the object; the mask given as well is not used.", stacklevel=3
+                )
+            return rgb, alpha, "alpha"
+        if object_mask is not None:
+            is_file = isinstance(object_mask, (str, Path))
+            mask = load_object_mask(object_mask) if is_file else as_object_mask(object_mask)
+            what = f"the mask {object_mask}" if is_file else "the object mask"
+            return rgb, fit_mask_to_image(mask, rgb.size, what), "mask"
+        if self.segmenter is None:
+            raise ValueError("it has no alpha channel, no object mask was given and no segmenter is set.")
+        source = self.segmenter if isinstance(self.segmenter, str) else getattr(self.segmenter, "__name__", "custom")
+        return rgb, self.find_object(rgb), f"segmenter:{source}"
+
+    def run(
+        self,
+        prepared,
+        jobs,
+        *,
+        negative_prompt=None,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        controlnet_conditioning_scale=1.0,
+        working_size=None,
+        batch_size=1,
+    ):
+        """Generate one image per `Job` for a prepared input, `batch_size` jobs per pipeline call.
+
+        Args:
+            prepared: `Prepared` from `prepare`.
+            jobs: list of `Job`.
+            working_size: long side to generate at (default: the model's native size).
+            The rest are the pipeline's arguments of the same names.
+
+        Returns:
+            list of RGB PIL images of the canvas size, in the order of `jobs`.
+        """
+        import torch
+
+        width, height = self.working_size(prepared.image.size, working_size)
+        images = []
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            result = self.pipe(
+                [job.prompt for job in batch],
+                image=prepared.image,
+                object_mask=prepared.object_mask,
+                height=height,
+                width=width,
+                negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                controlnet_conditioning_scale=controlnet_conditioning_scale,
+                # CPU generators: the same seed gives the same noise on every device.
+                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+            )
+            images.extend(result.images)
+        return images
+
+    def __call__(
+        self,
+        image,
+        prompt,
+        object_mask=None,
+        *,
+        negative_prompt=None,
+        num_images_per_prompt=1,
+        seed=None,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        controlnet_conditioning_scale=1.0,
+        size=None,
+        aspect=None,
+        object_scale=None,
+        position="center",
+        working_size=None,
+        batch_size=1,
+    ):
+        """New backgrounds around the object in `image`.
+
+        Args:
+            image: file path, PIL image or array; an RGBA cutout's alpha is its object.
+            prompt: a prompt or a list of prompts.
+            object_mask: path, PIL image or array, white = object (when the image has no alpha channel).
+            negative_prompt: what to avoid, for every prompt.
+            num_images_per_prompt: images per prompt; image k of every prompt uses seed `seed + k`.
+            seed: int; default a random one. Each image's seed is in its `.info["seed"]`.
+            num_inference_steps, guidance_scale, controlnet_conditioning_scale: as in the pipeline
+                (`controlnet_conditioning_scale=0` is plain SD2-inpainting, "SI2").
+            size, aspect, object_scale, position: the output canvas (see `prepare`).
+            working_size: long side to generate at (default: the model's native size, e.g. 512 for SD2).
+            batch_size: images per pipeline call.
+
+        Returns:
+            list of RGB PIL images, prompt by prompt, at the canvas size (by default the input's), with
+            the object's pixels exact; `.info` holds `prompt`, `prompt_index` and `seed`.
+        """
+        prepared = self.prepare(
+            image, object_mask, size=size, aspect=aspect, object_scale=object_scale, position=position
+        )
+        jobs = make_jobs([prompt] if isinstance(prompt, str) else prompt, num_images_per_prompt, seed)
+        images = self.run(
+            prepared,
+            jobs,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            working_size=working_size,
+            batch_size=batch_size,
+        )
+        for job, result in zip(jobs, images, strict=True):
+            result.info.update(prompt=job.prompt, prompt_index=job.prompt_index, seed=job.seed)
+        return images
+
+    generate = __call__
+
+
+def make_jobs(prompts, num_images_per_prompt=1, seed=None):
+    """One `Job` per (prompt, image): image k of every prompt gets seed `seed + k` (`seed` drawn if None)."""
+    if num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be at least 1, not {num_images_per_prompt}.")
+    seed = secrets.randbelow(SEED_RANGE) if seed is None else int(seed)
+    return [Job(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(num_images_per_prompt)]
+
+
+def _check_object(object_mask):
+    binary = np.asarray(object_mask) >= OBJECT_THRESHOLD
+    if not binary.any():
+        raise ValueError(f"the object mask is empty (no pixel >= {OBJECT_THRESHOLD}): there is no object to keep.")
+    if binary.all():
+        raise ValueError(
+            "the object fills the whole image, so there is no background to generate: give it room with "
+            "an aspect ratio, a size or an object scale (--aspect, --size, --object-scale)."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_generator(model, controlnet, device, dtype, scheduler, segmenter):
+    return BackgroundGenerator(model, controlnet, device=device, dtype=dtype, scheduler=scheduler, segmenter=segmenter)
+
+
+def generate(
+    image,
+    prompt,
+    object_mask=None,
+    *,
+    model=None,
+    controlnet=None,
+    device=None,
+    dtype=None,
+    scheduler=None,
+    segmenter=DEFAULT_SEGMENTER,
+    **kwargs,
+):
+    """New backgrounds around the object in `image`, with a model loaded on first use and kept for the
+    next call with the same model settings.
+
+    Args:
+        image, prompt, object_mask: see `BackgroundGenerator.__call__`, which takes the other keyword
+            arguments too (`seed`, `num_images_per_prompt`, `num_inference_steps`, `aspect`, ...).
+        model, controlnet, device, dtype, scheduler, segmenter: see `BackgroundGenerator`.
+
+    Returns:
+        list of PIL images (see `BackgroundGenerator.__call__`).
+    """
+    generator = _cached_generator(model, controlnet, device, dtype, scheduler, segmenter)
+    return generator(image, prompt, object_mask, **kwargs)
+
+
+def comparison_grid(rows, labels, row_labels=None, tile=512):
+    """A labelled grid of images, one row per list in `rows`, each image fitted into a `tile`-pixel square.
+
+    Args:
+        rows: list of lists of PIL images (any mode; masks are shown in gray).
+        labels: one column title per image of a row.
+        row_labels: optional text per row, written on the row's first image.
+        tile: the long side of each cell in pixels.
+
+    Returns:
+        RGB PIL image.
+    """
+    import PIL.ImageFont
+
+    first = rows[0][0]
+    scale = tile / max(first.size)
+    cell = (max(1, round(first.width * scale)), max(1, round(first.height * scale)))
+    font = PIL.ImageFont.load_default(size=max(12, tile // 24))
+    header = font.size + 12
+    grid = PIL.Image.new("RGB", (cell[0] * len(labels), header + cell[1] * len(rows)), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for column, label in enumerate(labels):
+        draw.text((column * cell[0] + 6, 6), label, fill="black", font=font)
+    for r, row in enumerate(rows):
+        top = header + r * cell[1]
+        for column, image in enumerate(row):
+            grid.paste(image.convert("RGB").resize(cell, PIL.Image.LANCZOS), (column * cell[0], top))
+        if row_labels:
+            draw.text((6, top + 6), row_labels[r], fill="white", font=font, stroke_width=2, stroke_fill="black")
+    return grid
