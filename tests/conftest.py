@@ -12,6 +12,10 @@ from PIL import Image  # noqa: E402
 
 from photobg.models import load_pipeline, write_test_model  # noqa: E402
 
+# The tiny models' tensors are too small for threads to pay off, and on a shared 2-core machine torch's
+# spinning worker threads made the suite several times slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
