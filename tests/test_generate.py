@@ -339,3 +339,24 @@ def test_option_errors_name_the_flag(tmp_path, inpaint_model):
             main(["generate", str(tmp_path / "photo.png"), *args])
     with pytest.raises(SystemExit, match="no image files match"):
         main(["generate", str(tmp_path / "*.jpg"), "--prompt", "p"])
+
+
+def test_canvas_working_size_and_base_model_options(tmp_path, inpaint_model, inpaint_base_model):
+    photo, mask = make_photo(72, 48)
+    cutout = photo.copy()
+    cutout.putalpha(mask)
+    cutout.save(tmp_path / "drawn.png")
+    out = tmp_path / "out"
+    args = ["generate", str(tmp_path / "drawn.png"), "--prompt", "p", "--size", "96x64", "--object-scale", "0.5"]
+    args += ["--position", "bottom-left", "--working-size", "32", "--dtype", "fp32", "--output-dir", str(out)]
+    args += ["--model", str(inpaint_base_model), "--controlnet", str(inpaint_model / "controlnet"), *STEPS]
+    assert main(args) == 0
+    (record,) = manifest(out)
+    assert record["size"] == [96, 64] and record["working_size"] == [32, 24] and record["controlnet"]
+    placed = Image.open(out / "drawn_p0_s0.png")
+    assert placed.size == (96, 64)
+    _, expected_mask = photobg.masks.place_on_canvas(photo, mask, (96, 64), 0.5, "bottom-left")
+    left, top, right, bottom = expected_mask.getbbox()
+    assert left == 0 and bottom == 64 and bottom - top == 32  # half the canvas, in the bottom-left corner
+    canvas, _ = photobg.masks.place_on_canvas(photo, mask, (96, 64), 0.5, "bottom-left")
+    assert_object_exact(placed, canvas, expected_mask)
