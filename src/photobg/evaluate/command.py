@@ -99,9 +99,12 @@ def run(args):
     except (ValueError, FileNotFoundError, SegmenterUnavailable, QualityMetricUnavailable) as err:
         raise SystemExit(f"photobg evaluate: {err}") from err
     settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, args.device, args.dtype)
-    results = run_evaluation(
-        benchmark, specs, args.output_dir, settings, segmenter, segmenter_settings, quality, args.baseline
-    )
+    try:
+        results = run_evaluation(
+            benchmark, specs, args.output_dir, settings, segmenter, segmenter_settings, quality, args.baseline
+        )
+    except (ValueError, FileNotFoundError) as err:  # bad input found on the way (a mask file, resumed settings)
+        raise SystemExit(f"photobg evaluate: {err}") from err
     description = {
         "benchmark": f"{args.data} ({benchmark.kind}, {len(benchmark)} samples)",
         "models": "; ".join(

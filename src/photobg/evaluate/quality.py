@@ -103,6 +103,7 @@ def make_clip_score(clip):
     return CLIPScore(model_name_or_path=lambda: clip)
 
 
+@torch.no_grad()
 def clip_scores(metric, images, prompts):
     """CLIP score of images against their prompts.
 
@@ -115,7 +116,10 @@ def clip_scores(metric, images, prompts):
         (the set's CLIP score, list of per-image scores).
     """
     metric.reset()
-    per_image = [float(metric(image_tensor(image)[0], prompt)) for image, prompt in zip(images, prompts, strict=True)]
+    # torchmetrics moves the CLIP model to the images' device: send the images to where the model is.
+    device = next(iter(metric.model.parameters()), torch.empty(0)).device
+    pairs = zip(images, prompts, strict=True)
+    per_image = [float(metric(image_tensor(image)[0].to(device), prompt)) for image, prompt in pairs]
     return float(metric.compute()), per_image
 
 
@@ -159,11 +163,13 @@ class FidScorer:
         self.metric = metric.to(device or "cpu")
         self.device = device or "cpu"
 
+    @torch.no_grad()
     def add_reference(self, images):
         """Add reference (real) images, PIL."""
         for image in images:
             self.metric.update(image_tensor(image).to(self.device), real=True)
 
+    @torch.no_grad()
     def score(self, images):
         """FID of `images` (PIL) against the reference images; NaN when either set has fewer than 2 images."""
         self.metric.reset()
@@ -191,6 +197,7 @@ def make_lpips(net="alex", device=None):
             "torch) and downloads its backbone weights on first use. Or leave lpips out of --metrics."
         ) from err
 
+    @torch.no_grad()
     def distance(a, b):
         tensors = [(image_tensor(x).float() / 255).to(device or "cpu") for x in (a, b)]
         metric.reset()

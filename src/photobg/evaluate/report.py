@@ -86,7 +86,7 @@ def results_table(summary, baseline=None):
     """The Markdown table: one row per model, one column per metric (columns nobody computed are left out)."""
     columns = [c for c in COLUMNS if any(_number(v.get(c[0])) for v in summary.values())]
     if baseline:
-        columns.append(("expansion_vs_baseline", f"{baseline} ÷ model (expansion)", lambda v: f"{v:.2f}×"))
+        columns.append(("expansion_vs_baseline", f"× less expansion than {baseline}", lambda v: f"{v:.2f}×"))
     lines = ["| Model | " + " | ".join(c[1] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in summary.items():
         cells = [fmt(values[key]) if _number(values.get(key)) else "–" for key, _, fmt in columns]
@@ -230,7 +230,10 @@ def plot_worst_cases(cases, rows, model_names, output_dir, path, load_sample):
 
     by_key = {(r["model"], r["id"], r["seed"]): r for r in rows}
     columns = 2 + len(model_names)
-    fig, axes = plt.subplots(len(cases), columns, figsize=(2.4 * columns, 2.6 * len(cases)), dpi=120, squeeze=False)
+    first = load_sample(cases[0][0]).image
+    cell_height = 2.4 * first.height / first.width + 0.5  # inches: the image plus two title lines
+    figsize = (2.4 * columns, cell_height * len(cases))
+    fig, axes = plt.subplots(len(cases), columns, figsize=figsize, dpi=120, squeeze=False)
     for r, (sample_id, seed) in enumerate(cases):
         sample = load_sample(sample_id)
         object_mask = sample.object_mask

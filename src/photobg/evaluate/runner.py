@@ -193,8 +193,9 @@ def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_
     if quality is not None:
         score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings)
     baseline = _pick_baseline(specs, baseline)
-    for values in summary.values():
-        base = summary[baseline]["expansion_mean"] if baseline else math.nan
+    for name, values in summary.items():
+        # How many times less than the baseline a model expands (the paper's "3.6x less than SI2").
+        base = summary[baseline]["expansion_mean"] if baseline and name != INPUT_ROW else math.nan
         values["expansion_vs_baseline"] = base / values["expansion_mean"] if values["expansion_mean"] > 0 else math.nan
     return {"rows": rows, "summary": summary, "skipped": skipped, "baseline": baseline, "notes": notes}
 
@@ -279,8 +280,10 @@ def build_quality(metrics, fid_features="inception", clip_model=None, fid_refere
         fid_reference: folder of reference images for FID (default: the benchmark's input photos).
         device: torch device for the metrics.
     """
+    from ..models import resolve_device
     from . import quality
 
+    device = resolve_device(device)
     clip = None
     if "clip" in metrics or ("fid" in metrics and fid_features == "clip"):
         clip = quality.load_clip(clip_model or quality.DEFAULT_CLIP_MODEL, device)
