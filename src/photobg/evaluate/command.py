@@ -13,8 +13,9 @@ Output (--output-dir): generated/MODEL/ID_sSEED.png (a rerun skips what exists),
 report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt).
 
 Example (tiny random model, runs on a CPU in about a minute):
-  photobg evaluate --data bench/ --model tiny-inpainting@name=SI2,scale=0 --model tiny-inpainting@name=Ours \\
-      --steps 2 --resolution 64 --segmenter threshold --metrics expansion --output-dir eval/
+  photobg evaluate --data outputs/bench --model tiny-inpainting@name=SI2,scale=0 \\
+      --model tiny-inpainting@name=Ours --steps 2 --resolution 64 --segmenter threshold \\
+      --metrics expansion --output-dir outputs/eval-tiny
 """
 
 
