@@ -121,7 +121,7 @@ def markdown(results, description, command, environment, has_grid):
     if has_grid:
         lines += [
             "Worst cases (largest expansion over all models): input | object mask | each model's output, with the "
-            "input object's outline in green and the segmented object's outline in red.",
+            "input object's outline in green, the segmented object's outline in red, and yellow where they agree.",
             "",
             "![Worst cases](worst_cases.png)",
             "",
@@ -255,16 +255,21 @@ def plot_worst_cases(cases, rows, model_names, output_dir, path, load_sample):
 
 
 def draw_outlines(image, object_mask, output_mask):
-    """`image` with the input object's outline in green and the segmented object's outline in red."""
+    """`image` with the input object's outline in green, the segmented object's in red, yellow where they meet."""
     from scipy import ndimage
 
     from .metrics import binarize
 
-    array = np.asarray(image.convert("RGB")).copy()
-    width = max(1, round(min(image.size) / 160))
-    for mask, color in ((object_mask, (0, 220, 0)), (output_mask, (255, 0, 0))):
+    width = max(1, round(min(image.size) / 160))  # about 3 px at 512 px
+
+    def outline(mask):
         binary = binarize(mask)
-        edge = binary & ~ndimage.binary_erosion(binary, iterations=1, border_value=0)
-        edge = ndimage.binary_dilation(edge, iterations=width - 1) if width > 1 else edge
-        array[edge] = color
+        edge = binary & ~ndimage.binary_erosion(binary, border_value=0)
+        return ndimage.binary_dilation(edge, iterations=width - 1) if width > 1 else edge
+
+    given, found = outline(object_mask), outline(output_mask)
+    array = np.asarray(image.convert("RGB")).copy()
+    array[given] = (0, 220, 0)
+    array[found] = (255, 0, 0)
+    array[given & found] = (255, 230, 0)
     return PIL.Image.fromarray(array)
