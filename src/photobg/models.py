@@ -269,13 +269,17 @@ def controlnet_from_state_dict(path, unet_config):
     )
     with init_empty_weights():
         controlnet = ControlNetModel.from_config(config)
-    result = controlnet.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
+    expected = {k: v.shape for k, v in controlnet.state_dict().items()}
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k])
+    if missing or unexpected or mismatched:
         raise ValueError(
             f"{path!r} does not match the ControlNet architecture of the base model: "
-            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})."
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys "
+            f"(e.g. {unexpected[:3]}), {len(mismatched)} of another shape (e.g. {mismatched[:3]})."
         )
+    controlnet.load_state_dict(state, strict=True, assign=True)
     return controlnet
 
 
