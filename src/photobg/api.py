@@ -37,6 +37,9 @@ from .masks import (
 from .segment import get_segmenter, segment_image
 
 DEFAULT_SEGMENTER = "transparent-background"
+# Segmenters that find the object in a photo alone ('sam' needs the object as its prompt; 'given-masks' is
+# what --masks does), offered by the CLI and the app.
+PHOTO_SEGMENTERS = ("transparent-background", "threshold")
 SEED_RANGE = 2**31  # seeds drawn when none is given are below this, so they survive JSON and int32 tools
 
 

@@ -16,8 +16,8 @@ FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-m
 
 
 def add_arguments(parser):
+    from .api import PHOTO_SEGMENTERS
     from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
-    from .segment import SEGMENTERS
 
     parser.add_argument(
         "--model",
@@ -32,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--segmenter",
         default="transparent-background",
-        choices=sorted(SEGMENTERS),
+        choices=PHOTO_SEGMENTERS,
         help="finds the object in photos uploaded without alpha or mask (default: %(default)s)",
     )
     parser.add_argument("--steps", type=int, default=20, help="default denoising steps (default: %(default)s)")

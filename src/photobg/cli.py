@@ -14,6 +14,8 @@ COMMANDS = {
     "generate": "photobg.generate_cli",
     "app": "photobg.app",
     "convert": "photobg.convert",
+    "evaluate": "photobg.evaluate",
+    "bench": "photobg.bench",
 }
 
 

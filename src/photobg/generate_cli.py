@@ -30,9 +30,9 @@ MANIFEST = "manifest.jsonl"
 
 
 def add_arguments(parser):
+    from .api import PHOTO_SEGMENTERS
     from .masks import POSITIONS
     from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
-    from .segment import SEGMENTERS
 
     parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="photos: files, folders (their image files) or quoted globs")
@@ -42,7 +42,7 @@ def add_arguments(parser):
     found.add_argument(
         "--segmenter",
         default="transparent-background",
-        choices=sorted(SEGMENTERS),
+        choices=PHOTO_SEGMENTERS,
         help="finds the object in photos with neither alpha nor mask (default: %(default)s)",
     )
     text = parser.add_argument_group("prompts and seeds")

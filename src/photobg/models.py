@@ -97,6 +97,32 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
     return pipe.to(device)
 
 
+def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
+    """Opt-in speed/memory settings for a loaded pipeline (each measured in `bench/`; see bench/README.md).
+
+    Args:
+        pipe: a loaded pipeline; changed in place.
+        compile: `torch.compile` the UNet and ControlNet. Shapes do not depend on the prompt or the seed, so
+            new prompts and seeds reuse the compiled graphs; a new size or batch size compiles once more.
+            `True` uses the default backend; a string names another (e.g. "aot_eager").
+        channels_last: NHWC memory format for the convolution-heavy UNet, ControlNet and VAE.
+        vae_tiling: decode/encode the VAE in overlapping tiles so 1024 px and larger canvases fit in memory.
+
+    Returns:
+        `pipe`.
+    """
+    if channels_last:
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if compile:
+        backend = compile if isinstance(compile, str) else "inductor"
+        pipe.unet = torch.compile(pipe.unet, backend=backend, dynamic=False)
+        pipe.controlnet = torch.compile(pipe.controlnet, backend=backend, dynamic=False)
+    return pipe
+
+
 def make_scheduler(name, config):
     """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
     import diffusers

@@ -361,7 +361,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         callback_on_step_end_tensor_inputs,
     ):
         """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
-        if not isinstance(self.controlnet, ControlNetModel):
+        if not isinstance(getattr(self.controlnet, "_orig_mod", self.controlnet), ControlNetModel):  # maybe compiled
             raise ValueError("This pipeline runs exactly one ControlNetModel.")
         unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
         if unet_channels not in (4, 9):
