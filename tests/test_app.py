@@ -130,6 +130,25 @@ def test_upload_generate_and_download_full_resolution(page, tmp_path):
     np.testing.assert_array_equal(np.asarray(result.convert("RGB"))[solid], np.asarray(photo)[solid])
 
 
+def test_photo_size_limit_and_messages_name_the_uploaded_file(inpaint_model, tmp_path):
+    import gradio as gr
+
+    from photobg.api import BackgroundGenerator
+    from photobg.app import _prepare
+
+    generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
+    photo = tmp_path / "upload-cache" / "big.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (2000, 1000)).save(photo)
+    with pytest.raises(gr.Error) as error:
+        _prepare(generator, str(photo), None, "photo's own", 0, "center", max_megapixels=1.5)
+    assert error.value.message == "big.png: 2 megapixels; this app takes photos up to 1.5."
+    (tmp_path / "mask.png").write_text("text")
+    with pytest.raises(gr.Error) as error:
+        _prepare(generator, str(photo), str(tmp_path / "mask.png"), "1:1", 0, "center", max_megapixels=5)
+    assert error.value.message.startswith("big.png: mask.png: not a readable image")
+
+
 def test_bad_uploads_get_clear_messages(page, tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "huge.png")  # about 2 MB, over the app's 1 MB limit

@@ -133,18 +133,20 @@ class BackgroundGenerator:
             ValueError: naming the input, when it is unreadable, has no usable object, or its object leaves
                 nothing to generate.
         """
-        name = str(image) if isinstance(image, (str, Path)) else "image"
+        is_file = isinstance(image, (str, Path))
+        name = str(image) if is_file else "image"
+        photo = load_image(image) if is_file else image  # its errors name the file already
         try:
-            rgb, mask, source = self._read(image, object_mask, name)
+            rgb, mask, source = self._find_object(photo, object_mask, name)
             size = canvas_size(rgb.size, size, aspect)
             canvas, canvas_mask = place_on_canvas(rgb, mask, size, object_scale, position)
             _check_object(canvas_mask)
         except ValueError as err:
-            raise ValueError(f"{name}: {err}" if not str(err).startswith(name) else str(err)) from err
+            raise ValueError(f"{name}: {err}") from err
         return Prepared(canvas, canvas_mask, source, name)
 
-    def _read(self, image, object_mask, name):
-        photo = load_image(image) if isinstance(image, (str, Path)) else image
+    def _find_object(self, photo, object_mask, name):
+        """(RGB image, object mask, where the mask came from), by the order documented in `prepare`."""
         rgb, alpha = split_cutout(photo)
         if alpha is not None:
             if object_mask is not None:

@@ -117,7 +117,8 @@ def build_app(generator, default_steps=20, max_megapixels=40):
         seeds = f"Seed {jobs[0].seed}." if len(jobs) == 1 else f"Seeds {jobs[0].seed}–{jobs[-1].seed}."
         return results, f"{_describe(generator, prepared)} {seeds}"
 
-    with gr.Blocks(title="photobg") as demo:
+    # Uploads and results are cached on disk; an hourly sweep removes those older than an hour.
+    with gr.Blocks(title="photobg", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# photobg\nA new background around your object, which stays exactly as it is. Upload an RGBA cutout, "
             "or a photo with (optionally) its object mask — white = object; without one, a segmenter finds it."

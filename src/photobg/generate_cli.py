@@ -17,7 +17,8 @@ canvas: by default the output has the photo's size and the object stays where it
   the object's own pixels are pasted back at full resolution.
 
 output: DIR/STEM_pPROMPT_sSEED.png per image and DIR/manifest.jsonl, one line per image with every
-  parameter and the `command` that regenerates exactly that image (same device and dtype).
+  parameter and the `command` that regenerates exactly that image (same device and dtype; images made
+  with --batch-size above 1 come back equal up to floating-point rounding).
 
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4
