@@ -102,7 +102,7 @@ def rle_counts(mask):
 
 def make_coco(root):
     """A tiny COCO: images with polygon, compressed-RLE and uncompressed-RLE instances, a crowd-only image,
-    a tiny-instance image and an annotated image whose file is missing, plus a captions file.
+    a tiny-instance image, an annotated image whose file is missing and a broken polygon, plus a captions file.
 
     Returns:
         (instances path, images dir, captions path, {image id: expected object mask as a bool array}).
@@ -157,6 +157,9 @@ def make_coco(root):
     add(4, 1, [[1, 1, 4, 1, 4, 4, 1, 4]], 9)
     add_image(5, 5, save=False)
     add(5, 1, [[8, 6, 30, 6, 30, 30, 8, 30]], 22 * 24)
+    # 6: a polygon of two points, which pycocotools rejects.
+    add_image(6, 6)
+    add(6, 1, [[8, 6, 30, 6]], 22 * 24)
     categories = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "cup"}]
     instances = root / "instances_train2017.json"
     instances.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))

@@ -252,6 +252,7 @@ def test_coco_polygon_and_rle_instances(tmp_path):
         "000000000003.jpg": "COCO: no instance covers 5% of the image",
         "000000000004.jpg": "COCO: no instance covers 5% of the image",
         "000000000005.jpg": "image file missing",
+        "000000000006.jpg": "invalid COCO segmentation",
     }
     assert prepare(*args[:4], "--output", tmp_path / "largest") == 0  # largest: the larger RLE instance only
     largest = np.asarray(read_rows(tmp_path / "largest")["coco/2"]["conditioning_image"]) >= 128

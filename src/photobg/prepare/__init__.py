@@ -73,8 +73,20 @@ def add_arguments(parser):
         default="largest",
         help="COCO rule (default: %(default)s)",
     )
-    sources.add_argument("--coco-min-area", type=float, default=0.05, help="candidate instance area / image area")
-    sources.add_argument("--coco-max-area", type=float, default=0.8, help="max chosen area / image area")
+    sources.add_argument(
+        "--coco-min-area",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="candidate area / image area (default: %(default)s)",
+    )
+    sources.add_argument(
+        "--coco-max-area",
+        type=float,
+        default=0.8,
+        metavar="F",
+        help="max chosen area / image area (default: %(default)s)",
+    )
     sources.add_argument("--cutouts", action="append", default=[], metavar="DIR", help="folder of RGBA cutouts")
 
     mixing = parser.add_argument_group("mixing")
@@ -82,37 +94,53 @@ def add_arguments(parser):
     mixing.add_argument(
         "--weight", action="append", default=[], metavar="NAME=W", help="take W x a source (<1 subsets, >1 repeats)"
     )
-    mixing.add_argument("--seed", type=int, default=0, help="order, subsets and caption choice (default: %(default)s)")
+    mixing.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="order, subsets and caption choice (default: %(default)s)"
+    )
 
     captions = parser.add_argument_group("captions")
     captions.add_argument("--captions", metavar="FILE", help="captions file (JSONL or CSV)")
     captions.add_argument("--caption-model", metavar="MODEL", help="captioner Hub id or folder (BLIP / BLIP-2 family)")
-    captions.add_argument("--caption-prompt", help="text the model's caption continues (BLIP conditional captioning)")
     captions.add_argument(
-        "--caption-template", default="{caption}", help="e.g. 'a photo of {caption}'; also {source}, {category}"
+        "--caption-prompt", metavar="TEXT", help="text the model's caption continues (BLIP conditional captioning)"
     )
-    captions.add_argument("--caption-batch-size", type=int, default=16, help="images per captioning batch")
-    captions.add_argument("--caption-max-tokens", type=int, default=40, help="caption length limit in tokens")
-    captions.add_argument("--device", help="captioning device (default: CUDA if present)")
+    captions.add_argument(
+        "--caption-template",
+        default="{caption}",
+        metavar="TEXT",
+        help="e.g. 'a photo of {caption}'; also {source}, {category}",
+    )
+    captions.add_argument("--caption-batch-size", type=int, default=16, metavar="N", help="images per captioning batch")
+    captions.add_argument(
+        "--caption-max-tokens", type=int, default=40, metavar="N", help="caption length limit (tokens)"
+    )
+    captions.add_argument("--device", metavar="DEVICE", help="captioning device (default: CUDA if present)")
     captions.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="captioner dtype (default: fp16 on CUDA)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--output", required=True, metavar="DIR", help="the training-set folder to write")
-    output.add_argument("--max-side", type=int, help="downscale so the long side is at most this")
-    output.add_argument("--max-short-side", type=int, help="downscale so the short side is at most this")
+    output.add_argument("--max-side", type=int, metavar="N", help="downscale so the long side is at most N pixels")
+    output.add_argument("--max-short-side", type=int, metavar="N", help="downscale so the short side is at most N")
     output.add_argument(
-        "--mask-mismatch", choices=("resize", "skip"), default="resize", help="mask of another size (see below)"
+        "--mask-mismatch", choices=("resize", "skip"), default="resize", help="a mask of another size (see below)"
     )
     output.add_argument(
-        "--shard-size", type=int, default=1000, help="examples per parquet shard (default: %(default)s)"
+        "--shard-size", type=int, default=1000, metavar="N", help="examples per parquet shard (default: %(default)s)"
     )
-    output.add_argument("--num-proc", type=int, default=1, help="worker processes for decoding (default: %(default)s)")
+    output.add_argument(
+        "--num-proc", type=int, default=1, metavar="N", help="worker processes for decoding (default: %(default)s)"
+    )
     output.add_argument("--overwrite", action="store_true", help="replace an output prepared with other options")
     output.add_argument("--dry-run", action="store_true", help="list the sources and counts, write nothing")
     output.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
 def run(args):
+    import importlib.util
+
+    missing = [name for name in ("datasets", "pycocotools") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"photobg prepare needs {', '.join(missing)}: pip install 'photobg[prepare]'.")
     from .build import build_dataset, plan_report
 
     try:

@@ -115,9 +115,11 @@ def build_dataset(config):
     Raises:
         ValueError: on bad options or input (naming the flag or file), before any output is written.
     """
+    from .captions import read_captions_file
     from .card import publish, summarize
 
     config.check()
+    captions_file = read_captions_file(config.captions_file) if config.captions_file else None  # fail early
     output = Path(config.output)
     state = output / STATE_DIR
     if _prepare_output(output, state, config):
@@ -128,7 +130,7 @@ def build_dataset(config):
     num_shards = math.ceil(len(plan) / config.shard_size)
     todo = [i for i in range(num_shards) if not _shard_done(state, i)]
     if todo:
-        _run_shards(config, state, plan, todo)
+        _run_shards(config, state, plan, todo, captions_file)
     summary = summarize(config, state, num_shards)
     publish(config, output, state, summary)
     return summary
@@ -246,7 +248,7 @@ def _shard_done(state, index):
 # ----------------------------------------------------------------------------- shards
 
 
-def _run_shards(config, state, plan, todo):
+def _run_shards(config, state, plan, todo, captions_file):
     """Process the shards in `todo`: workers decode the next shard while this process captions and writes."""
     import functools
     import multiprocessing
@@ -261,7 +263,7 @@ def _run_shards(config, state, plan, todo):
     # The pool is started before the captioning model is loaded, so workers never inherit it.
     pool = multiprocessing.get_context().Pool(config.num_proc) if config.num_proc > 1 else None
     try:
-        captions = _CaptionSource(config, state)
+        captions = _CaptionSource(config, state, captions_file)
         bar = tqdm(
             total=sum(len(items) for _, items in shards), desc="preparing", unit="img", disable=not config.progress
         )
@@ -285,11 +287,11 @@ def _run_shards(config, state, plan, todo):
 class _CaptionSource:
     """Gives each row its `text` (see captions.py for the order) and says where it came from."""
 
-    def __init__(self, config, state):
-        from .captions import Captioner, read_captions_file
+    def __init__(self, config, state, captions_file):
+        from .captions import Captioner
 
         self.config = config
-        self.file = read_captions_file(config.captions_file) if config.captions_file else None
+        self.file = captions_file
         self.model = None
         if config.caption_model:
             self.model = Captioner(

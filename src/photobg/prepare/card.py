@@ -156,10 +156,14 @@ def dataset_card(config, summary):
 
 
 def _caption_lines(config, captions, rows):
-    origins = ", ".join(f"{count} {origin}" for origin, count in captions["origins"].items())
-    lines = [
-        f"- origin: {origins} (file = `{config.captions_file}`, coco = COCO captions, model = "
-        f"`{config.caption_model}`, none = no caption source)",
+    meaning = {
+        "file": f"the captions file `{config.captions_file}`",
+        "coco": "COCO captions",
+        "model": f"the captioning model `{config.caption_model}`",
+        "none": "no caption source (empty)",
+    }
+    lines = [f"- {count} from {meaning[origin]}" for origin, count in captions["origins"].items()]
+    lines += [
         f"- empty captions: {captions['empty']} of {rows}",
         f"- words per non-empty caption: mean {captions['words_mean']}, min {captions['words_min']}, "
         f"max {captions['words_max']}",

@@ -130,7 +130,10 @@ def _object_mask(item, image, orientation, stored_size, notes):
     if "coco" in item:
         from .coco import rasterize
 
-        mask = PIL.Image.fromarray(rasterize(item["coco"]), "L")
+        try:
+            mask = PIL.Image.fromarray(rasterize(item["coco"]), "L")
+        except Exception as err:  # pycocotools raises bare Exception, TypeError or ValueError on bad input
+            raise _Skip("invalid COCO segmentation", detail=str(err)) from None
         return _orient(mask, orientation, notes) if mask.size == stored_size else mask
     try:
         mask = load_object_mask(item["mask"])
