@@ -119,3 +119,53 @@ def test_model_captions_are_batched_cached_and_not_redone(tmp_path, folders, tin
     monkeypatch.setattr(Captioner, "_generate", lambda self, images: pytest.fail("captioned twice"))
     assert prepare(*args, "--max-side", "24", "--overwrite", "--output", tmp_path / "out") == 0
     assert texts(tmp_path / "out") == found
+
+
+def test_blip2_family_captioner_runs_batched_and_caches(tmp_path, monkeypatch):
+    """BLIP-2 (vision encoder + Q-Former + decoder-only LM) through the same Auto classes: a tiny random one."""
+    from transformers import (
+        BertTokenizer,
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"), bos_token="[CLS]", eos_token="[SEP]", model_max_length=64)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}
+    language = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        ffn_dim=37,
+        word_embed_proj_dim=32,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = Blip2Config(
+        vision_config={"image_size": 32, "patch_size": 8, **small},
+        qformer_config={"vocab_size": len(tokenizer), "encoder_hidden_size": 32, **small},
+        text_config=language.to_dict(),
+        num_query_tokens=4,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-blip2"
+    Blip2ForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=4).save_pretrained(folder)
+
+    from PIL import Image
+
+    captioner = Captioner(folder, tmp_path / "cache.jsonl", device="cpu", batch_size=2)
+    images = [Image.new("RGB", (50, 40), (200, 10, 10)), Image.new("RGB", (40, 60), (0, 0, 200))] * 2
+    captions = captioner(images[:3], ["a", "b", "c"])
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 3
+    monkeypatch.setattr(Captioner, "_generate", lambda self, images: pytest.fail("not read from the cache"))
+    assert Captioner(folder, tmp_path / "cache.jsonl")(images[:3], ["a", "b", "c"]) == captions

@@ -193,7 +193,9 @@ def _make_plan(config, state, fingerprint):
     sources = [_enumerate(spec) for spec in config.sources]
     items, taken = mix(sources, config.seed, config.counts, config.weights)
     if not items:
-        raise ValueError("The sources hold no usable example (see the problems above).")
+        problems = [f"{p['file']}: {p['reason']}" for s in sources for p in s.problems]
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        raise ValueError(f"The sources hold no usable example ({shown or 'nothing found'}).")
     state.mkdir(parents=True, exist_ok=True)
     (state / "shards").mkdir(exist_ok=True)
     _write_atomic(state / "plan.jsonl", "".join(json.dumps(item) + "\n" for item in items))
