@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from photobg.prepare import card  # noqa: F401  (imports `datasets` before the clock starts)
 from photobg.prepare.build import PrepareConfig, SourceSpec, build_dataset
 
 

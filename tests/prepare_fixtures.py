@@ -24,7 +24,8 @@ def make_layout(root, layout, count=3):
     """Write a small dataset in `layout`'s published folder layout under `root`.
 
     Returns:
-        (folder to give `photobg prepare`, {stem: (photo, mask, image file)} of the split it should read).
+        (folder to give `photobg prepare`, {stem: (photo, mask, image file, mask file)} of the split it should
+        read).
     """
     root = Path(root)
     if layout == "duts":  # the dataset root holds DUTS-TR and DUTS-TE; the training split is read
@@ -54,8 +55,8 @@ def make_layout(root, layout, count=3):
     expected = {}
     for i in range(count):
         stem = f"{layout}_{i:03d}"
-        image_file = root / image_dir / f"{stem}{image_suffix}"
-        expected[stem] = (*write_pair(image_file, root / mask_dir / f"{stem}.png", seed=i), image_file)
+        image_file, mask_file = root / image_dir / f"{stem}{image_suffix}", root / mask_dir / f"{stem}.png"
+        expected[stem] = (*write_pair(image_file, mask_file, seed=i), image_file, mask_file)
     if test:
         write_pair(root / test[0] / "test_000.jpg", root / test[1] / "test_000.png", seed=99)
     folders = {

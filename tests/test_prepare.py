@@ -36,7 +36,8 @@ def read_rows(output):
         for row in pq.read_table(path).to_pylist():
             row["image_bytes"] = row["image"]["bytes"]
             row["image"] = Image.open(io.BytesIO(row["image_bytes"]))
-            row["conditioning_image"] = Image.open(io.BytesIO(row["conditioning_image"]["bytes"]))
+            row["mask_bytes"] = row["conditioning_image"]["bytes"]
+            row["conditioning_image"] = Image.open(io.BytesIO(row["mask_bytes"]))
             rows[row["id"]] = row
     return rows
 
@@ -71,12 +72,13 @@ def test_published_layouts_are_detected_and_read(tmp_path, layout):
     assert prepare(folder, "--output", tmp_path / "out") == 0
     rows = read_rows(tmp_path / "out")
     assert set(rows) == {f"{layout}/{stem}" for stem in expected}  # the training split only
-    for stem, (_, mask, image_file) in expected.items():
+    for stem, (_, mask, image_file, mask_file) in expected.items():
         row = rows[f"{layout}/{stem}"]
         assert (row["source"], row["text"], row["width"], row["height"]) == (layout, "", *SIZE)
         assert row["image"].mode == "RGB" and row["conditioning_image"].mode == "L"
         assert np.array_equal(np.asarray(row["conditioning_image"]), np.asarray(mask))
-        assert row["image_bytes"] == image_file.read_bytes()  # unchanged images are not re-encoded
+        assert row["image_bytes"] == image_file.read_bytes()  # unchanged files are not re-encoded
+        assert row["mask_bytes"] == mask_file.read_bytes()
 
 
 def test_named_layout_and_test_split_folder(tmp_path):

@@ -113,7 +113,7 @@ def dataset_card(config, summary):
         "# photobg training set",
         "",
         f"Made by `photobg prepare` (photobg {__version__}): {summary['rows']} examples in "
-        f"{len(summary['shards'])} parquet shards under `data/`; "
+        f"{len(summary['shards'])} parquet shard(s) under `data/`; "
         'load it with `datasets.load_dataset("<this folder>")`.',
         "",
         'Columns: `image` (RGB), `conditioning_image` (the object mask, "L", white 255 = object, binarised at 128 '
@@ -122,7 +122,7 @@ def dataset_card(config, summary):
         "",
         "## Sources",
         "",
-        "| source | kind | found | taken | written | left out | from |",
+        "| source | kind | paired | taken | written | left out | from |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for s in summary["sources"]:
@@ -132,8 +132,8 @@ def dataset_card(config, summary):
         )
     lines += [
         "",
-        "`found`: examples paired on disk; `taken`: after --count/--weight; `left out`: counted in the next "
-        "sections (includes files that could not be paired).",
+        "`paired`: examples found with their mask (or annotation); `taken`: after --count/--weight; `left out`: "
+        "files that could not be paired plus examples dropped by the checks (see Left out).",
         "",
         "## Captions",
         "",
@@ -211,9 +211,9 @@ def _size_category(rows):
 def _report(config, output, summary):
     if not config.progress:
         return
-    print(f"Wrote {summary['rows']} examples in {len(summary['shards'])} shards to {output / 'data'}")
+    print(f"Wrote {summary['rows']} examples in {len(summary['shards'])} shard(s) to {output / 'data'}")
     for s in summary["sources"]:
-        print(f"  {s['name']}: {s['written']} written of {s['found']} found ({s['left_out']} left out)")
+        print(f"  {s['name']}: {s['written']} written of {s['found']} paired ({s['left_out']} left out)")
     for reason, group in summary["skipped"].items():
         print(f"  left out, {reason}: {group['count']} (e.g. {group['files'][0]})")
     captions = summary["captions"]

@@ -13,7 +13,8 @@ Runs in worker processes, so it imports only PIL, numpy and (for COCO) pycocotoo
   - optional downscaling so the long side is <= max_side and the short side <= max_short_side (the mask
     gets exactly the same size);
   - an image that needs no change keeps its original file bytes (no re-encoding); others are written as
-    JPEG (quality 95, 4:4:4) when they came from a JPEG, else PNG. Masks are always PNG ("L").
+    JPEG (quality 95, 4:4:4) when they came from a JPEG, else PNG. Masks are PNG ("L"); a mask file that
+    already is such a PNG and needs no change is stored byte for byte too.
 """
 
 import io
@@ -78,7 +79,9 @@ class _Skip(Exception):
 def _process(item, options):
     notes = []
     image, image_format, orientation, stored_size = _open_image(item["image"])
-    mask = _object_mask(item, image, orientation, stored_size, notes)
+    plain_file = []  # the mask file, when its bytes already are the stored mask (see _plain_png_mask)
+    mask = _object_mask(item, image, orientation, stored_size, notes, plain_file)
+    loaded_mask = mask
     if orientation in EXIF_TRANSPOSE:
         notes.append("EXIF orientation applied")
     image_changed = image.mode != "RGB" or orientation in EXIF_TRANSPOSE
@@ -93,14 +96,15 @@ def _process(item, options):
     if image_changed or image_format not in KEEP_BYTES_FORMATS:
         image_bytes = _encode(image, "JPEG" if image_format == "JPEG" else "PNG")
     else:  # the file already holds exactly this RGB image: no re-encoding loss, no time spent
-        with open(item["image"], "rb") as f:
-            image_bytes = f.read()
+        image_bytes = _read(item["image"])
+    # Every change to the mask (rotation, resize) makes a new image object, so identity means unchanged.
+    mask_bytes = _read(plain_file[0]) if plain_file and mask is loaded_mask else _encode(mask, "PNG")
     return {
         "id": item["id"],
         "source": item["source"],
         "file": item["image"],
         "image": image_bytes,
-        "mask": _encode(mask, "PNG"),
+        "mask": mask_bytes,
         "width": image.width,
         "height": image.height,
         "notes": notes,
@@ -122,7 +126,7 @@ def _open_image(path):
     return image, image_format, orientation, stored_size
 
 
-def _object_mask(item, image, orientation, stored_size, notes):
+def _object_mask(item, image, orientation, stored_size, notes, plain_file):
     if item.get("alpha"):
         if image.mode not in ("RGBA", "LA", "PA") and not (image.mode == "P" and "transparency" in image.info):
             raise _Skip("cutout without an alpha channel")
@@ -135,12 +139,34 @@ def _object_mask(item, image, orientation, stored_size, notes):
         except Exception as err:  # pycocotools raises bare Exception, TypeError or ValueError on bad input
             raise _Skip("invalid COCO segmentation", detail=str(err)) from None
         return _orient(mask, orientation, notes) if mask.size == stored_size else mask
-    try:
-        mask = load_object_mask(item["mask"])
-    except ValueError as err:
-        raise _Skip("unreadable mask", item["mask"], detail=str(err)) from None
+    plain = mask = _plain_png_mask(item["mask"])
+    if mask is None:
+        try:
+            mask = load_object_mask(item["mask"])
+        except ValueError as err:
+            raise _Skip("unreadable mask", item["mask"], detail=str(err)) from None
     if mask.size != image.size and mask.size == stored_size:
         mask = _orient(mask, orientation, notes)
+    if plain is not None and mask is plain:
+        plain_file.append(item["mask"])
+    return mask
+
+
+def _plain_png_mask(path):
+    """The mask when its file is already an 8-bit grayscale PNG that `load_object_mask` would return unchanged
+    (no alpha, no EXIF rotation, not a 0/1 label map), else None. Such a file's bytes can be stored as they
+    are when nothing else changes the mask: the common case (DUTS, DIS5K, ...), no re-encoding."""
+    try:
+        with PIL.Image.open(path) as raw:
+            plain = raw.format == "PNG" and raw.mode == "L" and "transparency" not in raw.info
+            if not plain or raw.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                return None
+            raw.load()
+            if raw.getextrema()[1] <= 1:
+                return None
+            mask = raw.copy()
+    except (OSError, SyntaxError, ValueError):
+        return None  # load_object_mask reports it
     return mask
 
 
@@ -204,6 +230,11 @@ def _check_coverage(mask, item):
         raise _Skip(
             "mask covers the whole image", item.get("mask") or item["image"], detail="no background to generate"
         )
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _encode(image, image_format):
