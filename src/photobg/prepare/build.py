@@ -145,7 +145,7 @@ def plan_report(config):
     items, taken = mix(sources, config.seed, config.counts, config.weights)
     lines = [f"{len(items)} examples planned, {math.ceil(len(items) / config.shard_size)} shards"]
     for source in sources:
-        lines.append(f"  {source.name}: {taken[source.name]} of {len(source.items)} found — {source.description}")
+        lines.append(f"  {source.name}: {taken[source.name]} of {len(source.items)} paired — {source.description}")
         reasons = {}
         for problem in source.problems:
             reasons[problem["reason"]] = reasons.get(problem["reason"], 0) + 1
