@@ -398,3 +398,17 @@ def test_dry_run_writes_nothing(tmp_path, two_sources, capsys):
     assert main(["prepare", *map(str, two_sources), "--dry-run", "--output", str(tmp_path / "out")]) == 0
     assert "10 examples planned" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_reads_a_prepared_set_as_a_benchmark(tmp_path):
+    from photobg.evaluate.data import Benchmark
+
+    folder, expected = make_layout(tmp_path / "data", "duts", count=2)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"file_name": "duts_000.jpg", "text": "a vase"}) + "\n")
+    assert prepare(folder, "--captions", captions, "--output", tmp_path / "out") == 0
+    benchmark = Benchmark(tmp_path / "out", resolution=0)
+    assert benchmark.ids == ["duts/duts_000", "duts/duts_001"]
+    sample = benchmark[0]
+    assert sample.prompt == "a vase" and sample.image.size == SIZE
+    assert np.array_equal(np.asarray(sample.object_mask), np.asarray(expected["duts_000"][1]))
