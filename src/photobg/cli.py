@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": "photobg.convert",
     "evaluate": "photobg.evaluate",
     "bench": "photobg.bench",
+    "prepare": "photobg.prepare",
 }
 
 

@@ -72,25 +72,31 @@ def split_cutout(image):
     """
     if not isinstance(image, PIL.Image.Image):
         image = PIL.Image.fromarray(np.asarray(image))
-    alpha = None
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        image = rgba
-        if alpha.getextrema() == (255, 255):
-            alpha = None
+    alpha = _transparency(image)
     if image.mode in _WIDE_GRAY_MODES:
         image = PIL.Image.fromarray(_gray_array(image), "L")
     return image.convert("RGB"), alpha
 
 
+def _transparency(image):
+    """The alpha channel ("L") of an image that has one and is not opaque everywhere, else None."""
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    return None
+
+
 def as_object_mask(mask):
     """An object mask in any common form as an "L" image, white (255) = object. The rules, one per kind:
 
-    - an alpha channel with transparency (RGBA, LA, palette with transparency): the alpha is the object;
-    - 16-bit gray: scaled from 0..65535; float: scaled from 0..1; bool: True = object;
-    - RGB, CMYK, a palette without transparency: the luminance;
-    - a mask whose values are only 0 and 1 (a label map): 1 = object.
+    - an alpha channel with transparency (a cutout, an RGBA/LA mask, a palette with transparency): the alpha;
+    - 16-bit gray: scaled from 0..65535 to 0..255 when it uses that range (has values above 255);
+    - float arrays: scaled from 0..1; bool arrays: True = object;
+    - RGB, CMYK and palette masks: the brightest channel, so a white or a coloured object on black both count;
+    - a mask whose only values are 0 and 1 (a label map): 1 = object.
+
+    Soft values are kept; `OBJECT_THRESHOLD` binarises where needed.
 
     Args:
         mask: PIL image or array (H, W) / (H, W, C) of uint8, uint16, bool or float.
@@ -105,22 +111,25 @@ def as_object_mask(mask):
         if np.issubdtype(array.dtype, np.floating):
             return PIL.Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8), "L")
         mask = PIL.Image.fromarray(array)
-    rgb, alpha = split_cutout(mask)
+    alpha = _transparency(mask)
     if alpha is not None:
         return alpha
-    if mask.mode in _WIDE_GRAY_MODES and mask.mode != "F" and np.asarray(mask).max(initial=0) <= 1:
-        gray = np.asarray(mask).astype(np.uint8)  # a 16-bit label map, which scaling would zero
-    elif mask.mode in _WIDE_GRAY_MODES:
+    if mask.mode == "F":
         gray = _gray_array(mask)
+    elif mask.mode in _WIDE_GRAY_MODES:
+        gray = np.asarray(mask, dtype=np.float64)
+        gray = np.round(gray / 257 if gray.max(initial=0) > 255 else gray).clip(0, 255).astype(np.uint8)
+    elif mask.mode in ("L", "1"):
+        gray = np.asarray(mask.convert("L"))
     else:
-        gray = np.asarray(rgb.convert("L"))
+        gray = np.asarray(mask.convert("RGB")).max(axis=2)
     if gray.max(initial=0) == 1:  # a label map: 1 = object
         gray = gray * 255
     return PIL.Image.fromarray(gray, "L")
 
 
 def load_object_mask(path):
-    """Read an object-mask file (white = object) as an "L" image, by the rules of `as_object_mask`.
+    """Open an object-mask file as an "L" image, white (255) = object, by the rules of `as_object_mask`.
 
     Raises:
         ValueError: naming the file, when it is missing or not a readable image.
