@@ -13,6 +13,7 @@ from . import __version__
 COMMANDS = {
     "generate": "photobg.generate",
     "convert": "photobg.convert",
+    "train": "photobg.train",
 }
 
 
