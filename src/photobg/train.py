@@ -351,8 +351,8 @@ def main(config):
     accelerator = make_accelerator(config)
     seed = resolve_seed(config, accelerator)
     prepare_output_dir(config, accelerator)
+    examples = make_examples(config, seed)  # columns checked before any model loads
     models = load_models(config, accelerator)
-    examples = make_examples(config, models, seed)
     if config.cache_latents:
         examples = cache_latents(config, examples, models, accelerator)
     sampler = EpochSampler(len(examples), seed)
@@ -558,7 +558,9 @@ def load_models(config, accelerator):
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (vae, unet, text_encoder):
         frozen.requires_grad_(False)
-        frozen.to(accelerator.device, dtype=weight_dtype)
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
     controlnet.train()
     if config.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
@@ -624,7 +626,7 @@ def register_checkpoint_hooks(accelerator):
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def make_examples(config, models, seed):
+def make_examples(config, seed):
     """The training examples (see `photobg.data.TrainExamples`), columns checked."""
     from .data import TrainExamples, load_train_dataset
 
