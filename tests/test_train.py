@@ -1,8 +1,10 @@
 """Training: both variants learn, training builds the pipeline's ControlNet inputs, resume is exact, a killed run
 resumes, two processes share the work, bad flags are named. Tiny models, CPU, synthetic shapes."""
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +106,7 @@ def test_loss_falls_and_the_output_generates(variant, fixed_batch, tmp_path):
     assert resolved["controlnet_variant"] == variant and resolved["max_train_steps"] == 60
     assert (out / "pipeline" / "training_config.json").exists()
     grid = out / "validation" / "step-000060.png"
-    assert grid.exists() and len(list((out / "logs").rglob("events.out.tfevents*"))) == 1
+    assert grid.exists() and len(list((out / "logs" / "train_controlnet").glob("events.out.tfevents*"))) == 1
 
     pipe = load_pipeline(out / "pipeline", device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -292,54 +294,27 @@ def test_two_processes_share_the_data_and_only_the_main_one_writes(shapes, tmp_p
     photo, object_mask = make_photo(48, 40)
     photo.save(tmp_path / "photo.png")
     object_mask.save(tmp_path / "mask.png")
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    extra = [
-        "--max_train_steps",
-        "3",
-        "--checkpointing_steps",
-        "2",
-        "--report_to",
-        "tensorboard",
-        "--validation_prompt",
-        "a red ellipse",
-        "--validation_image",
-        str(tmp_path / "mask.png"),
-        "--validation_inpainting_image",
-        str(tmp_path / "photo.png"),
-        "--num_validation_images",
-        "1",
-        "--validation_steps",
-        "3",
-        "--validation_num_inference_steps",
-        "2",
-    ]
-    command = launch + script_command(str(ROOT / "train_controlnet_inpaint.py"), out, shapes, *extra)
-    result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    # accelerate's `--cpu` launcher starts one process (several need MPI); `--multi_gpu` starts them with torchrun
+    # and ACCELERATE_USE_CPU keeps them on the CPU, talking over gloo.
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    validation = ["--validation_prompt", "a red ellipse", "--validation_image", str(tmp_path / "mask.png")]
+    validation += ["--validation_inpainting_image", str(tmp_path / "photo.png"), "--num_validation_images", "1"]
+    validation += ["--validation_steps", "3", "--validation_num_inference_steps", "2"]
+    extra = ["--max_train_steps", "3", "--checkpointing_steps", "2", "--report_to", "tensorboard", *validation]
+    command = [sys.executable, *launch, *script_command(str(ROOT / "train_controlnet_inpaint.py"), out, shapes, *extra)]
+    env = {**script_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    starts = {}
-    for line in result.stderr.splitlines():
-        if "starts with examples" in line:
-            process = int(line.split("Process ")[1].split()[0])
-            starts[process] = line.split("starts with examples ")[1]
-    assert set(starts) == {0, 1} and starts[0] != starts[1]
+    starts = dict(re.findall(r"Process (\d) starts with examples (\[.*?\])", result.stderr))
+    assert set(starts) == {"0", "1"}
+    first_batches = [set(ast.literal_eval(starts[k])) for k in ("0", "1")]
+    assert len(first_batches[0]) == len(first_batches[1]) == 2 and not first_batches[0] & first_batches[1]
     resolved = json.loads((out / "training_config.json").read_text())
     assert resolved["num_processes"] == 2 and resolved["total_batch_size"] == 4
     # One writer: one tracker log, one validation grid; each process only adds its own RNG states to checkpoints.
-    assert len(list((out / "logs").rglob("events.out.tfevents*"))) == 1
+    assert len(list((out / "logs" / "train_controlnet").glob("events.out.tfevents*"))) == 1
     assert [p.name for p in (out / "validation").iterdir()] == ["step-000003.png"]
     checkpoint = out / "checkpoint-2"
     assert sorted(p.name for p in checkpoint.glob("*_rng_*.pt")) == ["noise_rng_0.pt", "noise_rng_1.pt"]
