@@ -124,9 +124,12 @@ def check_columns(column_names, columns, source="the dataset"):
 
 
 def decode_image(value, mode):
-    """An undecoded `datasets.Image` value (dict with bytes/path), a path or a PIL image -> PIL image in `mode`."""
+    """An undecoded `datasets.Image` value (dict with bytes/path), encoded bytes, a path or a PIL image -> PIL image
+    in `mode`; raises `BadExample` saying what is wrong."""
     if isinstance(value, dict):
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        value = value["bytes"] if value.get("bytes") else value.get("path")
+    if isinstance(value, bytes):
+        value = io.BytesIO(value)
     if value is None:
         raise BadExample("the image is missing")
     try:
