@@ -410,3 +410,11 @@ def test_help_documents_the_diffusers_flags(capsys):
         "--set_grads_to_none",
     ):
         assert flag in text
+
+
+@pytest.mark.parametrize(("name", "kind"), [("deepspeed_zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_the_shipped_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert loaded.distributed_type == kind and loaded.num_processes == 8

@@ -334,18 +334,18 @@ def run(args):
 
 @dataclass
 class TrainResult:
-    """What `main` returns: the output folder, the last step and the loss of every optimisation step."""
+    """What `main` returns: the output folder, the last step, the loss of every optimisation step of this run and
+    when each ended (`time.perf_counter()`), for throughput measurements."""
 
     output_dir: str
     step: int
     losses: list
+    step_times: list
 
 
 def main(config):
     """Train a ControlNet as `config` says; returns a `TrainResult`."""
     import torch
-
-    from .data import Collate, EpochSampler
 
     check_config(config)
     accelerator = make_accelerator(config)
@@ -355,15 +355,7 @@ def main(config):
     models = load_models(config, accelerator)
     if config.cache_latents:
         examples = cache_latents(config, examples, models, accelerator)
-    sampler = EpochSampler(len(examples), seed)
-    loader = torch.utils.data.DataLoader(
-        examples,
-        batch_size=config.train_batch_size,
-        sampler=sampler,
-        collate_fn=Collate(models.tokenizer),
-        num_workers=config.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG out of data loading
-    )
+    loader, sampler = make_loader(config, examples, models.tokenizer, seed)
     steps = plan_steps(config, len(loader), accelerator.num_processes)
     optimizer = make_optimizer(config, models.controlnet, accelerator.num_processes)
     lr_scheduler = make_lr_scheduler(config, optimizer, steps["max_train_steps"], accelerator.num_processes)
@@ -377,7 +369,7 @@ def main(config):
     )
     resume(config, accelerator, state)
     log_plan(accelerator, len(examples), steps, resolved)
-    losses = train(
+    losses, step_times = train(
         config,
         accelerator,
         models,
@@ -393,18 +385,20 @@ def main(config):
     )
     save_outputs(config, accelerator, models, controlnet, resolved)
     accelerator.end_training()
-    return TrainResult(output_dir=config.output_dir, step=state.step, losses=losses)
+    return TrainResult(output_dir=config.output_dir, step=state.step, losses=losses, step_times=step_times)
 
 
 def train(
     config, accelerator, models, controlnet, optimizer, lr_scheduler, loader, sampler, examples, state, steps, resolved
 ):
-    """The optimisation loop from `state.step` to `max_train_steps`; returns the loss of each step."""
+    """The optimisation loop from `state.step` to `max_train_steps`; returns the loss and end time of each step."""
+    import time
+
     from tqdm.auto import tqdm
 
     max_steps, per_epoch = steps["max_train_steps"], steps["updates_per_epoch"]
     progress = tqdm(total=max_steps, initial=state.step, desc="Steps", disable=not accelerator.is_local_main_process)
-    losses, micro_losses, validated = [], [], None
+    losses, step_times, micro_losses, validated = [], [], [], None
     while state.step < max_steps:
         epoch = state.step // per_epoch
         sampler.epoch = examples.epoch = epoch
@@ -429,6 +423,7 @@ def train(
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            step_times.append(time.perf_counter())
             losses.append(sum(micro_losses) / len(micro_losses))
             micro_losses = []
             progress.update(1)
@@ -443,7 +438,7 @@ def train(
     progress.close()
     if config.validation_prompt and validated != state.step:
         validate(config, accelerator, models, controlnet, state.step)
-    return losses
+    return losses, step_times
 
 
 def stop_non_finite(config, accelerator, value, step):
@@ -607,8 +602,13 @@ def load_controlnet(config, unet):
 
 
 def register_checkpoint_hooks(accelerator):
-    """Checkpoints hold the ControlNet as a diffusers folder (`controlnet/`), like diffusers' example."""
+    """Checkpoints hold the ControlNet as a diffusers folder (`controlnet/`), like diffusers' example. Under FSDP
+    accelerate saves and loads the sharded model itself."""
+    from accelerate.utils import DistributedType
     from diffusers import ControlNetModel
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
@@ -650,6 +650,24 @@ def make_examples(config, seed):
         seed=seed,
         bad_examples=config.bad_examples,
     )
+
+
+def make_loader(config, examples, tokenizer, seed):
+    """The DataLoader (before `accelerator.prepare` shards it) and its sampler, whose `epoch` the loop sets."""
+    import torch
+
+    from .data import Collate, EpochSampler
+
+    sampler = EpochSampler(len(examples), seed)
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=config.train_batch_size,
+        sampler=sampler,
+        collate_fn=Collate(tokenizer),
+        num_workers=config.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG out of data loading
+    )
+    return loader, sampler
 
 
 def plan_steps(config, batches_per_process, num_processes):
@@ -1036,8 +1054,12 @@ def validation_pairs(config):
 def validate(config, accelerator, models, controlnet, step):
     """Generate with the real pipeline on the validation pairs; log to the trackers and save a PNG grid."""
     import torch
+    from accelerate.utils import DistributedType
 
     if not accelerator.is_main_process:
+        return step
+    if accelerator.distributed_type == DistributedType.FSDP:
+        logger.warning("Validation is skipped under FSDP (the sharded ControlNet cannot run in one process).")
         return step
     from .masks import load_image
     from .pipeline_controlnet_inpaint import split_object
