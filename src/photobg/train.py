@@ -469,9 +469,9 @@ def make_accelerator(config):
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(logging_dir)),
     )
+    # Every process logs (per-process facts such as its first examples); the libraries only on the main one.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_local_main_process:
-        logger.setLevel(logging.INFO)  # per-process facts (data shards, errors) still reach the log
         transformers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.set_verbosity_error()
     else:
@@ -747,6 +747,8 @@ def start_trackers(config, accelerator, resolved):
 
 
 def log_plan(accelerator, num_examples, steps, resolved):
+    if not accelerator.is_main_process:
+        return
     logger.info(
         f"Training the {resolved['controlnet_variant']} variant on {num_examples} examples: "
         f"{steps['max_train_steps']} steps ({steps['num_train_epochs']} epochs of {steps['updates_per_epoch']}), "
