@@ -1,11 +1,16 @@
 """Shared fixtures: tiny random models in the Hub folder layout, written once per test session."""
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+import os
 
-from photobg.models import load_pipeline, write_test_model
+# No test may reach the Hub; huggingface_hub reads this once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from photobg.models import load_pipeline, write_test_model  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -13,7 +18,6 @@ def _isolated_cache(tmp_path_factory):
     # Test models named on the command line (`--model tiny-inpainting`) go to a per-session cache.
     mp = pytest.MonkeyPatch()
     mp.setenv("PHOTOBG_CACHE", str(tmp_path_factory.mktemp("photobg-cache")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
     yield
     mp.undo()
 

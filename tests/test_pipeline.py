@@ -260,3 +260,25 @@ def _literal(text):
     import re
 
     return re.escape(text)
+
+
+def test_callback_on_step_end_sees_every_step_and_can_replace_latents(pipe):
+    photo, object_mask = make_photo()
+    steps = []
+
+    def zero_latents(pipeline, step, timestep, tensors):
+        steps.append((step, set(tensors)))
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    out = run(
+        pipe,
+        image=photo,
+        object_mask=object_mask,
+        preserve_object=False,
+        output_type="latent",
+        callback_on_step_end=zero_latents,
+        callback_on_step_end_tensor_inputs=["latents", "mask"],
+    )
+    assert [s for s, _ in steps] == list(range(len(steps))) and len(steps) >= 3
+    assert steps[0][1] == {"latents", "mask"}
+    assert out.abs().max() == 0

@@ -13,6 +13,8 @@ from . import __version__
 COMMANDS = {
     "generate": "photobg.generate",
     "convert": "photobg.convert",
+    "evaluate": "photobg.evaluate",
+    "bench": "photobg.bench",
     "train": "photobg.train",
 }
 

@@ -208,7 +208,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         # 1. Inputs: in object mode derive the region to generate from the object; check everything
         objects = None
         if object_mask is not None or (mask_image is None and _any_alpha(image)):
-            objects = self._load_objects(image, object_mask, mask_image, control_image, preserve_object)
+            objects = self._load_objects(image, object_mask, mask_image, control_image)
             height = height or objects[0][0].height // self.vae_scale_factor * self.vae_scale_factor
             width = width or objects[0][0].width // self.vae_scale_factor * self.vae_scale_factor
         else:
@@ -339,7 +339,8 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                 progress_bar.update()
 
         # 8. Decode; in object mode return the input's size with the original object pasted back
-        images, nsfw = self._decode(latents, generator, output_type, objects, num_images_per_prompt)
+        preserve_object = preserve_object is None or preserve_object
+        images, nsfw = self._decode(latents, generator, output_type, objects, num_images_per_prompt, preserve_object)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, nsfw
@@ -360,7 +361,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         callback_on_step_end_tensor_inputs,
     ):
         """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
-        if not isinstance(self.controlnet, ControlNetModel):
+        if not isinstance(getattr(self.controlnet, "_orig_mod", self.controlnet), ControlNetModel):  # maybe compiled
             raise ValueError("This pipeline runs exactly one ControlNetModel.")
         unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
         if unet_channels not in (4, 9):
@@ -407,7 +408,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             if _size(img) is not None and _size(msk) is not None and _size(img) != _size(msk):
                 raise ValueError(f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match.")
 
-    def _load_objects(self, image, object_mask, mask_image, control_image, preserve_object):
+    def _load_objects(self, image, object_mask, mask_image, control_image):
         """Object mode: [(RGB image, object mask "L" image)] per input image, checked."""
         if mask_image is not None or control_image is not None:
             raise ValueError(
@@ -436,7 +437,6 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             if objects and rgb.size != objects[0][0].size:
                 raise ValueError("All images of one call must have the same size.")
             objects.append((rgb, obj))
-        self._preserve_object = True if preserve_object is None else preserve_object
         return objects
 
     def _prepare_images(self, image, mask_image, control_image, objects, height, width):
@@ -499,7 +499,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             known = self.scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
         return (1 - init_mask) * known + init_mask * latents
 
-    def _decode(self, latents, generator, output_type, objects, num_images_per_prompt):
+    def _decode(self, latents, generator, output_type, objects, num_images_per_prompt, preserve_object):
         if output_type == "latent":
             return latents, None
         scaled = latents / self.vae.config.scaling_factor
@@ -515,9 +515,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                 generated = F.interpolate(generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True)
                 generated = generated[0].clamp(0, 1)
             generated = generated.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-            restored.append(
-                paste_object(generated, np.asarray(rgb), np.asarray(obj)) if self._preserve_object else generated
-            )
+            restored.append(paste_object(generated, np.asarray(rgb), np.asarray(obj)) if preserve_object else generated)
         restored = np.stack(restored).astype(np.float32)
         if output_type == "pt":
             return torch.from_numpy(restored).permute(0, 3, 1, 2), nsfw

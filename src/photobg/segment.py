@@ -2,11 +2,17 @@
 when no mask is given) and `photobg evaluate` (to find the object in a generated image).
 
 A segmenter is a callable `segmenter(image: PIL.Image) -> PIL.Image` returning an "L" object mask of the
-image's size, white (255) = object, soft values allowed. `get_segmenter(name)` builds one by name; a
-missing package or model is a `SegmenterUnavailable` error that says how to install it or what to use
-instead.
+image's size, white (255) = object, soft values allowed. A segmenter that needs more than the image declares
+it as keyword parameters, which `segment_image` fills in: `object_mask` (the input object mask, e.g. SAM's
+prompt) and `key` (a name for the image, e.g. which mask file of a folder belongs to it). `get_segmenter(name)`
+builds one by name; a missing package or model is a `SegmenterUnavailable` error that says how to install it
+or what to use instead.
 """
 
+import inspect
+from pathlib import Path
+
+import numpy as np
 import PIL.Image
 
 SEGMENTERS = {}
@@ -68,9 +74,144 @@ def threshold(level=128):
     return segment
 
 
-def segment_image(segmenter, image):
-    """Run `segmenter` and check its contract (an "L" mask of the image's size)."""
-    mask = segmenter(image)
+DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@register("sam")
+def sam(model=DEFAULT_SAM_MODEL, device=None, num_points=3):
+    """Segment Anything through `transformers`, prompted with the input object's box and interior points.
+
+    The paper measures object expansion with SAM masks. SAM needs a prompt, so this segmenter only works where
+    the input object mask is known (evaluation): its bounding box and `num_points` points deep inside it say
+    which object to cut out of the generated image; of SAM's three candidate masks the one with the highest
+    predicted IoU is kept. An empty object mask gives an empty output mask (there is nothing to look for).
+
+    Args:
+        model: Hub id or local folder holding a `SamModel` and its `SamProcessor` (`save_pretrained` layout).
+        device: torch device; default CUDA when present.
+        num_points: how many positive points to place inside the object.
+    """
+    try:
+        import torch
+        from transformers import SamModel, SamProcessor
+
+        from .pipeline_controlnet_inpaint import OBJECT_THRESHOLD
+    except ImportError as err:
+        raise SegmenterUnavailable(
+            "The 'sam' segmenter needs `pip install transformers torch`. Or choose another segmenter: "
+            "transparent-background, or given-masks with your own mask files."
+        ) from err
+    try:
+        processor = SamProcessor.from_pretrained(model)
+        sam_model = SamModel.from_pretrained(model).eval()
+    except (OSError, ValueError) as err:
+        raise SegmenterUnavailable(
+            f"The 'sam' segmenter could not load {model!r} ({err.__class__.__name__}: {err}). Pass a local copy "
+            "(a folder with a SamModel and its SamProcessor, saved with save_pretrained) as the SAM model, run "
+            "where the Hub is reachable, or choose another segmenter: transparent-background, or given-masks."
+        ) from err
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sam_model.to(device)
+
+    def segment(image, object_mask=None):
+        if object_mask is None:
+            raise ValueError("The 'sam' segmenter needs the input object mask as its prompt (box and points).")
+        binary = np.asarray(object_mask.convert("L")) >= OBJECT_THRESHOLD
+        if not binary.any():
+            return PIL.Image.new("L", image.size, 0)
+        box, points = sam_prompt(binary, num_points)
+        inputs = processor(
+            images=image.convert("RGB"),
+            input_boxes=[[box]],
+            input_points=[[points]],
+            input_labels=[[[1] * len(points)]],
+            return_tensors="pt",
+        )
+        original_sizes, reshaped_sizes = inputs.pop("original_sizes"), inputs.pop("reshaped_input_sizes")
+        inputs = {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+        with torch.no_grad():
+            out = sam_model(**inputs, multimask_output=True)
+        masks = processor.image_processor.post_process_masks(out.pred_masks.cpu(), original_sizes, reshaped_sizes)
+        best = int(out.iou_scores[0, 0].argmax())  # masks[0]: (prompts=1, candidates=3, H, W)
+        return PIL.Image.fromarray(masks[0][0, best].numpy().astype(np.uint8) * 255, "L")
+
+    return segment
+
+
+def sam_prompt(binary, num_points=3):
+    """SAM's prompt for an object: its box and points deep inside it.
+
+    Args:
+        binary: (H, W) bool array, True = object (not empty).
+        num_points: how many points.
+
+    Returns:
+        (box as [x0, y0, x1, y1] pixel coordinates, list of [x, y] points). Points are picked greedily at the
+        largest distance from the object's edge, each one blocking a disk of its own depth around it, so they
+        spread over the object's thick parts instead of piling up in one place.
+    """
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(binary)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    depth = ndimage.distance_transform_edt(binary)
+    yy, xx = np.mgrid[0 : binary.shape[0], 0 : binary.shape[1]]
+    points = []
+    for _ in range(num_points):
+        y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+        if depth[y, x] <= 0:
+            break
+        points.append([int(x), int(y)])
+        depth[(yy - y) ** 2 + (xx - x) ** 2 <= max(depth[y, x], 1.0) ** 2] = 0
+    return box, points
+
+
+@register("given-masks")
+def given_masks(folder):
+    """Masks you bring: the mask of the image named `key` is the file `folder/key.png` (or .jpg, ...).
+
+    `photobg evaluate` names generated images `MODEL/ID_sSEED`, so a folder of output masks mirrors its
+    `generated/` folder. White (>= 128) = object; the mask must have its image's size.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SegmenterUnavailable(f"The 'given-masks' segmenter needs a folder of masks: {str(folder)!r} is not one.")
+
+    def segment(image, key=None):
+        if key is None:
+            raise ValueError("The 'given-masks' segmenter needs the image's name (key) to find its mask file.")
+        candidates = [folder / f"{key}{suffix}" for suffix in MASK_SUFFIXES]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise ValueError(f"No mask for {key!r}: expected {candidates[0]} (or .jpg, ...) in {folder}.")
+        from .masks import load_image
+
+        mask = load_image(path)
+        if mask.size != image.size:
+            raise ValueError(
+                f"{path}: mask is {mask.size[0]}x{mask.size[1]}, its image is {image.size[0]}x{image.size[1]}."
+            )
+        return mask.convert("L")
+
+    return segment
+
+
+def segment_image(segmenter, image, object_mask=None, key=None):
+    """Run `segmenter` and check its contract (an "L" mask of the image's size).
+
+    Args:
+        segmenter: a segmenter (see the module docstring).
+        image: PIL image to segment.
+        object_mask: the input object mask ("L", white = object), given to segmenters that take it.
+        key: a name for the image, given to segmenters that take it.
+
+    Returns:
+        The object mask as an "L" PIL image of `image`'s size.
+    """
+    accepted = inspect.signature(segmenter).parameters
+    extra = {name: value for name, value in (("object_mask", object_mask), ("key", key)) if name in accepted}
+    mask = segmenter(image, **extra)
     if not isinstance(mask, PIL.Image.Image) or mask.size != image.size:
         raise ValueError(f"Segmenter returned {type(mask).__name__} of the wrong size; expected {image.size}.")
     return mask.convert("L")

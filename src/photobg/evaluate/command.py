@@ -1,0 +1,159 @@
+"""`photobg evaluate`: the argument parser and `run(args)`; heavy imports happen inside `run`."""
+
+METRIC_NAMES = ("expansion", "fid", "clip", "lpips")
+
+EPILOG = """\
+{specs}
+
+Benchmark (--data): a prepared dataset (DIR/data/*.parquet from `photobg prepare`: image, conditioning_image =
+object mask, text, id), or DIR/images/ + DIR/masks/ (same file stems; white = object; RGBA images need no mask)
++ optional DIR/prompts.jsonl ({{"id": STEM, "text": PROMPT}} per line).
+
+Output (--output-dir): generated/MODEL/ID_sSEED.png (a rerun skips what exists), segmented/SEGMENTER/...,
+report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt).
+
+Example (tiny random model, runs on a CPU in about a minute):
+  photobg evaluate --data outputs/bench --model tiny-inpainting@name=SI2,scale=0 \\
+      --model tiny-inpainting@name=Ours --steps 2 --resolution 64 --segmenter threshold \\
+      --metrics expansion --output-dir outputs/eval-tiny
+"""
+
+
+def add_arguments(parser):
+    from ..segment import DEFAULT_SAM_MODEL, SEGMENTERS
+    from .data import SPEC_HELP
+    from .quality import DEFAULT_CLIP_MODEL, FID_FEATURES
+
+    parser.epilog = EPILOG.format(specs=SPEC_HELP)
+    parser.add_argument("--data", required=True, help="benchmark folder: a prepared dataset or images/ + masks/")
+    parser.add_argument("--model", action="append", required=True, metavar="SPEC", help="model spec (repeatable)")
+    parser.add_argument("--output-dir", required=True, help="where generated images, masks and report/ go")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per sample (default: 0)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
+    parser.add_argument(
+        "--resolution", type=int, default=512, help="resize samples to this longer side, 0 = as they are (default: 512)"
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N samples (by id)")
+    parser.add_argument("--prompt", default="", help="prompt for samples without one (default: empty)")
+    parser.add_argument(
+        "--segmenter",
+        default="sam",
+        choices=sorted(SEGMENTERS),
+        help="finds the object in generated images (default: sam, as in the paper)",
+    )
+    parser.add_argument("--segmenter-model", help=f"SAM model, Hub id or folder (default: {DEFAULT_SAM_MODEL})")
+    parser.add_argument("--given-masks", help="folder of masks for --segmenter given-masks (MODEL/ID_sSEED.png)")
+    parser.add_argument(
+        "--metrics",
+        default="expansion,fid,clip",
+        help=f"comma-separated, of {', '.join(METRIC_NAMES)} (default: %(default)s; lpips needs 2+ seeds)",
+    )
+    parser.add_argument(
+        "--fid-features", default="inception", choices=FID_FEATURES, help="FID feature space (default: %(default)s)"
+    )
+    parser.add_argument("--fid-reference", help="folder of reference images for FID (default: the input photos)")
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model (default: %(default)s)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.01, help="expansion above this share of the image counts (default: 0.01)"
+    )
+    parser.add_argument("--baseline", help="model name the others' expansion is divided by (default: first scale=0)")
+    parser.add_argument("--worst", type=int, default=6, help="worst cases in the grid (default: %(default)s)")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="weights dtype (default: fp16 on CUDA)")
+
+
+def check_arguments(args):
+    """Check everything that needs no model, so mistakes surface before anything loads. Returns the metrics."""
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(METRIC_NAMES))
+    if unknown:
+        raise SystemExit(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}.")
+    if "lpips" in metrics and len(set(args.seeds)) < 2:
+        raise SystemExit("--metrics lpips measures diversity across seeds: give at least two --seeds.")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise SystemExit("--seeds must be distinct non-negative integers.")
+    if args.steps < 1 or args.resolution < 0 or (args.limit is not None and args.limit < 1) or args.worst < 0:
+        raise SystemExit("--steps and --limit must be >= 1, --resolution and --worst >= 0.")
+    if not 0 <= args.tolerance < 1:
+        raise SystemExit("--tolerance is a share of the image: 0 <= tolerance < 1.")
+    if args.segmenter == "given-masks" and not args.given_masks:
+        raise SystemExit("--segmenter given-masks needs --given-masks DIR.")
+    return metrics
+
+
+def run(args):
+    from ..segment import SegmenterUnavailable, get_segmenter
+    from .data import Benchmark, parse_model_specs
+    from .quality import QualityMetricUnavailable
+    from .report import write_report
+    from .runner import EvalSettings, build_quality, run_evaluation
+
+    metrics = check_arguments(args)
+    try:
+        specs = parse_model_specs(args.model)
+        benchmark = Benchmark(args.data, resolution=args.resolution, limit=args.limit, default_prompt=args.prompt)
+        segmenter_settings = _segmenter_settings(args)
+        options = {k: v for k, v in segmenter_settings.items() if k != "name"}
+        segmenter = get_segmenter(args.segmenter, **options)
+        quality = build_quality(metrics, args.fid_features, args.clip_model, args.fid_reference, args.device)
+    except (ValueError, FileNotFoundError, SegmenterUnavailable, QualityMetricUnavailable) as err:
+        raise SystemExit(f"photobg evaluate: {err}") from err
+    settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, args.device, args.dtype)
+    try:
+        results = run_evaluation(
+            benchmark, specs, args.output_dir, settings, segmenter, segmenter_settings, quality, args.baseline
+        )
+    except (ValueError, FileNotFoundError) as err:  # bad input found on the way (a mask file, resumed settings)
+        raise SystemExit(f"photobg evaluate: {err}") from err
+    description = {
+        "benchmark": f"{args.data} ({benchmark.kind}, {len(benchmark)} samples)",
+        "models": "; ".join(
+            f"{s.name} = {s.model} scale {s.scale:g}" + (f" + {s.controlnet}" if s.controlnet else "") for s in specs
+        ),
+        "seeds": " ".join(map(str, args.seeds)),
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "resolution": args.resolution or "as given",
+        "segmenter": ", ".join(f"{k}={v}" for k, v in segmenter_settings.items()),
+        "metrics": ", ".join(metrics),
+        "fid": f"{args.fid_features} features vs {args.fid_reference or 'the input photos'}"
+        if "fid" in metrics
+        else "–",
+        "tolerance": args.tolerance,
+    }
+    command = canonical_command(args)
+    folder = write_report(results, benchmark, args.output_dir, description, command, args.worst)
+    print(f"wrote {folder}")
+    print((folder / "results.md").read_text().split("\n\n")[1])
+
+
+def _segmenter_settings(args):
+    settings = {"name": args.segmenter}
+    if args.segmenter == "sam":
+        from ..segment import DEFAULT_SAM_MODEL
+
+        settings["model"] = args.segmenter_model or DEFAULT_SAM_MODEL
+    if args.segmenter == "given-masks":
+        settings["folder"] = args.given_masks
+    if args.device and args.segmenter in ("sam", "transparent-background"):
+        settings["device"] = args.device
+    return settings
+
+
+def canonical_command(args):
+    """The command line that reproduces this run, every option spelled out (defaults included)."""
+    import shlex
+
+    words = ["photobg", "evaluate"]
+    for dest, value in vars(args).items():
+        if dest in ("command", "run") or value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest == "model":
+            words += [w for spec in value for w in (flag, spec)]
+        elif isinstance(value, list):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)

@@ -1,0 +1,340 @@
+"""An evaluation from start to end: generate (resumable), segment, score. `photobg evaluate` calls `run_evaluation`.
+
+Output folder layout:
+    generated/MODEL/ID_sSEED.png      generated images (one folder per model spec; settings.json records how)
+    segmented/SEGMENTER/MODEL/...     the object masks m_o found in them (and input/ for the input photos)
+    report/                           results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png
+"""
+
+import functools
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..pipeline_controlnet_inpaint import OBJECT_THRESHOLD
+from .metrics import aggregate, expansion_metrics
+
+INPUT_ROW = "input photos"  # the segmenter's own error: input photos segmented and compared with their masks
+
+
+@dataclass
+class EvalSettings:
+    """How every model is run and scored (the same for all rows of a report)."""
+
+    seeds: list = field(default_factory=lambda: [0])
+    steps: int = 20
+    guidance: float = 7.5
+    tolerance: float = 0.01
+    device: str | None = None
+    dtype: str | None = None
+
+
+def generate_image(pipe, sample, spec, seed, steps, guidance):
+    """THE generation call of the evaluation: the pipeline's object mode, like `photobg generate`."""
+    import torch
+
+    return pipe(
+        sample.prompt,
+        image=sample.image,
+        object_mask=sample.object_mask,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        controlnet_conditioning_scale=spec.scale,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
+
+
+def usable(sample):
+    """Why a sample cannot be evaluated (an empty or full object mask), or None when it can."""
+    binary = np.asarray(sample.object_mask) >= OBJECT_THRESHOLD
+    if not binary.any():
+        return "empty object mask"
+    if binary.all():
+        return "object mask covers the whole image"
+    return None
+
+
+def output_name(file_name, seed):
+    return f"{file_name}_s{seed}.png"
+
+
+def check_settings(folder, settings, what):
+    """Record `settings` in `folder/settings.json`, or check that a resumed run uses the same ones."""
+    path = folder / "settings.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+            raise ValueError(
+                f"{folder} holds {what} made with other settings ({', '.join(changed)}: {saved} vs now {settings}). "
+                "Use another --output-dir, give the model another name (@name=...), or delete that folder."
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
+
+
+def save_atomically(image, path):
+    # A run killed mid-write must not leave a file that a resumed run takes as done.
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def generate_outputs(benchmark, indices, spec, output_dir, settings):
+    """Generate the missing outputs of one model (skipping existing files); the pipeline loads only if needed."""
+    folder = Path(output_dir) / "generated" / spec.folder_name
+    run_settings = {
+        **spec.generation_settings(),
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "benchmark": str(benchmark.path.resolve()),
+        "resolution": benchmark.resolution,
+    }
+    check_settings(folder, run_settings, "generated images")
+    todo = {
+        i: [s for s in settings.seeds if not (folder / output_name(benchmark.file_names[i], s)).exists()]
+        for i in indices
+    }
+    todo = {i: seeds for i, seeds in todo.items() if seeds}
+    if not todo:
+        return
+    from ..models import load_pipeline
+
+    pipe = load_pipeline(
+        spec.model, spec.controlnet, device=settings.device, dtype=settings.dtype, scheduler=spec.scheduler
+    )
+    pipe.set_progress_bar_config(disable=True)
+    with tqdm(total=sum(map(len, todo.values())), desc=f"generate {spec.name}", unit="image") as bar:
+        for i, seeds in todo.items():
+            sample = benchmark[i]
+            for seed in seeds:
+                image = generate_image(pipe, sample, spec, seed, settings.steps, settings.guidance)
+                save_atomically(image, folder / output_name(benchmark.file_names[i], seed))
+                bar.update()
+    del pipe
+    _free_device_memory()
+
+
+def _free_device_memory():
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def segmented_mask(segmenter, path, load_image_fn, object_mask, key):
+    """The object mask at `path`, segmenting (and saving) it first if it is not there yet."""
+    from ..masks import load_image
+    from ..segment import segment_image
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(segment_image(segmenter, load_image_fn(), object_mask=object_mask, key=key), path)
+    return load_image(path)
+
+
+def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_settings, quality=None, baseline=None):
+    """Generate, segment and score every model on the benchmark.
+
+    Args:
+        benchmark: a `Benchmark`.
+        specs: list of `ModelSpec`.
+        output_dir: output folder (see the module docstring).
+        settings: `EvalSettings`.
+        segmenter: the segmenter finding `m_o` in generated images.
+        segmenter_settings: dict naming the segmenter and its options (recorded; a change re-segments).
+        quality: optional `QualityMetrics` (FID, CLIP score, LPIPS), already loaded.
+        baseline: name of the model whose expansion the others are compared with (default: the first spec with
+            scale 0, if any).
+
+    Returns:
+        dict with `rows` (one per model, sample and seed, plus the input-photo rows), `summary` (per model name),
+        `skipped` ((id, reason) pairs), `baseline`, `notes`.
+    """
+    output_dir = Path(output_dir)
+    indices, skipped = [], []
+    for i in tqdm(range(len(benchmark)), desc="check samples", unit="sample"):
+        reason = usable(benchmark[i])
+        if reason:
+            skipped.append((benchmark.ids[i], reason))
+        else:
+            indices.append(i)
+    if not indices:
+        raise ValueError(f"{benchmark.path}: no usable sample (all object masks are empty or full).")
+    for spec in specs:
+        generate_outputs(benchmark, indices, spec, output_dir, settings)
+
+    masks_dir = output_dir / "segmented" / segmenter_settings["name"]
+    if (masks_dir / "settings.json").exists() and json.loads(
+        (masks_dir / "settings.json").read_text()
+    ) != segmenter_settings:
+        print(f"Segmenter settings changed: re-segmenting into {masks_dir}.")
+        shutil.rmtree(masks_dir)
+    check_settings(masks_dir, segmenter_settings, "masks")
+    notes, rows = [], []
+    input_rows = _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, output_dir, notes)
+    for spec in specs:
+        rows += _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, settings)
+    rows += input_rows
+
+    summary = {}
+    for name in [s.name for s in specs] + ([INPUT_ROW] if input_rows else []):
+        summary[name] = aggregate([r for r in rows if r["model"] == name], settings.tolerance)
+    if quality is not None:
+        score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings)
+    baseline = _pick_baseline(specs, baseline)
+    for name, values in summary.items():
+        # How many times less than the baseline a model expands (the paper's "3.6x less than SI2").
+        base = summary[baseline]["expansion_mean"] if baseline and name != INPUT_ROW else math.nan
+        values["expansion_vs_baseline"] = base / values["expansion_mean"] if values["expansion_mean"] > 0 else math.nan
+    return {"rows": rows, "summary": summary, "skipped": skipped, "baseline": baseline, "notes": notes}
+
+
+def _pick_baseline(specs, baseline):
+    if baseline is not None:
+        if baseline not in [s.name for s in specs]:
+            raise ValueError(f"--baseline {baseline!r} is not one of the models: {[s.name for s in specs]}.")
+        return baseline
+    return next((s.name for s in specs if s.scale == 0), None)
+
+
+def _load_rgb(path):
+    from ..masks import load_image
+
+    return load_image(path).convert("RGB")
+
+
+def _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, settings):
+    generated, masks = output_dir / "generated" / spec.folder_name, masks_dir / spec.folder_name
+    rows = []
+    for i in tqdm(indices, desc=f"segment + score {spec.name}", unit="sample"):
+        sample = benchmark[i]
+        for seed in settings.seeds:
+            name = output_name(benchmark.file_names[i], seed)
+            key = f"{spec.folder_name}/{Path(name).stem}"
+            load = functools.partial(_load_rgb, generated / name)
+            output_mask = segmented_mask(segmenter, masks / name, load, sample.object_mask, key)
+            row = {"model": spec.name, "id": sample.id, "seed": seed, "prompt": sample.prompt}
+            row.update(expansion_metrics(sample.object_mask, output_mask))
+            row["output"] = str((generated / name).relative_to(output_dir))
+            row["mask"] = str((masks / name).relative_to(output_dir))
+            rows.append(row)
+    return rows
+
+
+def _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, output_dir, notes):
+    """The segmenter run on the input photos themselves: the error floor of every expansion number."""
+    rows = []
+    for i in tqdm(indices, desc="segment + score input photos", unit="sample"):
+        sample, name = benchmark[i], f"{benchmark.file_names[i]}.png"
+        try:
+            mask = segmented_mask(
+                segmenter,
+                masks_dir / "input" / name,
+                lambda s=sample: s.image,
+                sample.object_mask,
+                f"input/{Path(name).stem}",
+            )
+        except ValueError as err:
+            if segmenter_settings["name"] != "given-masks":
+                raise
+            notes.append(f"No '{INPUT_ROW}' row: the given masks do not cover the input photos ({err}).")
+            return []
+        row = {"model": INPUT_ROW, "id": sample.id, "seed": "", "prompt": sample.prompt}
+        row.update(expansion_metrics(sample.object_mask, mask))
+        row["output"], row["mask"] = "", str((masks_dir / "input" / name).relative_to(output_dir))
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- FID, CLIP score, LPIPS
+
+
+@dataclass
+class QualityMetrics:
+    """The loaded image-quality metrics of an evaluation; a metric left as None is not computed."""
+
+    clip_score: object = None  # torchmetrics CLIPScore
+    fid: object = None  # quality.FidScorer
+    lpips: object = None  # distance(a, b) -> float
+    fid_reference: str | None = None  # folder of reference images; None = the benchmark's input photos
+
+
+def build_quality(metrics, fid_features="inception", clip_model=None, fid_reference=None, device=None):
+    """Load the requested metrics now, so that a missing package or model fails before hours of generation.
+
+    Args:
+        metrics: names among "fid", "clip", "lpips" ("expansion" is always computed and ignored here).
+        fid_features: "inception" or "clip" (CLIP image embeddings from `clip_model`).
+        clip_model: Hub id or folder of the CLIP model (default `quality.DEFAULT_CLIP_MODEL`).
+        fid_reference: folder of reference images for FID (default: the benchmark's input photos).
+        device: torch device for the metrics.
+    """
+    from ..models import resolve_device
+    from . import quality
+
+    device = resolve_device(device)
+    clip = None
+    if "clip" in metrics or ("fid" in metrics and fid_features == "clip"):
+        clip = quality.load_clip(clip_model or quality.DEFAULT_CLIP_MODEL, device)
+    if fid_reference is not None and not Path(fid_reference).is_dir():
+        raise ValueError(f"--fid-reference {fid_reference}: not a folder of images.")
+    return QualityMetrics(
+        clip_score=quality.make_clip_score(clip) if "clip" in metrics else None,
+        fid=quality.FidScorer(quality.make_fid(fid_features, clip), device) if "fid" in metrics else None,
+        lpips=quality.make_lpips(device=device) if "lpips" in metrics else None,
+        fid_reference=fid_reference,
+    )
+
+
+def score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings):
+    """Add FID, CLIP score (also per image, into `rows`) and LPIPS diversity to each model's summary."""
+    from . import quality as q
+    from .data import IMAGE_SUFFIXES
+
+    def outputs(spec, seeds=None):
+        folder = output_dir / "generated" / spec.folder_name
+        for i in indices:
+            for seed in seeds or settings.seeds:
+                yield _load_rgb(folder / output_name(benchmark.file_names[i], seed))
+
+    if quality.fid is not None:
+        if quality.fid_reference:
+            files = sorted(p for p in Path(quality.fid_reference).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            references = (_load_rgb(p) for p in files)
+        else:
+            references = (benchmark[i].image for i in indices)
+        quality.fid.add_reference(tqdm(references, desc="FID reference features", unit="image"))
+        for spec in specs:
+            summary[spec.name]["fid"] = quality.fid.score(tqdm(outputs(spec), desc=f"FID {spec.name}", unit="image"))
+    if quality.clip_score is not None:
+        for name, images in [(s.name, outputs(s)) for s in specs] + [
+            (INPUT_ROW, (benchmark[i].image for i in indices))
+        ]:
+            if name not in summary:
+                continue
+            model_rows = [r for r in rows if r["model"] == name]
+            images = tqdm(images, desc=f"CLIP score {name}", unit="image", total=len(model_rows))
+            summary[name]["clip_score"], per_image = q.clip_scores(
+                quality.clip_score, images, [r["prompt"] for r in model_rows]
+            )
+            for row, score in zip(model_rows, per_image, strict=True):
+                row["clip_score"] = score
+    if quality.lpips is not None:
+        for spec in specs:
+            folder = output_dir / "generated" / spec.folder_name
+            per_sample = (
+                [_load_rgb(folder / output_name(benchmark.file_names[i], seed)) for seed in settings.seeds]
+                for i in indices
+            )
+            summary[spec.name]["lpips_diversity"] = q.lpips_diversity(per_sample, quality.lpips)

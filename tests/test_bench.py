@@ -1,0 +1,29 @@
+"""The benchmark's machinery (not its speed): FLOP counts and one tiny run of every variant."""
+
+import json
+
+import pytest
+
+from photobg.bench import VARIANTS, count_flops
+from photobg.cli import main
+
+
+def test_flop_counts_add_up():
+    flops = count_flops("tiny-inpainting", 64, steps=10)
+    assert flops["photobg"] - flops["si2"] == pytest.approx(10 * flops["controlnet_step"])
+    assert 1 < flops["ratio"] < 2
+    # Attention is quadratic in the number of latent pixels, convolutions linear: 2x the side is >= 4x the FLOPs.
+    assert count_flops("tiny-inpainting", 128, steps=10)["unet_step"] >= 4 * flops["unet_step"]
+
+
+def test_bench_command_writes_json_and_table(tmp_path, capsys):
+    args = ["bench", "--config", "tiny-inpainting", "--sizes", "64", "--steps", "2", "--repeats", "1"]
+    main([*args, "--output-dir", str(tmp_path), "--name", "t"])
+    result = json.loads((tmp_path / "t.json").read_text())
+    rows = {row["variant"]: row for row in result["inference"]}
+    assert set(rows) == set(VARIANTS)
+    assert rows["si2"]["vs_si2"] == 1 and rows["photobg"]["flop_ratio_vs_si2"] > 1
+    assert all(row["seconds_per_image"] > 0 for row in rows.values())
+    assert result["machine"]["torch"] and result["peak_tflops"] > 0
+    assert "| tiny-inpainting | 64 | 2 | photobg |" in (tmp_path / "t.md").read_text()
+    assert "vs_si2" in capsys.readouterr().out

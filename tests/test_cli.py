@@ -1,0 +1,54 @@
+"""The `photobg` command: help, and the core's commands end to end on the tiny model."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel
+from PIL import Image
+
+from photobg.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def photobg(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "photobg", *args], capture_output=True, text=True, **kwargs)
+
+
+def test_help_lists_every_command_without_importing_them():
+    out = photobg("--help", check=True).stdout
+    for name in COMMANDS:
+        assert name in out
+    code = "import sys\nfrom photobg.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code += "print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.endswith("False\n")
+
+
+def test_unknown_command_is_a_usage_error():
+    result = photobg("bogus")
+    assert result.returncode == 2 and "invalid choice: 'bogus'" in result.stderr
+
+
+def test_convert_command(inpaint_model, tmp_path):
+    state = ControlNetModel.from_pretrained(inpaint_model / "controlnet").state_dict()
+    torch.save(state, tmp_path / "c.pth")
+    assert (
+        main(["convert", str(tmp_path / "c.pth"), "--output", str(tmp_path / "out"), "--base", "tiny-inpainting"]) == 0
+    )
+    assert ControlNetModel.from_pretrained(tmp_path / "out").config.in_channels == 9
+
+
+def test_readme_offline_generate_command(tmp_path):
+    # The README's offline run, as written there (the test model is built into $PHOTOBG_CACHE).
+    args = ["generate", "assets/coffee_cutout.png", "--prompt", "a cup on a marble table", "--model", "tiny-inpainting"]
+    result = photobg(*args, "--steps", "2", "--output-dir", str(tmp_path), cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    (out,) = tmp_path.glob("*.png")
+    cutout = Image.open(REPO / "assets/coffee_cutout.png")
+    generated = np.asarray(Image.open(out))
+    assert generated.shape == (cutout.height, cutout.width, 3)
+    solid = np.asarray(cutout.getchannel("A")) == 255
+    np.testing.assert_array_equal(generated[solid], np.asarray(cutout.convert("RGB"))[solid])
