@@ -764,7 +764,7 @@ def cache_latents(config, examples, models, accelerator):
     """Encode every example once (see `photobg.data.CachedExamples`); each process encodes its share."""
     import hashlib
 
-    from .data import CachedExamples
+    from .data import CachedExamples, Collate
 
     key = json.dumps(
         [
@@ -789,20 +789,15 @@ def cache_latents(config, examples, models, accelerator):
         num_processes=accelerator.num_processes,
         barrier=accelerator.wait_for_everyone,
         batch_size=config.train_batch_size,
-        collate=_cache_collate(models.tokenizer),
+        collate=Collate(models.tokenizer),
         fixed_prompts=fixed_prompts,
+        num_workers=config.dataloader_num_workers,
     )
 
 
 def _captions_are_strings(examples):
     feature = examples.dataset.features[examples.caption_column]
     return getattr(feature, "dtype", None) in ("string", "large_string")
-
-
-def _cache_collate(tokenizer):
-    from .data import Collate
-
-    return Collate(tokenizer)
 
 
 def encode_for_cache(models, batch, fixed_prompts, device):
