@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": "photobg.convert",
     "evaluate": "photobg.evaluate",
     "bench": "photobg.bench",
+    "train": "photobg.train",
     "prepare": "photobg.prepare",
 }
 

@@ -1,0 +1,1157 @@
+"""Train the salient-aware ControlNet: one accelerate training loop for both variants.
+
+- `inpaint` variant: SD2-inpainting's 9-channel UNet; the ControlNet (from that UNet) takes the same
+  9-channel input (noisy latents, latent-size inpaint mask, masked-image latents) and, as
+  `controlnet_cond`, the inpaint mask (3 channels, [0, 1]).
+- `base` variant: SD2-base's 4-channel UNet; `controlnet_cond` is the object's pixels on black.
+
+Only the ControlNet trains (fp32 weights); UNet, VAE and text encoder are frozen in `weight_dtype`. The
+conditioning is built by the pipeline's own convention functions, so training and inference agree.
+
+Entry points: `train_controlnet_inpaint.py` / `train_controlnet.py` at the repository root (the diffusers
+ControlNet example's flags) and `photobg train --variant inpaint|base`. `main(config)` is the loop.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HELP = "Train the salient-aware ControlNet (inpaint or base variant) with accelerate."
+VARIANTS = {"inpaint": 9, "base": 4}  # variant -> the UNet input channels it needs
+SCRIPTS = {"inpaint": "train_controlnet_inpaint.py", "base": "train_controlnet.py"}
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "all", "none")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+CONFIG_FILE = "training_config.json"
+STATE_FILE = "train_state.json"
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A bad training flag; the message starts with the flag."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def arg(default, help, **argparse_kwargs):
+    """A config field with its command-line help (and argparse options such as `type` or `choices`)."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. Field names are the flags (`--field_name`), as in diffusers' ControlNet example."""
+
+    controlnet_variant: str = arg("inpaint", "inpaint (SD2-inpainting, 9 channels) or base (SD2-base, 4 channels)")
+    # Models
+    pretrained_model_name_or_path: str = arg(
+        None,
+        "base model: Hub id or folder (SD2-inpainting for the inpaint variant, SD2-base for the base variant); "
+        "`tiny-inpainting` / `tiny-base` build a tiny random model locally",
+    )
+    controlnet_model_name_or_path: str = arg(
+        None, "ControlNet to start from (folder, Hub id or .pth state dict); default: initialised from the UNet"
+    )
+    revision: str = arg(None, "revision (branch, tag or commit) of the Hub model")
+    variant: str = arg(None, "variant of the model files, e.g. fp16 (diffusers' --variant)")
+    tokenizer_name: str = arg(None, "tokenizer name or path, if not the model's own")
+    cache_dir: str = arg(None, "where downloaded models and datasets are stored")
+    # Output, checkpoints, logging
+    output_dir: str = arg("controlnet-model", "where the ControlNet, the pipeline, checkpoints and logs go")
+    checkpointing_steps: int = arg(500, "save a resumable checkpoint every N optimisation steps", type=int)
+    checkpoints_total_limit: int = arg(None, "keep at most this many checkpoints (oldest removed)", type=int)
+    resume_from_checkpoint: str = arg(
+        None, "resume from a checkpoint folder (path or name in --output_dir), or `latest`"
+    )
+    logging_dir: str = arg("logs", "TensorBoard log folder, relative to --output_dir")
+    report_to: str = arg("tensorboard", "tracker: tensorboard, wandb, comet_ml, all or none", choices=TRACKERS)
+    tracker_project_name: str = arg("train_controlnet", "project name passed to the trackers")
+    push_to_hub: bool = arg(False, "push the trained ControlNet to the Hub at the end")
+    hub_token: str = arg(None, "Hub token for --push_to_hub")
+    hub_model_id: str = arg(None, "Hub repository for --push_to_hub (default: the name of --output_dir)")
+    # Data
+    dataset_name: str = arg(
+        None, "dataset: Hub id, local dataset folder, or data files (*.parquet, *.arrow, *.jsonl, *.csv)"
+    )
+    dataset_config_name: str = arg(None, "the dataset's configuration, if it has several")
+    train_data_dir: str = arg(None, "local dataset folder (photobg prepare output, Hub layout or image folder)")
+    image_column: str = arg("image", "column of the photos")
+    conditioning_image_column: str = arg("conditioning_image", "column of the object masks (white = object)")
+    caption_column: str = arg("text", "column of the captions (a string or a list of strings)")
+    max_train_samples: int = arg(None, "train on this many examples (a seeded random subset)", type=int)
+    proportion_empty_prompts: float = arg(0.0, "fraction of captions replaced by the empty prompt", type=float)
+    resolution: int = arg(512, "training size: the short side is resized to it, then a square crop", type=int)
+    center_crop: bool = arg(False, "crop the centre instead of a random square")
+    random_flip: bool = arg(False, "flip photo and mask horizontally half the time")
+    dataloader_num_workers: int = arg(0, "data loading worker processes (0 = in the main process)", type=int)
+    bad_examples: str = arg(
+        "skip",
+        "an unreadable image, a mask of another size or an empty mask: skip it (warn) or fail",
+        choices=("skip", "fail"),
+    )
+    cache_latents: bool = arg(
+        False,
+        "encode VAE latents (and text embeddings when prompts are fixed) once and reuse them every epoch; the "
+        "random crop and flip are then drawn once",
+    )
+    # Optimisation
+    seed: int = arg(None, "seed for reproducible training (default: drawn at random and recorded)", type=int)
+    train_batch_size: int = arg(4, "batch size per device", type=int)
+    num_train_epochs: int = arg(1, "epochs (unless --max_train_steps is given)", type=int)
+    max_train_steps: int = arg(None, "optimisation steps; overrides --num_train_epochs", type=int)
+    gradient_accumulation_steps: int = arg(1, "batches accumulated per optimisation step", type=int)
+    gradient_checkpointing: bool = arg(False, "recompute the ControlNet's activations in backward to save memory")
+    learning_rate: float = arg(5e-6, "learning rate after warmup", type=float)
+    scale_lr: bool = arg(False, "multiply the learning rate by processes x accumulation x batch size")
+    lr_scheduler: str = arg("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = arg(500, "warmup steps of the schedule", type=int)
+    lr_num_cycles: int = arg(1, "hard restarts of cosine_with_restarts", type=int)
+    lr_power: float = arg(1.0, "power of the polynomial schedule", type=float)
+    use_8bit_adam: bool = arg(False, "8-bit AdamW from bitsandbytes (optional dependency)")
+    adam_beta1: float = arg(0.9, "AdamW beta1", type=float)
+    adam_beta2: float = arg(0.999, "AdamW beta2", type=float)
+    adam_weight_decay: float = arg(1e-2, "AdamW weight decay", type=float)
+    adam_epsilon: float = arg(1e-08, "AdamW epsilon", type=float)
+    max_grad_norm: float = arg(1.0, "gradient clipping norm", type=float)
+    set_grads_to_none: bool = arg(False, "free gradients (set to None) instead of zeroing them")
+    mixed_precision: str = arg(
+        None, "no, fp16 or bf16 (default: accelerate's config / launch flag)", choices=("no", "fp16", "bf16")
+    )
+    allow_tf32: bool = arg(False, "allow TF32 matmuls on Ampere+ GPUs")
+    enable_xformers_memory_efficient_attention: bool = arg(
+        False, "use xformers attention (default: PyTorch's scaled-dot-product attention)"
+    )
+    # Validation
+    validation_prompt: list = arg(None, "prompts for validation images", nargs="+")
+    validation_image: list = arg(
+        None, "object masks (white = object) for validation, or RGBA cutouts (alpha = object)", nargs="+"
+    )
+    validation_inpainting_image: list = arg(None, "the photos of the --validation_image masks", nargs="+")
+    num_validation_images: int = arg(4, "images generated per validation pair", type=int)
+    validation_steps: int = arg(100, "validate every N optimisation steps", type=int)
+    validation_num_inference_steps: int = arg(20, "denoising steps of validation images", type=int)
+
+
+def add_arguments(parser, variant=None):
+    """Add every `TrainConfig` field as a flag. Without `variant`, `--variant inpaint|base` chooses the
+    variant and the model-file variant is `--weights_variant`; an entry script fixes the variant and keeps
+    diffusers' `--variant` for the model files."""
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        names = [f"--{f.name}"]
+        if f.name == "controlnet_variant":
+            if variant is not None:
+                continue
+            names, meta["choices"], meta["required"] = ["--variant"], tuple(VARIANTS), True
+            meta["help"] = "which ControlNet to train: " + meta["help"]
+        elif f.name == "variant":
+            names = ["--weights_variant"] if variant is None else ["--variant", "--weights_variant"]
+        if f.type is bool:
+            meta["action"] = "store_true"
+        if f.default is not None and f.type is not bool:
+            meta["help"] += " (default: %(default)s)"
+        parser.add_argument(*names, dest=f.name, default=f.default, **meta)
+    return parser
+
+
+def build_parser(variant):
+    """The argument parser of an entry script for `variant`."""
+    parser = argparse.ArgumentParser(
+        prog=SCRIPTS[variant],
+        description=f"Train the {variant} variant of the salient-aware ControlNet. Flags follow diffusers' "
+        "ControlNet training example; launch with `accelerate launch`.",
+    )
+    return add_arguments(parser, variant)
+
+
+def config_from_args(args, variant=None):
+    """A `TrainConfig` from parsed arguments (`variant` fixes the variant, as the entry scripts do)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if variant is not None:
+        values["controlnet_variant"] = variant
+    return TrainConfig(**values)
+
+
+def check_config(config):
+    """Raise `ConfigError` (naming the flag) for any bad option; nothing is loaded yet.
+
+    Also checks that the base model's UNet has the channels the variant needs (reads its config only).
+    """
+    c = config
+    if c.controlnet_variant not in VARIANTS:
+        raise ConfigError(f"--variant: {c.controlnet_variant!r} is not one of {', '.join(VARIANTS)}.")
+    if not c.pretrained_model_name_or_path:
+        raise ConfigError("--pretrained_model_name_or_path is required.")
+    if (c.dataset_name is None) == (c.train_data_dir is None):
+        raise ConfigError("--dataset_name / --train_data_dir: give exactly one of them.")
+    if not 0 <= c.proportion_empty_prompts <= 1:
+        raise ConfigError(f"--proportion_empty_prompts must be in [0, 1], not {c.proportion_empty_prompts}.")
+    if c.resolution <= 0 or c.resolution % 8:
+        raise ConfigError(f"--resolution must be a positive multiple of 8, not {c.resolution}.")
+    positive = (
+        "train_batch_size",
+        "num_train_epochs",
+        "max_train_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "gradient_accumulation_steps",
+        "validation_steps",
+        "num_validation_images",
+        "validation_num_inference_steps",
+        "max_train_samples",
+    )
+    for name in positive:
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1, not {value}.")
+    for name in ("lr_warmup_steps", "dataloader_num_workers"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, not {getattr(c, name)}.")
+    if c.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate must be positive, not {c.learning_rate}.")
+    if c.lr_scheduler not in LR_SCHEDULERS:
+        raise ConfigError(f"--lr_scheduler: {c.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}.")
+    if c.report_to == "wandb" and c.hub_token is not None:
+        raise ConfigError("--hub_token: do not combine with --report_to wandb (the token would be logged).")
+    _check_validation(c)
+    _check_optional_packages(c)
+    _check_resume(c)
+    _check_base_model(c)
+    return config
+
+
+def _check_validation(c):
+    if (c.validation_prompt is None) != (c.validation_image is None):
+        raise ConfigError("--validation_prompt and --validation_image go together: give both or neither.")
+    if c.validation_prompt is None:
+        if c.validation_inpainting_image is not None:
+            raise ConfigError("--validation_inpainting_image needs --validation_image and --validation_prompt.")
+        return
+    images, prompts = len(c.validation_image), len(c.validation_prompt)
+    if images != 1 and prompts != 1 and images != prompts:
+        raise ConfigError(
+            f"--validation_prompt: {prompts} prompts for {images} --validation_image files; give one prompt, one "
+            "image, or as many prompts as images."
+        )
+    photos = c.validation_inpainting_image
+    if photos is not None and len(photos) != images:
+        raise ConfigError(
+            f"--validation_inpainting_image: {len(photos)} photos for {images} --validation_image masks; give one "
+            "photo per mask."
+        )
+    for flag, paths in (("--validation_image", c.validation_image), ("--validation_inpainting_image", photos)):
+        for path in paths or ():
+            if not os.path.isfile(path):
+                raise ConfigError(f"{flag}: no such file {path!r}.")
+
+
+def _check_optional_packages(c):
+    import importlib.util
+
+    needs = {
+        "use_8bit_adam": ("bitsandbytes", c.use_8bit_adam),
+        "enable_xformers_memory_efficient_attention": ("xformers", c.enable_xformers_memory_efficient_attention),
+        "report_to": ("wandb", c.report_to in ("wandb",)),
+        "push_to_hub": ("huggingface_hub", c.push_to_hub),
+    }
+    for flag, (package, wanted) in needs.items():
+        if wanted and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"--{flag} needs the `{package}` package: pip install {package}")
+
+
+def _check_resume(c):
+    if c.resume_from_checkpoint in (None, "latest"):
+        return
+    path = resolve_checkpoint(c.output_dir, c.resume_from_checkpoint)
+    if path is None:
+        raise ConfigError(
+            f"--resume_from_checkpoint: no checkpoint {c.resume_from_checkpoint!r} (as a path or in "
+            f"{c.output_dir!r}); use `latest` to take the newest one if any."
+        )
+
+
+def _check_base_model(c):
+    from diffusers import UNet2DConditionModel
+
+    from .models import resolve_model
+
+    try:
+        model = resolve_model(c.pretrained_model_name_or_path, "Base model")
+        unet_config = UNet2DConditionModel.load_config(
+            model, subfolder="unet", revision=c.revision, cache_dir=c.cache_dir
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--pretrained_model_name_or_path: {err}") from err
+    channels, want = unet_config["in_channels"], VARIANTS[c.controlnet_variant]
+    if channels != want:
+        other = next(v for v, n in VARIANTS.items() if n == channels) if channels in VARIANTS.values() else None
+        hint = f"; this is a base model for the {other} variant ({SCRIPTS[other]})" if other else ""
+        raise ConfigError(
+            f"--pretrained_model_name_or_path {c.pretrained_model_name_or_path!r}: its UNet takes {channels} input "
+            f"channels but the {c.controlnet_variant} variant needs {want}{hint}."
+        )
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def cli_main(variant, argv=None):
+    """Entry scripts: parse flags (bad flags exit with a usage error naming them), then train."""
+    parser = build_parser(variant)
+    config = config_from_args(parser.parse_args(argv), variant)
+    try:
+        check_config(config)
+    except ConfigError as err:
+        parser.error(str(err))
+    main(config)
+    return 0
+
+
+def run(args):
+    """`photobg train`."""
+    config = config_from_args(args)
+    try:
+        check_config(config)
+    except ConfigError as err:
+        raise SystemExit(f"photobg train: error: {err}") from None
+    main(config)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What `main` returns: the output folder, the last step, the loss of every optimisation step of this run and
+    when each ended (`time.perf_counter()`), for throughput measurements."""
+
+    output_dir: str
+    step: int
+    losses: list
+    step_times: list
+
+
+def main(config):
+    """Train a ControlNet as `config` says; returns a `TrainResult`."""
+    import torch
+
+    check_config(config)
+    accelerator = make_accelerator(config)
+    seed = resolve_seed(config, accelerator)
+    prepare_output_dir(config, accelerator)
+    examples = make_examples(config, seed)  # columns checked before any model loads
+    models = load_models(config, accelerator)
+    if config.cache_latents:
+        examples = cache_latents(config, examples, models, accelerator)
+    loader, sampler = make_loader(config, examples, models.tokenizer, seed)
+    steps = plan_steps(config, len(loader), accelerator.num_processes)
+    optimizer = make_optimizer(config, models.controlnet, accelerator.num_processes)
+    lr_scheduler = make_lr_scheduler(config, optimizer, steps["max_train_steps"], accelerator.num_processes)
+    controlnet, optimizer, loader, lr_scheduler = accelerator.prepare(
+        models.controlnet, optimizer, loader, lr_scheduler
+    )
+    resolved = resolved_config(config, accelerator, seed, steps, optimizer)
+    start_trackers(config, accelerator, resolved)
+    state = TrainState(
+        seed=seed, noise=torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
+    )
+    resume(config, accelerator, state)
+    log_plan(accelerator, len(examples), steps, resolved)
+    losses, step_times = train(
+        config,
+        accelerator,
+        models,
+        controlnet,
+        optimizer,
+        lr_scheduler,
+        loader,
+        sampler,
+        examples,
+        state,
+        steps,
+        resolved,
+    )
+    save_outputs(config, accelerator, models, controlnet, resolved)
+    accelerator.end_training()
+    return TrainResult(output_dir=config.output_dir, step=state.step, losses=losses, step_times=step_times)
+
+
+def train(
+    config, accelerator, models, controlnet, optimizer, lr_scheduler, loader, sampler, examples, state, steps, resolved
+):
+    """The optimisation loop from `state.step` to `max_train_steps`; returns the loss and end time of each step."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    max_steps, per_epoch = steps["max_train_steps"], steps["updates_per_epoch"]
+    progress = tqdm(total=max_steps, initial=state.step, desc="Steps", disable=not accelerator.is_local_main_process)
+    losses, step_times, micro_losses, validated = [], [], [], None
+    while state.step < max_steps:
+        epoch = state.step // per_epoch
+        sampler.epoch = examples.epoch = epoch
+        # Data position: the batches of this epoch already consumed before the checkpoint are skipped.
+        done = (state.step % per_epoch) * config.gradient_accumulation_steps
+        batches = accelerator.skip_first_batches(loader, done) if done else loader
+        for k, batch in enumerate(batches):
+            if k == 0 and epoch == 0 and not done:
+                logger.info(f"Process {accelerator.process_index} starts with examples {batch['names']}")
+            with accelerator.accumulate(controlnet):
+                loss = training_loss(models, controlnet, batch, state.noise, accelerator)
+                value = accelerator.reduce(loss.detach(), "mean").item()
+                if not math.isfinite(value):
+                    stop_non_finite(config, accelerator, value, state.step + 1)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(controlnet.parameters(), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=config.set_grads_to_none)
+            micro_losses.append(value)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            step_times.append(time.perf_counter())
+            losses.append(sum(micro_losses) / len(micro_losses))
+            micro_losses = []
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            accelerator.log({"loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0]}, step=state.step)
+            if state.step % config.checkpointing_steps == 0:
+                save_checkpoint(config, accelerator, state, resolved)
+            if config.validation_prompt and state.step % config.validation_steps == 0:
+                validated = validate(config, accelerator, models, controlnet, state.step)
+            if state.step >= max_steps:
+                break
+    progress.close()
+    if config.validation_prompt and validated != state.step:
+        validate(config, accelerator, models, controlnet, state.step)
+    return losses, step_times
+
+
+def stop_non_finite(config, accelerator, value, step):
+    """Stop on a NaN/inf loss, before it reaches the weights; checkpoints already saved stay as they are."""
+    accelerator.end_training()
+    last = latest_checkpoint(config.output_dir)
+    kept = f"the last checkpoint, {last}, is intact" if last else "no checkpoint had been saved yet"
+    raise FloatingPointError(
+        f"The loss is {value} at step {step}: training stopped before updating the weights; {kept}. Try a lower "
+        "--learning_rate, --mixed_precision bf16 instead of fp16, or look for broken examples."
+    )
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def make_accelerator(config):
+    """The `Accelerator`: mixed precision, gradient accumulation, trackers, logging."""
+    import diffusers
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    logging_dir = Path(config.output_dir, config.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(logging_dir)),
+    )
+    # Every process logs (per-process facts such as its first examples); the libraries only on the main one.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+    else:
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_warning()
+    if config.allow_tf32:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def resolve_seed(config, accelerator):
+    """The run's seed: --seed, else the resumed run's, else one drawn by the main process and shared."""
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    seed = config.seed
+    if seed is None and config.resume_from_checkpoint:
+        path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
+        if path is not None and (path / CONFIG_FILE).exists():
+            seed = json.loads((path / CONFIG_FILE).read_text()).get("seed")
+    if seed is None:
+        seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
+    set_seed(seed)
+    return seed
+
+
+def prepare_output_dir(config, accelerator):
+    """Create --output_dir, remove checkpoints left half-written by a killed run, create the Hub repo."""
+    if accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        for stale in Path(config.output_dir).glob(".checkpoint-*.tmp"):
+            logger.warning(f"Removing {stale}, a checkpoint whose writing was interrupted.")
+            shutil.rmtree(stale)
+        if config.push_to_hub:
+            from huggingface_hub import create_repo
+
+            repo = config.hub_model_id or Path(config.output_dir).name
+            config.hub_model_id = create_repo(repo_id=repo, exist_ok=True, token=config.hub_token).repo_id
+    accelerator.wait_for_everyone()
+
+
+@dataclass
+class Models:
+    """The modules of a training run; only `controlnet` trains."""
+
+    tokenizer: object
+    text_encoder: object
+    vae: object
+    unet: object
+    noise_scheduler: object
+    controlnet: object
+    scheduler_config: dict
+    weight_dtype: object
+    in_channels: int
+
+
+def load_models(config, accelerator):
+    """Load the base model's components (frozen, `weight_dtype`, on the device) and the ControlNet (fp32)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from .models import resolve_model
+
+    model = resolve_model(config.pretrained_model_name_or_path, "Base model")
+    hub = dict(revision=config.revision, cache_dir=config.cache_dir)
+    if config.tokenizer_name:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name, **hub)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **hub)
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=config.variant, **hub)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", variant=config.variant, **hub)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=config.variant, **hub)
+    noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", **hub)
+    scheduler_config = dict(DDPMScheduler.load_config(model, subfolder="scheduler", **hub))
+    controlnet = load_controlnet(config, unet)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (vae, unet, text_encoder):
+        frozen.requires_grad_(False)
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+    controlnet.train()
+    if config.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
+    if config.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+        controlnet.enable_xformers_memory_efficient_attention()
+    register_checkpoint_hooks(accelerator)
+    return Models(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        controlnet=controlnet,
+        scheduler_config=scheduler_config,
+        weight_dtype=weight_dtype,
+        in_channels=unet.config.in_channels,
+    )
+
+
+def load_controlnet(config, unet):
+    """--controlnet_model_name_or_path (folder, a complete model's `controlnet/`, Hub id or state-dict file),
+    else a ControlNet initialised from the UNet; always fp32, with the UNet's input channels."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from .models import STATE_DICT_SUFFIXES, controlnet_from_state_dict, resolve_model
+
+    spec = config.controlnet_model_name_or_path
+    if spec is None:
+        return ControlNetModel.from_unet(unet)
+    if os.path.isfile(spec) and spec.endswith(STATE_DICT_SUFFIXES):
+        controlnet = controlnet_from_state_dict(spec, dict(unet.config))
+    else:
+        folder = resolve_model(spec, "ControlNet")
+        subfolder = "controlnet" if os.path.isdir(os.path.join(folder, "controlnet")) else None
+        controlnet = ControlNetModel.from_pretrained(folder, subfolder=subfolder, cache_dir=config.cache_dir)
+    if controlnet.config.in_channels != unet.config.in_channels:
+        raise ConfigError(
+            f"--controlnet_model_name_or_path {spec!r} takes {controlnet.config.in_channels} input channels but the "
+            f"base model's UNet takes {unet.config.in_channels}."
+        )
+    return controlnet.to(torch.float32)
+
+
+def register_checkpoint_hooks(accelerator):
+    """Checkpoints hold the ControlNet as a diffusers folder (`controlnet/`), like diffusers' example. Under FSDP
+    accelerate saves and loads the sharded model itself."""
+    from accelerate.utils import DistributedType
+    from diffusers import ControlNetModel
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, "controlnet"))
+        weights.clear()  # saved above; accelerate must not save them again
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            saved = ControlNetModel.from_pretrained(input_dir, subfolder="controlnet")
+            model.load_state_dict(saved.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def make_examples(config, seed):
+    """The training examples (see `photobg.data.TrainExamples`), columns checked."""
+    from .data import TrainExamples, load_train_dataset
+
+    columns = (config.image_column, config.conditioning_image_column, config.caption_column)
+    dataset = load_train_dataset(
+        dataset_name=config.dataset_name,
+        dataset_config_name=config.dataset_config_name,
+        train_data_dir=config.train_data_dir,
+        cache_dir=config.cache_dir,
+        columns=columns,
+        max_train_samples=config.max_train_samples,
+        seed=seed,
+    )
+    return TrainExamples(
+        dataset,
+        columns=columns,
+        resolution=config.resolution,
+        center_crop=config.center_crop,
+        random_flip=config.random_flip,
+        proportion_empty_prompts=config.proportion_empty_prompts,
+        seed=seed,
+        bad_examples=config.bad_examples,
+    )
+
+
+def make_loader(config, examples, tokenizer, seed):
+    """The DataLoader (before `accelerator.prepare` shards it) and its sampler, whose `epoch` the loop sets."""
+    import torch
+
+    from .data import Collate, EpochSampler
+
+    sampler = EpochSampler(len(examples), seed)
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=config.train_batch_size,
+        sampler=sampler,
+        collate_fn=Collate(tokenizer),
+        num_workers=config.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG out of data loading
+    )
+    return loader, sampler
+
+
+def plan_steps(config, batches_per_process, num_processes):
+    """Steps per epoch, total steps and epochs (accelerate shards the batches over the processes)."""
+    per_process = math.ceil(batches_per_process / num_processes)
+    updates_per_epoch = math.ceil(per_process / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
+    return {
+        "updates_per_epoch": updates_per_epoch,
+        "max_train_steps": max_steps,
+        "num_train_epochs": math.ceil(max_steps / updates_per_epoch),
+    }
+
+
+def make_optimizer(config, controlnet, num_processes):
+    """AdamW (or 8-bit AdamW) over the ControlNet's parameters; --scale_lr applied."""
+    import torch
+
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.gradient_accumulation_steps * config.train_batch_size * num_processes
+    optimizer_class = torch.optim.AdamW
+    if config.use_8bit_adam:
+        import bitsandbytes
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(
+        controlnet.parameters(),
+        lr=lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+
+
+def make_lr_scheduler(config, optimizer, max_train_steps, num_processes):
+    """diffusers' schedule; counts are multiplied by the processes because the prepared scheduler steps once
+    per process at each optimisation step."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+
+
+def resolved_config(config, accelerator, seed, steps, optimizer):
+    """The configuration as run: the flags plus what was derived from them (saved with every checkpoint)."""
+    from . import __version__
+
+    resolved = dataclasses.asdict(config)
+    resolved.update(
+        seed=seed,
+        learning_rate=optimizer.param_groups[0]["lr"],
+        max_train_steps=steps["max_train_steps"],
+        num_train_epochs=steps["num_train_epochs"],
+        num_processes=accelerator.num_processes,
+        mixed_precision=accelerator.mixed_precision,
+        total_batch_size=config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps,
+        photobg_version=__version__,
+    )
+    if accelerator.is_main_process:
+        write_json(Path(config.output_dir, CONFIG_FILE), resolved)
+    return resolved
+
+
+def start_trackers(config, accelerator, resolved):
+    """Start the trackers with the flat (scalar) part of the configuration."""
+    if config.report_to == "none":
+        return
+    flat = {k: v for k, v in resolved.items() if isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers(config.tracker_project_name, config=flat)
+
+
+def log_plan(accelerator, num_examples, steps, resolved):
+    if not accelerator.is_main_process:
+        return
+    logger.info(
+        f"Training the {resolved['controlnet_variant']} variant on {num_examples} examples: "
+        f"{steps['max_train_steps']} steps ({steps['num_train_epochs']} epochs of {steps['updates_per_epoch']}), "
+        f"{resolved['num_processes']} processes, total batch {resolved['total_batch_size']}, "
+        f"mixed precision {resolved['mixed_precision']}."
+    )
+
+
+# ----------------------------------------------------------------------------- latent caching
+
+
+def cache_latents(config, examples, models, accelerator):
+    """Encode every example once (see `photobg.data.CachedExamples`); each process encodes its share."""
+    import hashlib
+
+    from .data import CachedExamples, Collate
+
+    key = json.dumps(
+        [
+            config.pretrained_model_name_or_path,
+            config.revision,
+            config.variant,
+            config.resolution,
+            config.center_crop,
+            config.random_flip,
+            examples.seed,
+            examples.dataset._fingerprint,
+            str(models.weight_dtype),
+        ]
+    )
+    folder = Path(config.output_dir, "latent_cache", hashlib.sha256(key.encode()).hexdigest()[:16])
+    fixed_prompts = config.proportion_empty_prompts == 0 and _captions_are_strings(examples)
+    return CachedExamples.build(
+        examples,
+        folder,
+        encode=lambda batch: encode_for_cache(models, batch, fixed_prompts, accelerator.device),
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone,
+        batch_size=config.train_batch_size,
+        collate=Collate(models.tokenizer),
+        fixed_prompts=fixed_prompts,
+        num_workers=config.dataloader_num_workers,
+    )
+
+
+def _captions_are_strings(examples):
+    feature = examples.dataset.features[examples.caption_column]
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def encode_for_cache(models, batch, fixed_prompts, device):
+    """What `--cache_latents` stores per example: the VAE's latent distributions (sampled anew each step),
+    the object mask (uint8), the photo (uint8, base variant: its control image needs the pixels) and, with
+    fixed prompts, the text embeddings."""
+    import torch
+
+    from .pipeline_controlnet_inpaint import inpaint_mask_from_object
+
+    with torch.no_grad():
+        pixel_values = batch["pixel_values"].to(device, models.weight_dtype)
+        cached = {"latent_params": models.vae.encode(pixel_values).latent_dist.parameters}
+        if models.in_channels == 9:
+            inpaint_mask = inpaint_mask_from_object(batch["object_mask"]).to(device, models.weight_dtype)
+            masked_image = pixel_values * (inpaint_mask < 0.5)
+            cached["masked_latent_params"] = models.vae.encode(masked_image).latent_dist.parameters
+        else:
+            cached["pixels_uint8"] = ((batch["pixel_values"] + 1) * 127.5).round().to(torch.uint8)
+        cached["mask_uint8"] = (batch["object_mask"] * 255).round().to(torch.uint8)
+        if fixed_prompts:
+            cached["prompt_embeds"] = models.text_encoder(batch["input_ids"].to(device))[0]
+    return {k: v.cpu() for k, v in cached.items()}
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def encode_batch(models, batch, generator=None):
+    """A batch -> the diffusion inputs, built with the pipeline's convention functions.
+
+    Returns:
+        dict: `latents` (B, 4, h, w) scaled, `mask` (B, 1, h, w) latent-size inpaint mask (None for the base
+        variant), `masked_image_latents` (B, 4, h, w) (None for the base variant), `control_image`
+        (B, 3, H, W) in [0, 1], `prompt_embeds` (B, 77, D).
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from .data import uint8_to_pixels
+    from .pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image
+
+    vae, dtype, device = models.vae, models.weight_dtype, models.vae.device
+    scale = vae.config.scaling_factor
+    with torch.no_grad():
+        if "latent_params" in batch:  # --cache_latents
+            object_mask = batch["mask_uint8"].to(device, torch.float32) / 255.0
+            pixel_values = uint8_to_pixels(batch["pixels_uint8"]).to(device) if "pixels_uint8" in batch else None
+            latent_dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, dtype))
+        else:
+            object_mask = batch["object_mask"].to(device)
+            pixel_values = batch["pixel_values"].to(device)
+            latent_dist = vae.encode(pixel_values.to(dtype)).latent_dist
+        latents = latent_dist.sample(generator) * scale  # (B, 4, h, w)
+        inpaint_mask = inpaint_mask_from_object(object_mask)  # (B, 1, H, W), 1 = generate
+        control_image = make_control_image(pixel_values, inpaint_mask, models.in_channels)  # (B, 3, H, W)
+        mask = masked_image_latents = None
+        if models.in_channels == 9:
+            # As diffusers' prepare_mask_latents: nearest resize of the binary mask to the latent size.
+            mask = F.interpolate(inpaint_mask, size=latents.shape[-2:]).to(dtype)
+            if "masked_latent_params" in batch:
+                masked_dist = DiagonalGaussianDistribution(batch["masked_latent_params"].to(device, dtype))
+            else:
+                masked_dist = vae.encode((pixel_values * (inpaint_mask < 0.5)).to(dtype)).latent_dist
+            masked_image_latents = masked_dist.sample(generator) * scale
+        if "prompt_embeds" in batch:
+            prompt_embeds = batch["prompt_embeds"].to(device, dtype)
+        else:
+            prompt_embeds = models.text_encoder(batch["input_ids"].to(device))[0]
+    return {
+        "latents": latents,
+        "mask": mask,
+        "masked_image_latents": masked_image_latents,
+        "control_image": control_image.to(dtype),
+        "prompt_embeds": prompt_embeds,
+    }
+
+
+def training_loss(models, controlnet, batch, generator, accelerator=None, noise=None, timesteps=None):
+    """The loss of one batch: noise the latents, run ControlNet + UNet on the pipeline's inputs, MSE against the
+    noise (epsilon) or the velocity (v_prediction), as the scheduler's config says.
+
+    `noise` and `timesteps` are drawn from `generator` unless given (tests pass them to compare with the pipeline).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .pipeline_controlnet_inpaint import unet_input
+
+    inputs = encode_batch(models, batch, generator)
+    latents, scheduler = inputs["latents"], models.noise_scheduler
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    if timesteps is None:
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
+        )
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    model_input = unet_input(noisy_latents, inputs["mask"], inputs["masked_image_latents"])  # (B, 9 or 4, h, w)
+    down_residuals, mid_residual = controlnet(
+        model_input,
+        timesteps,
+        encoder_hidden_states=inputs["prompt_embeds"],
+        controlnet_cond=inputs["control_image"],
+        return_dict=False,
+    )
+    dtype = models.weight_dtype
+    prediction = models.unet(
+        model_input,
+        timesteps,
+        encoder_hidden_states=inputs["prompt_embeds"],
+        down_block_additional_residuals=[r.to(dtype) for r in down_residuals],
+        mid_block_additional_residual=mid_residual.to(dtype),
+        return_dict=False,
+    )[0]
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r} in the base model's scheduler config.")
+    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class TrainState:
+    """What a checkpoint adds to accelerate's state: the step, the seed and this process's noise generator."""
+
+    def __init__(self, seed, noise):
+        self.seed = seed
+        self.noise = noise
+        self.step = 0
+
+
+def list_checkpoints(output_dir):
+    """Complete checkpoints in `output_dir`, oldest first (half-written ones have another name)."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir):
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_checkpoint(output_dir, spec):
+    """`latest`, a checkpoint folder, or a checkpoint's name in `output_dir` -> its path (None if none)."""
+    if spec == "latest":
+        return latest_checkpoint(output_dir)
+    for path in (Path(spec), Path(output_dir, spec), Path(output_dir, os.path.basename(spec))):
+        if path.is_dir() and (path / STATE_FILE).exists():
+            return path
+    return None
+
+
+def save_checkpoint(config, accelerator, state, resolved):
+    """Write `checkpoint-STEP` atomically: everything goes to a hidden temporary folder that is renamed once
+    complete, so an interrupted write leaves nothing that `--resume_from_checkpoint latest` would take.
+    Then the oldest checkpoints beyond --checkpoints_total_limit are removed."""
+    import torch
+
+    final = Path(config.output_dir, f"checkpoint-{state.step}")
+    tmp = Path(config.output_dir, f".checkpoint-{state.step}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(state.noise.get_state(), tmp / f"noise_rng_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / CONFIG_FILE, resolved)
+        write_json(tmp / STATE_FILE, {"step": state.step, "seed": state.seed})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        limit = config.checkpoints_total_limit
+        for old in list_checkpoints(config.output_dir)[: -limit if limit else 0]:
+            shutil.rmtree(old)
+        logger.info(f"Saved {final}")
+    accelerator.wait_for_everyone()
+
+
+def resume(config, accelerator, state):
+    """Restore model, optimizer, LR scheduler, RNGs and step from --resume_from_checkpoint (if any)."""
+    import torch
+
+    if not config.resume_from_checkpoint:
+        return
+    path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
+    if path is None:
+        logger.info(f"No checkpoint in {config.output_dir!r} yet: starting a new run.")
+        return
+    accelerator.load_state(str(path))
+    state.step = json.loads((path / STATE_FILE).read_text())["step"]
+    noise_state = path / f"noise_rng_{accelerator.process_index}.pt"
+    if not noise_state.exists():
+        raise ValueError(f"{path} was saved by fewer processes than this run has ({noise_state.name} is missing).")
+    state.noise.set_state(torch.load(noise_state, weights_only=True))
+    logger.info(f"Resumed from {path} at step {state.step}.")
+
+
+def write_json(path, data):
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- validation and outputs
+
+
+def make_pipeline(models, controlnet, scheduler=None):
+    """The photobg pipeline around the modules being trained (no copies)."""
+    from .models import make_scheduler
+    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+
+    config = models.scheduler_config
+    return StableDiffusionControlNetInpaintPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=models.unet,
+        controlnet=controlnet,
+        scheduler=make_scheduler(scheduler or config["_class_name"], config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def validation_pairs(config):
+    """[(prompt, object-mask file, photo file or None)] from the validation flags (one may be broadcast)."""
+    prompts, masks = config.validation_prompt, config.validation_image
+    photos = config.validation_inpainting_image or [None] * len(masks)
+    n = max(len(prompts), len(masks))
+    pairs = []
+    for k in range(n):
+        j = k if len(masks) > 1 else 0
+        pairs.append((prompts[k if len(prompts) > 1 else 0], masks[j], photos[j]))
+    return pairs
+
+
+def validate(config, accelerator, models, controlnet, step):
+    """Generate with the real pipeline on the validation pairs; log to the trackers and save a PNG grid."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    if not accelerator.is_main_process:
+        return step
+    if accelerator.distributed_type == DistributedType.FSDP:
+        logger.warning("Validation is skipped under FSDP (the sharded ControlNet cannot run in one process).")
+        return step
+    from .masks import load_image
+    from .pipeline_controlnet_inpaint import split_object
+
+    pipe = make_pipeline(models, accelerator.unwrap_model(controlnet), scheduler="UniPCMultistepScheduler")
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for prompt, mask_file, photo_file in validation_pairs(config):
+        if photo_file is None:
+            photo, object_mask = split_object(load_image(mask_file))
+            if object_mask is None:
+                raise ValueError(
+                    f"--validation_image {mask_file!r} has no alpha: give its photo with --validation_inpainting_image."
+                )
+        else:
+            photo, object_mask = split_object(load_image(photo_file), load_image(mask_file))
+        photo, object_mask = _validation_size(photo, object_mask, config.resolution)
+        generator = torch.Generator(accelerator.device).manual_seed(config.seed or 0)
+        with accelerator.autocast():
+            images = pipe(
+                [prompt] * config.num_validation_images,
+                image=photo,
+                object_mask=object_mask,
+                num_inference_steps=config.validation_num_inference_steps,
+                generator=generator,
+            ).images
+        rows.append((prompt, [photo, object_mask.convert("RGB"), *images]))
+    log_validation_images(config, accelerator, rows, step)
+    return step
+
+
+def _validation_size(photo, object_mask, resolution):
+    """Resize so that the short side is `resolution` (and both sides multiples of 8)."""
+    import PIL.Image
+
+    scale = resolution / min(photo.size)
+    size = tuple(max(8, round(s * scale) // 8 * 8) for s in photo.size)
+    return photo.resize(size, PIL.Image.BICUBIC), object_mask.resize(size, PIL.Image.BILINEAR)
+
+
+def log_validation_images(config, accelerator, rows, step):
+    """Rows of (prompt, [photo, mask, generated...]) -> `validation/step-N.png`, TensorBoard, wandb."""
+    import numpy as np
+    import PIL.Image
+
+    width, height = rows[0][1][0].size
+    grid = PIL.Image.new("RGB", (width * len(rows[0][1]), height * len(rows)))
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            grid.paste(image.resize((width, height)), (c * width, r * height))
+    folder = Path(config.output_dir, "validation")
+    folder.mkdir(exist_ok=True)
+    grid.save(folder / f"step-{step:06d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            for prompt, images in rows:
+                stacked = np.stack([np.asarray(image.resize((width, height))) for image in images])
+                tracker.writer.add_images(prompt, stacked, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            logged = [wandb.Image(image, caption=prompt) for prompt, images in rows for image in images]
+            tracker.log({"validation": logged}, step=step)
+
+
+def save_outputs(config, accelerator, models, controlnet, resolved):
+    """The ControlNet in diffusers format in --output_dir, and `OUTPUT_DIR/pipeline`, a complete model that
+    `photobg.models.load_pipeline` opens; both with the resolved configuration. Pushed with --push_to_hub."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(controlnet)  # gathers shards under DeepSpeed/FSDP
+    if not accelerator.is_main_process:
+        return
+    output_dir = Path(config.output_dir)
+    controlnet = accelerator.unwrap_model(controlnet)
+    controlnet.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+    write_json(output_dir / CONFIG_FILE, resolved)
+    tmp, final = output_dir / ".pipeline.tmp", output_dir / "pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_pipeline(models, controlnet).save_pretrained(tmp, safe_serialization=True)
+    write_json(tmp / CONFIG_FILE, resolved)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    logger.info(f"Saved the ControlNet to {output_dir} and the complete pipeline to {final}")
+    if config.push_to_hub:
+        from huggingface_hub import upload_folder
+
+        upload_folder(
+            repo_id=config.hub_model_id,
+            folder_path=str(output_dir),
+            token=config.hub_token,
+            commit_message="End of training",
+            ignore_patterns=["checkpoint-*", ".checkpoint-*", "latent_cache/*", "logs/*"],
+        )
+
+
+if __name__ == "__main__":
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m photobg.train", description=HELP))
+    sys.exit(run(parser.parse_args()))
