@@ -17,7 +17,18 @@ def test_flop_counts_add_up():
 
 
 def test_bench_command_writes_json_and_table(tmp_path, capsys):
-    args = ["bench", "--config", "tiny-inpainting", "--sizes", "64", "--steps", "2", "--repeats", "1"]
+    args = [
+        "bench",
+        "--config",
+        "tiny-inpainting",
+        "--sizes",
+        "64",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--skip-training",
+    ]
     main([*args, "--output-dir", str(tmp_path), "--name", "t"])
     result = json.loads((tmp_path / "t.json").read_text())
     rows = {row["variant"]: row for row in result["inference"]}
@@ -27,3 +38,10 @@ def test_bench_command_writes_json_and_table(tmp_path, capsys):
     assert result["machine"]["torch"] and result["peak_tflops"] > 0
     assert "| tiny-inpainting | 64 | 2 | photobg |" in (tmp_path / "t.md").read_text()
     assert "vs_si2" in capsys.readouterr().out
+
+
+def test_training_measurement_runs_the_real_loop():
+    from photobg.bench import measure_training
+
+    row = measure_training("tiny-inpainting", 32, 2, 3, 4, cache_latents=True, gradient_checkpointing=False)
+    assert row["samples_per_second"] > 0 and row["cache_latents"] and row["peak_mb"] > 0

@@ -74,6 +74,7 @@ class BackgroundGenerator:
             the object in photos that come with neither an alpha channel nor a mask; None to require one.
             Built on first use, so a missing package only matters for photos that need it.
         pipe: an already loaded pipeline to use instead of loading `model`.
+        compile, vae_tiling: opt-in speed/memory settings, see `models.optimize`.
     """
 
     def __init__(
@@ -86,12 +87,14 @@ class BackgroundGenerator:
         scheduler=None,
         segmenter=DEFAULT_SEGMENTER,
         pipe=None,
+        compile=False,
+        vae_tiling=False,
     ):
-        if pipe is None:
-            from .models import load_pipeline
+        from .models import load_pipeline, optimize
 
+        if pipe is None:
             pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler)
-        self.pipe = pipe
+        self.pipe = optimize(pipe, compile=compile, vae_tiling=vae_tiling)
         self.segmenter = segmenter
 
     @property

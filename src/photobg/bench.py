@@ -177,6 +177,96 @@ def measure_peak_tflops(device, dtype, n=8192, repeats=10):
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+# ----------------------------------------------------------------------------- training
+
+
+TRAINING_SETTINGS = [
+    dict(cache_latents=False, gradient_checkpointing=False),
+    dict(cache_latents=True, gradient_checkpointing=False),
+    dict(cache_latents=False, gradient_checkpointing=True),
+    dict(cache_latents=True, gradient_checkpointing=True),
+]
+
+
+def measure_training(config_name, resolution, batch, steps, examples, mixed_precision="no", **settings):
+    """Train the inpaint variant on drawn shapes in this process; samples/s over the steps after the first.
+
+    Args:
+        config_name: a `photobg.configs` name; real-size ones are written once (random weights) to the cache.
+        resolution, batch, steps, examples: the run's size.
+        mixed_precision: "no", "fp16" or "bf16".
+        settings: `TrainConfig` fields, e.g. `cache_latents`, `gradient_checkpointing`.
+
+    Returns:
+        dict with the settings, `samples_per_second`, `seconds_before_first_step` and `peak_mb`.
+    """
+    import resource
+    import tempfile
+
+    from .data import write_synthetic_dataset
+    from .models import write_test_model
+    from .train import TrainConfig, main
+
+    folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / f"{config_name}-random"
+    if not (folder / "model_index.json").exists():
+        write_test_model(folder, config_name, with_controlnet=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as work:
+        data = write_synthetic_dataset(Path(work, "data"), examples, (resolution * 5 // 4, resolution), seed=0)
+        config = TrainConfig(
+            pretrained_model_name_or_path=str(folder),
+            train_data_dir=str(data),
+            output_dir=str(Path(work, "out")),
+            resolution=resolution,
+            train_batch_size=batch,
+            max_train_steps=steps,
+            checkpointing_steps=10**9,
+            report_to="none",
+            seed=0,
+            mixed_precision=mixed_precision,
+            **settings,
+        )
+        started = time.perf_counter()
+        times = main(config).step_times
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(
+        model=config_name,
+        resolution=resolution,
+        batch_size=batch,
+        steps=steps,
+        mixed_precision=mixed_precision,
+        **settings,
+        samples_per_second=(len(times) - 1) * batch / (times[-1] - times[0]),
+        seconds_before_first_step=times[0] - started,
+        peak_mb=peak_mb,
+    )
+
+
+def run_training_suite(config_name, resolution, batch, steps, examples, mixed_precision="no"):
+    """Every setting of `TRAINING_SETTINGS`, each in its own process (peak memory is per process)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for settings in TRAINING_SETTINGS:
+        kwargs = dict(settings, config_name=config_name, resolution=resolution, batch=batch, steps=steps)
+        kwargs.update(examples=examples, mixed_precision=mixed_precision)
+        code = "import json, sys; from photobg.bench import measure_training as m; "
+        code += "print(json.dumps(m(**json.loads(sys.argv[1]))))"
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(kwargs)], check=True, capture_output=True, text=True
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  training {settings}: {rows[-1]['samples_per_second']:.3g} samples/s", flush=True)
+    uncached = {r["gradient_checkpointing"]: r["samples_per_second"] for r in rows if not r["cache_latents"]}
+    for row in rows:
+        row["speedup_vs_uncached"] = row["samples_per_second"] / uncached[row["gradient_checkpointing"]]
+    return rows
+
+
 # ----------------------------------------------------------------------------- the suite
 
 
@@ -269,10 +359,14 @@ def machine_info(device, dtype):
     return info
 
 
-def markdown_table(rows):
-    """The rows as a Markdown table, one line per (model, size, variant)."""
-    columns = ["model", "size", "steps", "variant", "seconds_per_image", "peak_mb", "vs_si2", "flop_ratio_vs_si2"]
-    columns += ["gflops_per_image", "achieved_tflops"]
+INFERENCE_COLUMNS = ["model", "size", "steps", "variant", "seconds_per_image", "peak_mb", "vs_si2"]
+INFERENCE_COLUMNS += ["flop_ratio_vs_si2", "gflops_per_image", "achieved_tflops"]
+TRAINING_COLUMNS = ["model", "resolution", "batch_size", "mixed_precision", "cache_latents", "gradient_checkpointing"]
+TRAINING_COLUMNS += ["samples_per_second", "speedup_vs_uncached", "peak_mb"]
+
+
+def markdown_table(rows, columns=INFERENCE_COLUMNS):
+    """The rows as a Markdown table, one line per row."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
@@ -283,33 +377,56 @@ def markdown_table(rows):
 # ----------------------------------------------------------------------------- CLI
 
 
+# Each mode: inference runs (config, sizes, steps) and training runs (config, resolution, batch, steps, examples).
+MODES = {
+    "quick": dict(
+        inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [256], 1)],
+        training=[("tiny-inpainting", 64, 4, 30, 32)],
+    ),
+    "cpu": dict(
+        inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [512], 2)],
+        training=[("tiny-inpainting", 64, 4, 30, 32), ("sd2-inpainting", 64, 1, 4, 4)],
+    ),
+    "full": dict(
+        inference=[("tiny-inpainting", [512, 1024], 20), ("sd2-inpainting", [512, 1024], 20)],
+        training=[("sd2-inpainting", 512, 4, 20, 64)],
+    ),
+}
+
+
 def add_arguments(parser):
     from .models import DTYPES
 
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run: tiny models + real size at 1 step")
-    parser.add_argument("--full", action="store_true", help="GPU run: real size, 512 and 1024, 20 steps")
-    parser.add_argument("--config", action="append", help="model config(s) (default per mode)")
+    parser.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        help="quick: CPU-sized, under 10 minutes; cpu: real-size models at 1-4 steps; full: the GPU suite at "
+        "real size, 512 and 1024 px, 20 steps (default: full on CUDA, cpu otherwise)",
+    )
+    parser.add_argument("--quick", dest="mode", action="store_const", const="quick", help="same as --mode quick")
+    parser.add_argument("--full", dest="mode", action="store_const", const="full", help="same as --mode full")
+    parser.add_argument("--config", action="append", help="inference model config(s) instead of the mode's")
     parser.add_argument("--sizes", type=int, nargs="+", help="square working sizes in pixels")
     parser.add_argument("--steps", type=int, help="denoising steps")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per variant, best kept (default: 2)")
+    parser.add_argument("--skip-training", action="store_true", help="inference only")
+    parser.add_argument("--skip-inference", action="store_true", help="training only")
     parser.add_argument("--device", help="default: CUDA if present, else CPU")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--output-dir", default="bench/results", help="where JSON + Markdown go (default: %(default)s)")
-    parser.add_argument("--name", help="result file name (default: derived from mode and device)")
+    parser.add_argument("--name", help="result file name (default: MODE-DEVICE)")
 
 
 def plan(args, device):
-    """(config, sizes, steps) runs for the chosen mode; explicit flags override."""
-    if args.full or (device.type == "cuda" and not args.quick):
-        default = [("tiny-inpainting", [512, 1024], 20), ("sd2-inpainting", [512, 1024], 20)]
-    else:
-        default = [("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [256], 1)]
-    configs = args.config or [c for c, _, _ in default]
-    by_config = {c: (s, n) for c, s, n in default}
-    return [
+    """The mode's inference runs [(config, sizes, steps)] with the flags' overrides, and its training runs."""
+    mode = MODES[args.mode or ("full" if device.type == "cuda" else "cpu")]
+    by_config = {config: (sizes, steps) for config, sizes, steps in mode["inference"]}
+    configs = args.config or list(by_config)
+    inference = [
         (c, args.sizes or by_config.get(c, ([512], 1))[0], args.steps or by_config.get(c, ([512], 1))[1])
         for c in configs
     ]
+    return [] if args.skip_inference else inference, [] if args.skip_training else mode["training"]
 
 
 def run(args):
@@ -317,22 +434,32 @@ def run(args):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    rows = []
-    for config_name, sizes, steps in plan(args, device):
-        print(f"benchmarking {config_name} at {sizes} px, {steps} steps on {device} ({dtype})", flush=True)
-        rows += run_inference_suite(config_name, sizes, steps, device, dtype, args.repeats)
+    inference_runs, training_runs = plan(args, device)
+    inference, training = [], []
+    for config_name, sizes, steps in inference_runs:
+        print(f"inference: {config_name} at {sizes} px, {steps} steps on {device} ({dtype})", flush=True)
+        inference += run_inference_suite(config_name, sizes, steps, device, dtype, args.repeats)
+    precision = "no" if device.type == "cpu" else {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+    for run_args in training_runs:
+        print(f"training: {run_args[0]} at {run_args[1]} px, batch {run_args[2]}, {run_args[3]} steps", flush=True)
+        training += run_training_suite(*run_args, mixed_precision=precision)
     result = dict(
         machine=machine_info(device, dtype),
         peak_tflops=measure_peak_tflops(device, dtype),
-        settings=dict(vars(args), run=None),
-        inference=rows,
+        settings={k: v for k, v in vars(args).items() if k != "run"},
+        inference=inference,
+        training=training,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    name = args.name or f"{'quick' if args.quick else 'full'}-{device.type}"
+    name = args.name or f"{args.mode or ('full' if device.type == 'cuda' else 'cpu')}-{device.type}"
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows)
+    tables = [
+        markdown_table(rows, columns)
+        for rows, columns in ((inference, INFERENCE_COLUMNS), (training, TRAINING_COLUMNS))
+        if rows
+    ]
     (output_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    (output_dir / f"{name}.md").write_text(table + "\n")
-    print(table)
+    (output_dir / f"{name}.md").write_text("\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
     print(f"wrote {output_dir / name}.json and .md")

@@ -74,6 +74,10 @@ def add_arguments(parser):
     model.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
     model.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     model.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
+    model.add_argument(
+        "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
+    )
+    model.add_argument("--vae-tiling", action="store_true", help="tiled VAE: bounded memory for large --working-size")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
     out.add_argument("--skip-existing", action="store_true", help="keep images already in the output folder")
@@ -288,6 +292,8 @@ def load_generator(args):
             dtype=args.dtype,
             scheduler=args.scheduler,
             segmenter=args.segmenter,
+            compile=args.compile,
+            vae_tiling=args.vae_tiling,
         )
     except (OSError, ValueError) as err:
         raise SystemExit(f"Could not load the model: {err}") from None
@@ -330,6 +336,8 @@ def manifest_record(args, path, mask, prepared, job, output, generator):
         object_scale=args.object_scale,
         position=args.position,
         batch_size=args.batch_size,
+        compile=args.compile,
+        vae_tiling=args.vae_tiling,
         photobg_version=__version__,
     )
     command = ["photobg", "generate", record["input"], "--prompt", job.prompt, "--seed", str(job.seed)]
@@ -355,6 +363,7 @@ def manifest_record(args, path, mask, prepared, job, output, generator):
     for flag, value in options.items():
         if value is not None:
             command += [flag, str(value)]
+    command += [flag for flag, on in (("--compile", args.compile), ("--vae-tiling", args.vae_tiling)) if on]
     record["command"] = shlex.join(command)
     return record
 
