@@ -17,18 +17,9 @@ FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-m
 
 def add_arguments(parser):
     from .api import PHOTO_SEGMENTERS
-    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
+    from .generate_cli import add_model_arguments
 
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"Hub id or folder of a complete model, or a base model with --controlnet; "
-        f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)",
-    )
-    parser.add_argument("--controlnet", help="ControlNet (Hub id, folder or .pth file) for a base --model")
-    parser.add_argument("--scheduler", help="diffusers scheduler class, e.g. UniPCMultistepScheduler")
-    parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--segmenter",
         default="transparent-background",
@@ -50,20 +41,9 @@ def run(args):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from .api import BackgroundGenerator
+    from .generate_cli import load_generator
 
-    try:
-        generator = BackgroundGenerator(
-            args.model,
-            args.controlnet,
-            device=args.device,
-            dtype=args.dtype,
-            scheduler=args.scheduler,
-            segmenter=args.segmenter,
-        )
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"Could not load the model: {err}") from None
-    generator.pipe.set_progress_bar_config(disable=True)
+    generator = load_generator(args)
     demo = build_app(generator, default_steps=args.steps, max_megapixels=args.max_megapixels)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host,

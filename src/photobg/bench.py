@@ -123,6 +123,13 @@ def peak_memory(device):
         result["peak_mb"] = max(0, max(peak[0], _rss()) - start) / 2**20
 
 
+def _peak_rss_of_this_process():
+    # VmHWM belongs to this process's memory map; getrusage's ru_maxrss would also count the parent's memory
+    # at the fork before `exec`.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def _rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -200,7 +207,6 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
     Returns:
         dict with the settings, `samples_per_second`, `seconds_before_first_step` and `peak_mb`.
     """
-    import resource
     import tempfile
 
     from .data import write_synthetic_dataset
@@ -231,7 +237,7 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
     if device == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = _peak_rss_of_this_process() / 2**20
     return dict(
         model=config_name,
         resolution=resolution,

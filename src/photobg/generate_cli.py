@@ -33,7 +33,6 @@ MANIFEST = "manifest.jsonl"
 def add_arguments(parser):
     from .api import PHOTO_SEGMENTERS
     from .masks import POSITIONS
-    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
 
     parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="photos: files, folders (their image files) or quoted globs")
@@ -60,24 +59,11 @@ def add_arguments(parser):
     canvas.add_argument("--position", default="center", choices=list(POSITIONS), help="where the photo goes")
     canvas.add_argument("--working-size", type=int, help="long side to generate at (default: the model's)")
     model = parser.add_argument_group("model and sampling")
-    model.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"Hub id or folder of a complete model, or a base model with --controlnet; "
-        f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)",
-    )
-    model.add_argument("--controlnet", help="ControlNet (Hub id, folder or .pth file) for a base --model")
+    add_model_arguments(model)
     model.add_argument("--controlnet-scale", type=float, default=1.0, help="0 = plain SD2-inpainting (default: 1)")
     model.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
     model.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
-    model.add_argument("--scheduler", help="diffusers scheduler class, e.g. UniPCMultistepScheduler")
-    model.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    model.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     model.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
-    model.add_argument(
-        "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
-    )
-    model.add_argument("--vae-tiling", action="store_true", help="tiled VAE: bounded memory for large --working-size")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
     out.add_argument("--skip-existing", action="store_true", help="keep images already in the output folder")
@@ -281,7 +267,29 @@ def writable_folder(folder):
     return folder
 
 
+def add_model_arguments(parser):
+    """The options that choose and load the model, shared by `photobg generate` and `photobg app`."""
+    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
+
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Hub id or folder of a complete model, or a base model with --controlnet; "
+        f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)",
+    )
+    parser.add_argument("--controlnet", help="ControlNet (Hub id, folder or .pth file) for a base --model")
+    parser.add_argument("--scheduler", help="diffusers scheduler class, e.g. UniPCMultistepScheduler")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
+    )
+    parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE: bounded memory for large canvases")
+
+
 def load_generator(args):
+    """A `BackgroundGenerator` from the options of `add_model_arguments` (and `--segmenter`); a model that
+    cannot be loaded ends the command with the loader's message."""
     from .api import BackgroundGenerator
 
     try:
