@@ -8,17 +8,18 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
 from .pipeline_controlnet_inpaint import (  # noqa: F401  (re-exported conventions)
     OBJECT_THRESHOLD,
+    as_object_mask,
     has_alpha,
     inpaint_mask_from_object,
     make_control_image,
     object_mask_to_tensor,
     paste_object,
+    split_cutout,
     split_object,
 )
 
@@ -38,94 +39,6 @@ def load_image(path):
         raise ValueError(f"{path}: no such file.") from None
     except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err}).") from err
-
-
-# ----------------------------------------------------------------------------- pixel formats
-
-# Pillow's own conversion of these modes to "L"/"RGB" clips at 255 instead of scaling, so they are scaled here.
-_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def _gray_array(image):
-    """A gray PIL image as a uint8 array: 16-bit scaled from 0..65535, float from 0..1, 8-bit as it is."""
-    array = np.asarray(image)
-    if image.mode == "F":
-        scale = 255.0 if array.max(initial=0) <= 1 else 1.0
-        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
-    if image.mode in _WIDE_GRAY_MODES:
-        return np.clip(np.round(array.astype(np.float64) / 257), 0, 255).astype(np.uint8)
-    return np.asarray(image.convert("L"))
-
-
-def split_cutout(image):
-    """An input photo as (RGB image, alpha or None): the alpha only where the image has transparency.
-
-    Any Pillow mode is accepted: grayscale (8- or 16-bit), palette (its transparency is an alpha channel),
-    CMYK, RGBA/LA. An alpha channel that is opaque everywhere carries no object and is dropped.
-
-    Args:
-        image: PIL image, or uint8 array (H, W), (H, W, 3) or (H, W, 4).
-
-    Returns:
-        (RGB PIL image, "L" alpha image or None).
-    """
-    if not isinstance(image, PIL.Image.Image):
-        image = PIL.Image.fromarray(np.asarray(image))
-    alpha = _transparency(image)
-    if image.mode in _WIDE_GRAY_MODES:
-        image = PIL.Image.fromarray(_gray_array(image), "L")
-    return image.convert("RGB"), alpha
-
-
-def _transparency(image):
-    """The alpha channel ("L") of an image that has one and is not opaque everywhere, else None."""
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return alpha
-    return None
-
-
-def as_object_mask(mask):
-    """An object mask in any common form as an "L" image, white (255) = object. The rules, one per kind:
-
-    - an alpha channel with transparency (a cutout, an RGBA/LA mask, a palette with transparency): the alpha;
-    - 16-bit gray: scaled from 0..65535 to 0..255 when it uses that range (has values above 255);
-    - float arrays: scaled from 0..1; bool arrays: True = object;
-    - RGB, CMYK and palette masks: the brightest channel, so a white or a coloured object on black both count;
-    - a mask whose only values are 0 and 1 (a label map): 1 = object.
-
-    Soft values are kept; `OBJECT_THRESHOLD` binarises where needed.
-
-    Args:
-        mask: PIL image or array (H, W) / (H, W, C) of uint8, uint16, bool or float.
-
-    Returns:
-        "L" PIL image.
-    """
-    if not isinstance(mask, PIL.Image.Image):
-        array = np.asarray(mask)
-        if array.dtype == bool:
-            return PIL.Image.fromarray(array.astype(np.uint8) * 255, "L")
-        if np.issubdtype(array.dtype, np.floating):
-            return PIL.Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8), "L")
-        mask = PIL.Image.fromarray(array)
-    alpha = _transparency(mask)
-    if alpha is not None:
-        return alpha
-    if mask.mode == "F":
-        gray = _gray_array(mask)
-    elif mask.mode in _WIDE_GRAY_MODES:
-        gray = np.asarray(mask, dtype=np.float64)
-        gray = np.round(gray / 257 if gray.max(initial=0) > 255 else gray).clip(0, 255).astype(np.uint8)
-    elif mask.mode in ("L", "1"):
-        gray = np.asarray(mask.convert("L"))
-    else:
-        gray = np.asarray(mask.convert("RGB")).max(axis=2)
-    if gray.max(initial=0) == 1:  # a label map: 1 = object
-        gray = gray * 255
-    return PIL.Image.fromarray(gray, "L")
 
 
 def load_object_mask(path):

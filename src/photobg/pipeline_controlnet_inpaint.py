@@ -41,42 +41,111 @@ def split_object(image, object_mask=None):
     """Split an input into its RGB image and its object mask.
 
     Args:
-        image: PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4). An alpha channel (RGBA, LA, or a
-            palette with transparency) is the object mask when `object_mask` is not given.
-        object_mask: PIL image or array, white (255) = object; bool and [0, 1] float arrays are accepted.
+        image: PIL image (any mode) or uint8 array (H, W), (H, W, 3) or (H, W, 4). Its transparency (RGBA, LA,
+            or a palette with transparency) is the object mask when `object_mask` is not given.
+        object_mask: anything `as_object_mask` reads, white = object.
 
     Returns:
-        (RGB PIL image, object mask as an "L" PIL image, or None when there is neither mask nor alpha).
+        (RGB PIL image, object mask as an "L" PIL image, or None when there is neither mask nor transparency).
     """
-    image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image))
-    if object_mask is None and has_alpha(image):
-        object_mask = image.convert("RGBA").getchannel("A")
-    return image.convert("RGB"), None if object_mask is None else _to_mask_image(object_mask)
+    rgb, alpha = split_cutout(image)
+    return rgb, alpha if object_mask is None else as_object_mask(object_mask)
 
 
 def has_alpha(image):
-    """Whether `image` (PIL or array) carries an alpha channel."""
-    if isinstance(image, PIL.Image.Image):
-        return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    return isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (2, 4)
+    """Whether `image` (PIL or array) has transparency, i.e. is a cutout whose alpha is the object."""
+    if not isinstance(image, PIL.Image.Image):
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] not in (2, 4):
+            return False
+        image = PIL.Image.fromarray(array)
+    return _transparency(image) is not None
 
 
-def _to_mask_image(mask):
-    if isinstance(mask, PIL.Image.Image):
-        if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-            mask = np.asarray(mask.convert("I"))
-        else:
-            return mask.convert("L")
-    array = np.asarray(mask)
-    if array.ndim == 3:
-        array = array[..., 0]
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        array = np.clip(np.round(array * 255), 0, 255)
-    elif array.max(initial=0) > 255:  # 16-bit masks
-        array = np.round(array / 65535 * 255)
-    return PIL.Image.fromarray(array.astype(np.uint8), "L")
+# Pillow's own conversion of these modes to "L"/"RGB" clips at 255 instead of scaling, so they are scaled here.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _gray_array(image):
+    """A gray PIL image as a uint8 array: 16-bit scaled from 0..65535, float from 0..1, 8-bit as it is."""
+    array = np.asarray(image)
+    if image.mode == "F":
+        scale = 255.0 if array.max(initial=0) <= 1 else 1.0
+        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+    if image.mode in _WIDE_GRAY_MODES:
+        return np.clip(np.round(array.astype(np.float64) / 257), 0, 255).astype(np.uint8)
+    return np.asarray(image.convert("L"))
+
+
+def split_cutout(image):
+    """An input photo as (RGB image, alpha or None): the alpha only where the image has transparency.
+
+    Any Pillow mode is accepted: grayscale (8- or 16-bit), palette (its transparency is an alpha channel),
+    CMYK, RGBA/LA. An alpha channel that is opaque everywhere carries no object and is dropped.
+
+    Args:
+        image: PIL image, or uint8 array (H, W), (H, W, 3) or (H, W, 4).
+
+    Returns:
+        (RGB PIL image, "L" alpha image or None).
+    """
+    if not isinstance(image, PIL.Image.Image):
+        image = PIL.Image.fromarray(np.asarray(image))
+    alpha = _transparency(image)
+    if image.mode in _WIDE_GRAY_MODES:
+        image = PIL.Image.fromarray(_gray_array(image), "L")
+    return image.convert("RGB"), alpha
+
+
+def _transparency(image):
+    """The alpha channel ("L") of an image that has one and is not opaque everywhere, else None."""
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    return None
+
+
+def as_object_mask(mask):
+    """An object mask in any common form as an "L" image, white (255) = object. The rules, one per kind:
+
+    - an alpha channel with transparency (a cutout, an RGBA/LA mask, a palette with transparency): the alpha;
+    - 16-bit gray: scaled from 0..65535 to 0..255 when it uses that range (has values above 255);
+    - float arrays: scaled from 0..1; bool arrays: True = object;
+    - RGB, CMYK and palette masks: the brightest channel, so a white or a coloured object on black both count;
+    - a mask whose only values are 0 and 1 (a label map): 1 = object.
+
+    Soft values are kept; `OBJECT_THRESHOLD` binarises where needed.
+
+    Args:
+        mask: PIL image or array (H, W) / (H, W, C) of uint8, uint16, bool or float.
+
+    Returns:
+        "L" PIL image.
+    """
+    if not isinstance(mask, PIL.Image.Image):
+        array = np.asarray(mask)
+        if array.dtype == bool:
+            return PIL.Image.fromarray(array.astype(np.uint8) * 255, "L")
+        if np.issubdtype(array.dtype, np.floating):
+            return PIL.Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8), "L")
+        mask = PIL.Image.fromarray(array)
+    alpha = _transparency(mask)
+    if alpha is not None:
+        return alpha
+    if mask.mode == "F":
+        gray = _gray_array(mask)
+    elif mask.mode in _WIDE_GRAY_MODES:
+        gray = np.asarray(mask, dtype=np.float64)
+        gray = np.round(gray / 257 if gray.max(initial=0) > 255 else gray).clip(0, 255).astype(np.uint8)
+    elif mask.mode in ("L", "1"):
+        gray = np.asarray(mask.convert("L"))
+    else:
+        gray = np.asarray(mask.convert("RGB")).max(axis=2)
+    if gray.max(initial=0) == 1:  # a label map: 1 = object
+        gray = gray * 255
+    return PIL.Image.fromarray(gray, "L")
 
 
 def object_mask_to_tensor(object_mask, size):
