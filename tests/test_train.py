@@ -20,9 +20,11 @@ from diffusers import ControlNetModel, DDPMScheduler
 from safetensors.torch import load_file
 
 from photobg import cli
+from photobg.checkpoints import list_checkpoints
 from photobg.data import TrainExamples, write_synthetic_dataset
 from photobg.models import load_pipeline
-from photobg.train import Models, TrainConfig, cli_main, list_checkpoints, main, training_loss
+from photobg.train import Models, cli_main, main, training_loss
+from photobg.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"inpaint": "tiny-inpainting", "base": "tiny-base"}

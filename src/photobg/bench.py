@@ -210,7 +210,8 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
 
     from .data import write_synthetic_dataset
     from .models import write_test_model
-    from .train import TrainConfig, main
+    from .train import main
+    from .train_config import TrainConfig
 
     folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / f"{config_name}-random"
     if not (folder / "model_index.json").exists():
