@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from photobg import cli
+from photobg.data import training_set_features
 from photobg.evaluate.data import Benchmark, parse_model_spec, parse_model_specs
 from photobg.evaluate.metrics import expansion_metrics
 from photobg.segment import SegmenterUnavailable, get_segmenter, sam_prompt, segment_image
@@ -120,15 +121,7 @@ def test_prepared_dataset_benchmark(tmp_path):
     import datasets
 
     photos = [bright_object_photo(k) for k in range(2)]
-    features = datasets.Features(
-        image=datasets.Image(),
-        conditioning_image=datasets.Image(),
-        text=datasets.Value("string"),
-        source=datasets.Value("string"),
-        id=datasets.Value("string"),
-        width=datasets.Value("int32"),
-        height=datasets.Value("int32"),
-    )
+    features = training_set_features()
     table = {
         "image": [p for p, _ in photos],
         "conditioning_image": [m for _, m in photos],

@@ -387,11 +387,11 @@ def markdown_table(rows, columns=INFERENCE_COLUMNS):
 MODES = {
     "quick": dict(
         inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [256], 1)],
-        training=[("tiny-inpainting", 64, 4, 30, 32)],
+        training=[("tiny-inpainting", 64, 4, 150, 32)],
     ),
     "cpu": dict(
         inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [512], 2)],
-        training=[("tiny-inpainting", 64, 4, 30, 32), ("sd2-inpainting", 64, 1, 4, 4)],
+        training=[("tiny-inpainting", 64, 4, 150, 32), ("sd2-inpainting", 64, 1, 4, 4)],
     ),
     "full": dict(
         inference=[("tiny-inpainting", [512, 1024], 20), ("sd2-inpainting", [512, 1024], 20)],

@@ -452,6 +452,25 @@ def draw_example(width, height, rng):
     return photo, object_mask, f"a {colour} {shape} on a plain background"
 
 
+def training_set_features():
+    """The columns of photobg's training-set format, written by `photobg prepare` and read by training and
+    evaluation: the photo (RGB), its object mask (L, white = object), the caption, where it came from, its id
+    and its size."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "image": datasets.Image(mode="RGB"),
+            "conditioning_image": datasets.Image(mode="L"),
+            "text": datasets.Value("string"),
+            "source": datasets.Value("string"),
+            "id": datasets.Value("string"),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+        }
+    )
+
+
 def write_synthetic_dataset(path, num_examples=16, size=(64, 64), seed=0, shards=1):
     """Write a training set of drawn shapes in photobg's training-set format (parquet in `path/data/`).
 
@@ -474,16 +493,7 @@ def write_synthetic_dataset(path, num_examples=16, size=(64, 64), seed=0, shards
         rows["id"].append(f"synthetic-{k:05d}")
         rows["width"].append(size[0])
         rows["height"].append(size[1])
-    features = datasets.Features(
-        image=datasets.Image(),
-        conditioning_image=datasets.Image(),
-        text=datasets.Value("string"),
-        source=datasets.Value("string"),
-        id=datasets.Value("string"),
-        width=datasets.Value("int32"),
-        height=datasets.Value("int32"),
-    )
-    dataset = datasets.Dataset.from_dict(rows, features=features)
+    dataset = datasets.Dataset.from_dict(rows, features=training_set_features())
     path = Path(path)
     (path / "data").mkdir(parents=True, exist_ok=True)
     for k in range(shards):

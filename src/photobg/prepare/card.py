@@ -4,21 +4,10 @@ import json
 import os
 from pathlib import Path
 
-import datasets
-
 from .. import __version__
+from ..data import training_set_features
 
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(mode="RGB"),
-        "conditioning_image": datasets.Image(mode="L"),  # the object mask: white (255) = object
-        "text": datasets.Value("string"),
-        "source": datasets.Value("string"),
-        "id": datasets.Value("string"),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
-    }
-)
+FEATURES = training_set_features()
 LISTED_FILES = 20  # files named per reason in the card; all of them are in .prepare/skipped.jsonl
 
 
