@@ -379,3 +379,23 @@ def test_evaluate_argument_errors(folder_benchmark, tmp_path):
     with pytest.raises(SystemExit, match="'sam' segmenter could not load"):
         evaluate(folder_benchmark, tmp_path, "--segmenter-model", str(tmp_path / "nothing"), "--metrics", "expansion")
     assert not (tmp_path / "generated").exists()  # nothing generated before the checks
+
+
+def test_models_sharing_weights_load_them_once(monkeypatch):
+    import types
+
+    import photobg.models
+    from photobg.evaluate.runner import PipelineCache
+
+    loads = []
+
+    def fake_load(model, controlnet=None, **kwargs):
+        loads.append(model)
+        return types.SimpleNamespace(set_progress_bar_config=lambda **kw: None)
+
+    monkeypatch.setattr(photobg.models, "load_pipeline", fake_load)
+    cache = PipelineCache(types.SimpleNamespace(device="cpu", dtype=None))
+    si2, ours, other = (parse_model_spec(t) for t in ("m@name=SI2,scale=0", "m@name=Ours", "n@name=Other"))
+    assert cache.get(si2) is cache.get(ours)
+    cache.get(other)
+    assert loads == ["m", "n"]

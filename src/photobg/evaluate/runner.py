@@ -87,8 +87,35 @@ def save_atomically(image, path):
     os.replace(tmp, path)
 
 
-def generate_outputs(benchmark, indices, spec, output_dir, settings):
-    """Generate the missing outputs of one model (skipping existing files); the pipeline loads only if needed."""
+class PipelineCache:
+    """Holds the last loaded pipeline, so that models differing only in ControlNet scale (SI2 and ours share
+    one model) load it once; a model needing other weights releases it first, so one is in memory at a time."""
+
+    def __init__(self, settings):
+        self.settings, self.key, self.pipe = settings, None, None
+
+    def get(self, spec):
+        from ..models import load_pipeline
+
+        key = (spec.model, spec.controlnet, spec.scheduler)
+        if key != self.key:
+            self.release()
+            s = self.settings
+            self.pipe = load_pipeline(
+                spec.model, spec.controlnet, device=s.device, dtype=s.dtype, scheduler=spec.scheduler
+            )
+            self.pipe.set_progress_bar_config(disable=True)
+            self.key = key
+        return self.pipe
+
+    def release(self):
+        self.key = self.pipe = None
+        _free_device_memory()
+
+
+def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
+    """Generate the missing outputs of one model (skipping existing files); the pipeline (from `pipelines`, a
+    `PipelineCache`) loads only if needed."""
     folder = Path(output_dir) / "generated" / spec.folder_name
     run_settings = {
         **spec.generation_settings(),
@@ -105,12 +132,7 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings):
     todo = {i: seeds for i, seeds in todo.items() if seeds}
     if not todo:
         return
-    from ..models import load_pipeline
-
-    pipe = load_pipeline(
-        spec.model, spec.controlnet, device=settings.device, dtype=settings.dtype, scheduler=spec.scheduler
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipelines.get(spec)
     with tqdm(total=sum(map(len, todo.values())), desc=f"generate {spec.name}", unit="image") as bar:
         for i, seeds in todo.items():
             sample = benchmark[i]
@@ -118,8 +140,6 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings):
                 image = generate_image(pipe, sample, spec, seed, settings.steps, settings.guidance)
                 save_atomically(image, folder / output_name(benchmark.file_names[i], seed))
                 bar.update()
-    del pipe
-    _free_device_memory()
 
 
 def _free_device_memory():
@@ -171,8 +191,10 @@ def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_
             indices.append(i)
     if not indices:
         raise ValueError(f"{benchmark.path}: no usable sample (all object masks are empty or full).")
+    pipelines = PipelineCache(settings)
     for spec in specs:
-        generate_outputs(benchmark, indices, spec, output_dir, settings)
+        generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines)
+    pipelines.release()
 
     masks_dir = output_dir / "segmented" / segmenter_settings["name"]
     if (masks_dir / "settings.json").exists() and json.loads(
