@@ -20,7 +20,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
@@ -31,6 +30,7 @@ from .masks import (
     fit_mask_to_image,
     load_image,
     load_object_mask,
+    object_coverage_problem,
     place_on_canvas,
     split_cutout,
 )
@@ -280,10 +280,10 @@ def make_jobs(prompts, num_images_per_prompt=1, seed=None):
 
 
 def _check_object(object_mask):
-    binary = np.asarray(object_mask) >= OBJECT_THRESHOLD
-    if not binary.any():
+    problem = object_coverage_problem(object_mask)
+    if problem == "empty":
         raise ValueError(f"the object mask is empty (no pixel >= {OBJECT_THRESHOLD}): there is no object to keep.")
-    if binary.all():
+    if problem == "full":
         raise ValueError(
             "the object fills the whole image, so there is no background to generate: give it room with "
             "an aspect ratio, a size or an object scale (--aspect, --size, --object-scale)."

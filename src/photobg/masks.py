@@ -17,6 +17,7 @@ from .pipeline_controlnet_inpaint import (  # noqa: F401  (re-exported conventio
     has_alpha,
     inpaint_mask_from_object,
     make_control_image,
+    object_coverage_problem,
     object_mask_to_tensor,
     paste_object,
     split_cutout,

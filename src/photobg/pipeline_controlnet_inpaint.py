@@ -148,6 +148,15 @@ def as_object_mask(mask):
     return PIL.Image.fromarray(gray, "L")
 
 
+def object_coverage_problem(object_mask):
+    """Why an object mask cannot be used: "empty" (no pixel >= `OBJECT_THRESHOLD`, nothing to keep), "full"
+    (every pixel is object, nothing to generate), or None when it can."""
+    binary = np.asarray(object_mask) >= OBJECT_THRESHOLD
+    if not binary.any():
+        return "empty"
+    return "full" if binary.all() else None
+
+
 def object_mask_to_tensor(object_mask, size):
     """An object mask ("L" PIL image) resized (bilinear) to `size` = (width, height), as (1, 1, H, W) in [0, 1]."""
     if object_mask.size != tuple(size):
@@ -498,10 +507,10 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                     f"The object mask is {obj.size[0]}x{obj.size[1]} but image {k} is {rgb.size[0]}x{rgb.size[1]}: "
                     "they must have the same size."
                 )
-            binary = np.asarray(obj) >= OBJECT_THRESHOLD
-            if not binary.any():
+            problem = object_coverage_problem(obj)
+            if problem == "empty":
                 raise ValueError(f"The object mask of image {k} is empty (no pixel >= {OBJECT_THRESHOLD}).")
-            if binary.all():
+            if problem == "full":
                 raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
             if objects and rgb.size != objects[0][0].size:
                 raise ValueError("All images of one call must have the same size.")

@@ -14,10 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ..pipeline_controlnet_inpaint import OBJECT_THRESHOLD
+from ..pipeline_controlnet_inpaint import object_coverage_problem
 from .metrics import aggregate, expansion_metrics
 
 INPUT_ROW = "input photos"  # the segmenter's own error: input photos segmented and compared with their masks
@@ -52,12 +51,8 @@ def generate_image(pipe, sample, spec, seed, steps, guidance):
 
 def usable(sample):
     """Why a sample cannot be evaluated (an empty or full object mask), or None when it can."""
-    binary = np.asarray(sample.object_mask) >= OBJECT_THRESHOLD
-    if not binary.any():
-        return "empty object mask"
-    if binary.all():
-        return "object mask covers the whole image"
-    return None
+    problem = object_coverage_problem(sample.object_mask)
+    return {"empty": "empty object mask", "full": "object mask covers the whole image"}.get(problem)
 
 
 def output_name(file_name, seed):

@@ -24,7 +24,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from ..masks import OBJECT_THRESHOLD, load_object_mask
+from ..masks import OBJECT_THRESHOLD, load_object_mask, object_coverage_problem
 
 ASPECT_TOLERANCE = 0.01  # relative aspect-ratio difference under which a mismatched mask is resized
 JPEG_QUALITY = 95
@@ -223,10 +223,10 @@ def _target_size(size, max_side=None, max_short_side=None):
 
 
 def _check_coverage(mask, item):
-    objects = np.asarray(mask) >= OBJECT_THRESHOLD
-    if not objects.any():
+    problem = object_coverage_problem(mask)
+    if problem == "empty":
         raise _Skip("empty mask", item.get("mask") or item["image"], detail=f"no pixel >= {OBJECT_THRESHOLD}")
-    if objects.all():
+    if problem == "full":
         raise _Skip(
             "mask covers the whole image", item.get("mask") or item["image"], detail="no background to generate"
         )
