@@ -23,16 +23,19 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageDraw
 
+from . import recipe
 from .masks import (
     OBJECT_THRESHOLD,
     as_object_mask,
     canvas_size,
     fit_mask_to_image,
+    line_up,
     load_image,
     load_object_mask,
     object_coverage_problem,
     place_on_canvas,
     split_cutout,
+    working_size,
 )
 from .segment import get_segmenter, segment_image
 
@@ -55,11 +58,13 @@ class Prepared:
 
 @dataclass
 class Job:
-    """One output: the prompt (and its index among the call's prompts) and the seed of its noise."""
+    """One output: the prompt (and its index among the call's prompts), the seed of its noise, and which of the
+    prepared inputs it is made from (an index into the list given to `BackgroundGenerator.run`)."""
 
     prompt_index: int
     prompt: str
     seed: int
+    input_index: int = 0
 
 
 class BackgroundGenerator:
@@ -69,7 +74,8 @@ class BackgroundGenerator:
         model: Hub id or folder of a complete model (default: the published one), or a base model with
             `controlnet`; `tiny-inpainting` builds a random test model offline. See `models.load_pipeline`.
         controlnet: ControlNet (Hub id, folder or state-dict file) for a base `model`.
-        device, dtype, scheduler: as in `models.load_pipeline`.
+        device, dtype, scheduler: as in `models.load_pipeline` (scheduler None: the authors' recipe, UniPC;
+            "model": the checkpoint's own; or a diffusers scheduler class name).
         segmenter: name (see `photobg.segment.SEGMENTERS`) or callable `PIL image -> "L" mask` that finds
             the object in photos that come with neither an alpha channel nor a mask; None to require one.
             Built on first use, so a missing package only matters for photos that need it.
@@ -104,10 +110,9 @@ class BackgroundGenerator:
 
     def working_size(self, size, long_side=None):
         """The size to generate at for an output of `size` = (width, height): its aspect ratio with the long
-        side at `long_side` (default `native_size`), each side a multiple of the VAE's downscale factor."""
-        factor = self.pipe.vae_scale_factor
-        scale = (long_side or self.native_size) / max(size)
-        return tuple(max(factor, round(side * scale / factor) * factor) for side in size)
+        side at `long_side` (default `native_size`), each side rounded to the nearest multiple of the VAE's
+        downscale factor (the pipeline's own rule, `masks.working_size`)."""
+        return working_size(size, long_side or self.native_size, self.pipe.vae_scale_factor)
 
     def find_object(self, image):
         """The segmenter's object mask ("L") for an RGB image."""
@@ -173,33 +178,36 @@ class BackgroundGenerator:
         jobs,
         *,
         negative_prompt=None,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        controlnet_conditioning_scale=1.0,
+        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
+        guidance_scale=recipe.GUIDANCE_SCALE,
+        controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         working_size=None,
         batch_size=1,
     ):
-        """Generate one image per `Job` for a prepared input, `batch_size` jobs per pipeline call.
+        """Generate one image per `Job`, up to `batch_size` jobs per pipeline call.
 
         Args:
-            prepared: `Prepared` from `prepare`.
+            prepared: a `Prepared` from `prepare`, or a list of them that each job's `input_index` picks from.
+                Jobs whose inputs have one canvas size share a call (one image and mask per output).
             jobs: list of `Job`.
             working_size: long side to generate at (default: the model's native size).
             The rest are the pipeline's arguments of the same names.
 
         Returns:
-            list of RGB PIL images of the canvas size, in the order of `jobs`.
+            list of RGB PIL images of their input's canvas size, in the order of `jobs`.
         """
         import torch
 
-        width, height = self.working_size(prepared.image.size, working_size)
+        inputs = prepared if isinstance(prepared, list) else [prepared]
         images = []
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
+        for batch in _batches(jobs, batch_size, key=lambda job: inputs[job.input_index].image.size):
+            chosen = [inputs[job.input_index] for job in batch]
+            shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
+            width, height = self.working_size(chosen[0].image.size, working_size)
             result = self.pipe(
                 [job.prompt for job in batch],
-                image=prepared.image,
-                object_mask=prepared.object_mask,
+                image=chosen[0].image if shared else [p.image for p in chosen],
+                object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
                 height=height,
                 width=width,
                 negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
@@ -221,9 +229,9 @@ class BackgroundGenerator:
         negative_prompt=None,
         num_images_per_prompt=1,
         seed=None,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        controlnet_conditioning_scale=1.0,
+        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
+        guidance_scale=recipe.GUIDANCE_SCALE,
+        controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         size=None,
         aspect=None,
         object_scale=None,
@@ -234,9 +242,11 @@ class BackgroundGenerator:
         """New backgrounds around the object in `image`.
 
         Args:
-            image: file path, PIL image or array; an RGBA cutout's alpha is its object.
+            image: file path, PIL image or array; an RGBA cutout's alpha is its object. Or a list: one image
+                per prompt or one per output (`masks.line_up`).
             prompt: a prompt or a list of prompts.
-            object_mask: path, PIL image or array, white = object (when the image has no alpha channel).
+            object_mask: path, PIL image or array, white = object (when the image has no alpha channel); or a
+                list, lined up with the outputs like the images.
             negative_prompt: what to avoid, for every prompt.
             num_images_per_prompt: images per prompt; image k of every prompt uses seed `seed + k`.
             seed: int; default a random one. Each image's seed is in its `.info["seed"]`.
@@ -249,11 +259,25 @@ class BackgroundGenerator:
         Returns:
             list of RGB PIL images, prompt by prompt, at the canvas size (by default the input's), with
             the object's pixels exact; `.info` holds `prompt`, `prompt_index` and `seed`.
+
+        Raises:
+            ValueError: naming the argument and both counts when a list of images or masks does not line up
+                with the outputs; naming the input when it cannot be used.
         """
-        prepared = self.prepare(
-            image, object_mask, size=size, aspect=aspect, object_scale=object_scale, position=position
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        jobs = make_jobs(prompts, num_images_per_prompt, seed)
+        images, masks = _as_list(image), _as_list(object_mask)
+        rows = list(
+            zip(
+                line_up(len(images), len(prompts), num_images_per_prompt, "image"),
+                line_up(len(masks), len(prompts), num_images_per_prompt, "object_mask"),
+            )
         )
-        jobs = make_jobs([prompt] if isinstance(prompt, str) else prompt, num_images_per_prompt, seed)
+        pairs = list(dict.fromkeys(rows))  # each distinct (image, mask) is read and placed once
+        canvas = dict(size=size, aspect=aspect, object_scale=object_scale, position=position)
+        prepared = [self.prepare(images[i], masks[j], **canvas) for i, j in pairs]
+        for job, row in zip(jobs, rows, strict=True):
+            job.input_index = pairs.index(row)
         images = self.run(
             prepared,
             jobs,
@@ -277,6 +301,22 @@ def make_jobs(prompts, num_images_per_prompt=1, seed=None):
         raise ValueError(f"num_images_per_prompt must be at least 1, not {num_images_per_prompt}.")
     seed = secrets.randbelow(SEED_RANGE) if seed is None else int(seed)
     return [Job(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(num_images_per_prompt)]
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _batches(jobs, batch_size, key):
+    """Consecutive jobs in groups of at most `batch_size` whose `key` is the same."""
+    batch = []
+    for job in jobs:
+        if batch and (len(batch) == batch_size or key(job) != key(batch[0])):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
 
 
 def _check_object(object_mask):

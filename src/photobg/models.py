@@ -64,8 +64,9 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
             ControlNet trained on `model`'s UNet; overrides the model's own `controlnet/`.
         device: torch device or name; default CUDA when present, else CPU.
         dtype: `fp32`, `fp16`, `bf16` or a torch dtype; default fp16 on CUDA, fp32 on CPU.
-        scheduler: optional diffusers scheduler class name (e.g. `UniPCMultistepScheduler`) to use instead
-            of the model's own, configured from the model's scheduler config.
+        scheduler: None for the authors' recipe (`photobg.recipe`: UniPC as diffusers 0.27 ran it), "model" for
+            the checkpoint's own scheduler, or a diffusers scheduler class name (e.g. `DDIMScheduler`),
+            configured from the model's scheduler config. See `make_scheduler`.
 
     Returns:
         A `StableDiffusionControlNetInpaintPipeline` on `device` in `dtype`.
@@ -92,8 +93,7 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
             )
         _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config)
     pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     return pipe.to(device)
 
 
@@ -124,13 +124,32 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
 
 
 def make_scheduler(name, config):
-    """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
+    """A scheduler built from a checkpoint's scheduler `config`.
+
+    Args:
+        name: None for the recipe's (`photobg.recipe.SCHEDULER` with `SCHEDULER_CONFIG`), "model" for the
+            checkpoint's own class, or a diffusers scheduler class name (with diffusers' defaults).
+        config: the checkpoint's scheduler config.
+
+    Returns:
+        The scheduler; unknown names are a `ValueError`.
+    """
     import diffusers
 
+    from . import recipe
+
+    overrides = {}
+    if name is None:
+        name, overrides = recipe.SCHEDULER, recipe.SCHEDULER_CONFIG
+    elif name == recipe.MODEL_SCHEDULER:
+        name = config["_class_name"]
     cls = getattr(diffusers, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ValueError(f"Unknown scheduler {name!r}: expected a diffusers scheduler class name.")
-    return cls.from_config(config)
+        raise ValueError(
+            f"Unknown scheduler {name!r}: expected a diffusers scheduler class name, or "
+            f"{recipe.MODEL_SCHEDULER!r} for the model's own."
+        )
+    return cls.from_config(config, **overrides)
 
 
 def resolve_model(spec, what="Model"):

@@ -242,8 +242,8 @@ def line_up(n_given, batch_size, num_images_per_prompt, what):
     if n_given == total:
         return list(range(total))
     raise ValueError(
-        f"Got {n_given} `{what}` for {total} outputs ({batch_size} prompts x {num_images_per_prompt} images per "
-        f"prompt): pass 1, one per prompt ({batch_size}) or one per output ({total})."
+        f"Got {n_given} `{what}` for {total} output{'s' * (total != 1)} ({batch_size} prompt{'s' * (batch_size != 1)} "
+        f"x {num_images_per_prompt} per prompt): pass 1, one per prompt ({batch_size}) or one per output ({total})."
     )
 
 
