@@ -396,7 +396,9 @@ def test_background_generator_gives_every_output_its_own_input(generator, prompt
     images = cutouts(sizes)
     prompt_list = ["a cat", "a dog"][:prompts]
     given = images if len(images) > 1 else images[0]
-    outputs = generator(given, prompt_list, num_images_per_prompt=per_prompt, seed=3, num_inference_steps=2, batch_size=3)
+    outputs = generator(
+        given, prompt_list, num_images_per_prompt=per_prompt, seed=3, num_inference_steps=2, batch_size=3
+    )
     assert_own_objects(outputs, [images[k] for k in own])
     assert [image.info["seed"] for image in outputs] == [3 + k for _ in range(prompts) for k in range(per_prompt)]
     single = generator(images[own[-1]], prompt_list[-1], seed=outputs[-1].info["seed"], num_inference_steps=2)

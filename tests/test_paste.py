@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import photobg.pipeline_controlnet_inpaint as pipeline_file
-from photobg.pipeline_controlnet_inpaint import estimate_foreground, paste_object, restore_size
+from photobg.pipeline_controlnet_inpaint import paste_object
 
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
 
@@ -34,8 +34,8 @@ def red_excess(composite, true, mask):
 
 @pytest.mark.parametrize("tile", [512, 48], ids=["one-tile", "tiled"])
 def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
-    monkeypatch.setattr(pipeline_file, "PASTE_TILE", tile)
-    monkeypatch.setattr(pipeline_file, "PASTE_MARGIN", min(64, tile // 2))
+    monkeypatch.setattr(pipeline_file, "PASTE_TILE", tile, raising=False)
+    monkeypatch.setattr(pipeline_file, "PASTE_MARGIN", min(64, tile // 2), raising=False)
     true, photo, mask = photo_on_red()
     green = np.broadcast_to(np.array(GREEN, np.float32), photo.shape)
     alpha = (mask / 255.0)[..., None]
@@ -52,18 +52,22 @@ def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
 def test_foreground_is_estimated_only_in_tiles_that_hold_the_soft_edge(monkeypatch):
     calls = []
     real = pipeline_file._foreground_ml
-    monkeypatch.setattr(pipeline_file, "_foreground_ml", lambda image, alpha: calls.append(image.shape) or real(image, alpha))
+    monkeypatch.setattr(
+        pipeline_file, "_foreground_ml", lambda image, alpha: calls.append(image.shape) or real(image, alpha)
+    )
     photo = np.random.default_rng(0).integers(0, 256, (600, 2000, 3), dtype=np.uint8)
     mask = np.zeros((600, 2000), np.uint8)
     mask[100:300, 1600:1900] = 255
     mask[100:300, 1600] = 128  # the only soft pixels, all in one 512-pixel tile
-    foreground = estimate_foreground(photo, mask)
+    foreground = pipeline_file.estimate_foreground(photo, mask)
     assert calls == [(3, 512 + 64, 464 + 64)]  # the tile of columns 1536-1999, rows 0-511, and its margins
     changed = np.any(foreground != photo, axis=2)
     assert not changed[(mask == 0) | (mask == 255)].any()
 
 
 def test_restore_size_is_the_bicubic_upscale_and_the_paste():
+    from photobg.pipeline_controlnet_inpaint import estimate_foreground, restore_size
+
     generated = torch.rand(3, 40, 64)
     reference = F.interpolate(generated[None], (300, 470), mode="bicubic", antialias=True)[0].clamp(0, 1)
     reference = reference.permute(1, 2, 0).numpy()

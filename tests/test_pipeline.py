@@ -309,13 +309,17 @@ def assert_objects_kept(outputs, inputs):
 
 
 @pytest.mark.parametrize(
-    "prompts, per_prompt, n_images",
-    [(1, 2, 1), (1, 2, 2), (2, 2, 2), (2, 2, 4), (2, 1, 2), (3, 1, 1)],
-    ids=["one-for-all", "one-per-output-of-one-prompt", "one-per-prompt", "one-per-output", "prompts", "3-prompts"],
+    "prompts, per_prompt, n_images, own",
+    [
+        (1, 2, 1, [0, 0]),  # one image for all outputs
+        (1, 2, 2, [0, 1]),  # one per output of one prompt
+        (2, 2, 2, [0, 0, 1, 1]),  # one per prompt
+        (2, 2, 4, [0, 1, 2, 3]),  # one per output
+        (2, 1, 2, [0, 1]),
+        (3, 1, 1, [0, 0, 0]),
+    ],
 )
-def test_every_output_is_made_from_and_keeps_its_own_input(pipe, prompts, per_prompt, n_images):
-    from photobg.pipeline_controlnet_inpaint import line_up
-
+def test_every_output_is_made_from_and_keeps_its_own_input(pipe, prompts, per_prompt, n_images, own):
     images = cutouts(n_images)
     prompt_list = ["a photo of a cat", "a dog on the table", "a bottle on the beach"][:prompts]
     seeds = list(range(prompts * per_prompt))
@@ -326,7 +330,7 @@ def test_every_output_is_made_from_and_keeps_its_own_input(pipe, prompts, per_pr
         num_inference_steps=2,
         generator=[generator(s) for s in seeds],
     ).images
-    own = [images[i] for i in line_up(n_images, prompts, per_prompt, "image")]
+    own = [images[i] for i in own]
     assert_objects_kept(batch, own)
     for k in (0, len(batch) - 1):  # the first and last outputs equal a call with only their own input
         single = pipe(prompt_list[k // per_prompt], image=own[k], num_inference_steps=2, generator=generator(seeds[k]))

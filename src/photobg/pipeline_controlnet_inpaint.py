@@ -254,7 +254,7 @@ PASTE_MARGIN = 64
 PASTE_ROWS = 256  # the full-size output is upscaled and composited this many rows at a time
 
 
-def estimate_foreground(image, object_mask):
+def estimate_foreground(image, object_mask, device=None):
     """The object's own colour in its soft edge, where the photo mixes it with the old background.
 
     Only pixels with 0 < mask < 255 change; they get the foreground colour F of the matting equation
@@ -265,6 +265,7 @@ def estimate_foreground(image, object_mask):
     Args:
         image: (H, W, 3) uint8 array.
         object_mask: (H, W) uint8 array, 255 = object.
+        device: where to compute (default CPU); tiles are moved there one at a time.
 
     Returns:
         (H, W, 3) uint8 array: `image`, with the estimated foreground colour where the mask is soft.
@@ -280,9 +281,9 @@ def estimate_foreground(image, object_mask):
                 continue
             y0, x0 = max(0, top - PASTE_MARGIN), max(0, left - PASTE_MARGIN)
             y1, x1 = min(height, top + PASTE_TILE + PASTE_MARGIN), min(width, left + PASTE_TILE + PASTE_MARGIN)
-            pixels = torch.from_numpy(image[y0:y1, x0:x1].copy()).permute(2, 0, 1).float() / 255  # (3, h, w)
-            alpha = torch.from_numpy(object_mask[y0:y1, x0:x1].copy()).float()[None] / 255  # (1, h, w)
-            estimate = (_foreground_ml(pixels, alpha) * 255).round().byte().permute(1, 2, 0).numpy()
+            pixels = torch.from_numpy(image[y0:y1, x0:x1].copy()).to(device).permute(2, 0, 1).float() / 255
+            alpha = torch.from_numpy(object_mask[y0:y1, x0:x1].copy()).to(device).float()[None] / 255
+            estimate = (_foreground_ml(pixels, alpha) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
             estimate = estimate[top - y0 : top - y0 + core.shape[0], left - x0 : left - x0 + core.shape[1]]
             foreground[top : top + core.shape[0], left : left + core.shape[1]][soft] = estimate[soft]
     return foreground
@@ -312,7 +313,8 @@ def _foreground_ml(image, alpha, regularization=1e-5, gradient_weight=1.0, small
         level_image, level_alpha, foreground, background = (
             F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, foreground, background)
         )
-        rows, columns = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
+        rows, columns = (torch.arange(n, device=image.device) for n in size)
+        rows, columns = torch.meshgrid(rows, columns, indexing="ij")
         black = ((rows + columns) % 2 == 0)[None]
         sweeps = iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]
         for _ in range(sweeps):
@@ -891,7 +893,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             rgb, obj = objects[k]
             obj = np.asarray(obj)
             if preserve_object and k not in foregrounds:
-                foregrounds[k] = estimate_foreground(np.asarray(rgb), obj)
+                foregrounds[k] = estimate_foreground(np.asarray(rgb), obj, self._execution_device)
             restored.append(restore_size(generated, rgb.size, foregrounds.get(k), obj, as_uint8=output_type == "pil"))
         if output_type == "pil":
             return [PIL.Image.fromarray(array) for array in restored], nsfw
