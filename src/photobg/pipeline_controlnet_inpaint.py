@@ -11,14 +11,15 @@ Models", CVPR 2024 GCV workshop): inpainting models tend to grow the object into
 
 - Inpaint variant (9-channel SD2-inpainting UNet): the ControlNet was initialised from the UNet, so it
   takes the UNet's own 9-channel input (noisy latents, latent-size mask, masked-image latents); its
-  `controlnet_cond` is the inpaint mask as a 3-channel image in [0, 1].
+  `controlnet_cond` is the soft inpaint mask as a 3-channel image in [0, 1].
 - Base variant (4-channel SD2-base UNet): the ControlNet sees the 4 noisy latents and, as
   `controlnet_cond`, the object's pixels on black in [0, 1]; the object region is kept by blending the
   known image's latents back after every step.
 
-Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed, binarised at
-128. `mask_image`/`control_image` (diffusers' and the original code's inputs) are white on the region to
-generate. The functions below are the only place these conventions are turned into tensors; training
+Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed: binarised at 128
+for the UNet, kept soft for the control image and the paste-back. `mask_image`/`control_image` (diffusers'
+and the original code's inputs) are white on the region to generate. The functions below are the only place
+these conventions (and the lining-up of inputs with outputs, `line_up`) are turned into tensors; training
 uses the same ones.
 """
 
