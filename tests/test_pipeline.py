@@ -63,8 +63,8 @@ def test_controlnet_changes_result_and_guidance_window_switches_it_off(pipe):
     np.testing.assert_array_equal(run(pipe, **inputs, control_guidance_end=0.0), off)
 
 
-def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
-    photo, inpaint = seed_inputs()
+def record_first_inputs(pipe):
+    """{"unet"/"controlnet": (sample, controlnet_cond)} of each model's first call, filled as the pipeline runs."""
     seen = {}
 
     def record(name):
@@ -75,6 +75,12 @@ def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
 
     pipe.unet.register_forward_pre_hook(record("unet"), with_kwargs=True)
     pipe.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)
+    return seen
+
+
+def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
+    photo, inpaint = seed_inputs()
+    seen = record_first_inputs(pipe)
     run(pipe, image=photo, mask_image=inpaint, num_inference_steps=1)
     unet_sample, _ = seen["unet"]
     control_sample, control_cond = seen["controlnet"]
@@ -394,16 +400,7 @@ def test_control_image_is_the_soft_mask_and_only_the_unets_mask_is_binary(pipe):
     photo, object_mask = make_photo(64, 64)
     soft = np.asarray(object_mask) / 255.0
     assert ((soft > 0.05) & (soft < 0.95)).sum() > 50  # the photo's object has a soft edge
-    seen = {}
-
-    def record(name):
-        def hook(module, args, kwargs):
-            seen.setdefault(name, (args[0].clone(), kwargs.get("controlnet_cond")))
-
-        return hook
-
-    pipe.unet.register_forward_pre_hook(record("unet"), with_kwargs=True)
-    pipe.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)
+    seen = record_first_inputs(pipe)
     run(pipe, image=photo, object_mask=object_mask, num_inference_steps=1)
     expected = torch.from_numpy(1 - soft).float().expand(3, -1, -1)
     torch.testing.assert_close(seen["controlnet"][1][0], expected)  # soft: 1 - object mask, 3 channels

@@ -556,17 +556,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
 
         # 3. Image, inpaint mask and control image at the working size, lined up with the outputs. Tensors
         # that differ between the two halves of the guidance batch are kept single and doubled per step.
+        counts = (batch_size, num_images_per_prompt)
         init_image, mask_condition, control_image = self._prepare_images(
-            image,
-            mask_image,
-            control_image,
-            objects,
-            outputs,
-            batch_size,
-            num_images_per_prompt,
-            height,
-            width,
-            generator,
+            image, mask_image, control_image, objects, outputs, counts, (height, width), generator
         )
         control_image = control_image.to(device=device, dtype=self.controlnet.dtype)
         masked_image = init_image * (mask_condition < 0.5)  # the region to generate zeroed
@@ -769,22 +761,12 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             raise ValueError("All images of one call must have the same size.")
         return objects, [pairs.index(pair) for pair in zip(image_rows, mask_rows)]
 
-    def _prepare_images(
-        self,
-        image,
-        mask_image,
-        control_image,
-        objects,
-        outputs,
-        batch_size,
-        num_images_per_prompt,
-        height,
-        width,
-        generator,
-    ):
-        """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size, one row per output;
-        one image and mask serving every output stay a batch of 1 for the VAE (as in diffusers) unless each
-        output has its own generator. The control image is made from the soft mask."""
+    def _prepare_images(self, image, mask_image, control_image, objects, outputs, counts, size, generator):
+        """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size `size` = (height,
+        width), one row per output of the call's `counts` = (prompts, images per prompt); one image and mask
+        serving every output stay a batch of 1 for the VAE (as in diffusers) unless each output has its own
+        generator. The control image is made from the soft mask."""
+        (batch_size, num_images_per_prompt), (height, width) = counts, size
         if objects is not None:
             init_image = self.image_processor.preprocess([rgb for rgb, _ in objects], height=height, width=width)
             object_soft = torch.cat([object_mask_to_tensor(obj, (width, height)) for _, obj in objects])
