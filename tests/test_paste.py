@@ -32,10 +32,10 @@ def red_excess(composite, true, mask):
     return float((composite[band, 0] - ideal[band, 0]).mean() * 255)
 
 
-@pytest.mark.parametrize("tile", [512, 48], ids=["one-tile", "tiled"])
+@pytest.mark.parametrize("tile", [256, 48], ids=["one-tile", "tiled"])
 def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
     monkeypatch.setattr(pipeline_file, "PASTE_TILE", tile, raising=False)
-    monkeypatch.setattr(pipeline_file, "PASTE_MARGIN", min(64, tile // 2), raising=False)
+    monkeypatch.setattr(pipeline_file, "PASTE_MARGIN", min(32, tile // 2), raising=False)
     true, photo, mask = photo_on_red()
     green = np.broadcast_to(np.array(GREEN, np.float32), photo.shape)
     alpha = (mask / 255.0)[..., None]
@@ -55,14 +55,16 @@ def test_foreground_is_estimated_only_in_tiles_that_hold_the_soft_edge(monkeypat
     monkeypatch.setattr(
         pipeline_file, "_foreground_ml", lambda image, alpha: calls.append(image.shape) or real(image, alpha)
     )
-    photo = np.random.default_rng(0).integers(0, 256, (600, 2000, 3), dtype=np.uint8)
-    mask = np.zeros((600, 2000), np.uint8)
-    mask[100:300, 1600:1900] = 255
-    mask[100:300, 1600] = 128  # the only soft pixels, all in one 512-pixel tile
+    tile, margin = pipeline_file.PASTE_TILE, pipeline_file.PASTE_MARGIN
+    photo = np.random.default_rng(0).integers(0, 256, (3 * tile, 8 * tile, 3), dtype=np.uint8)
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    column = 6 * tile + tile // 4
+    mask[10 : 2 * tile, column : column + tile] = 255
+    mask[10 : tile - 10, column] = 128  # the only soft pixels, all in the first row's 7th tile
     foreground = pipeline_file.estimate_foreground(photo, mask)
-    assert calls == [(3, 512 + 64, 464 + 64)]  # the tile of columns 1536-1999, rows 0-511, and its margins
+    assert calls == [(3, tile + margin, tile + 2 * margin)]  # that tile and its margins (none above the image)
     changed = np.any(foreground != photo, axis=2)
-    assert not changed[(mask == 0) | (mask == 255)].any()
+    assert changed[mask == 128].any() and not changed[(mask == 0) | (mask == 255)].any()
 
 
 def test_restore_size_is_the_bicubic_upscale_and_the_paste():

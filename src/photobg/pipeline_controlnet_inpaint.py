@@ -250,8 +250,8 @@ def line_up(n_given, batch_size, num_images_per_prompt, what):
 
 # ----------------------------------------------------------------------------- paste-back
 
-PASTE_TILE = 512  # foreground colours are estimated in tiles of this size (plus a margin) around the soft edge
-PASTE_MARGIN = 64
+PASTE_TILE = 256  # foreground colours are estimated in tiles of this size (plus a margin) around the soft edge
+PASTE_MARGIN = 32
 PASTE_ROWS = 256  # the full-size output is upscaled and composited this many rows at a time
 
 
@@ -308,47 +308,43 @@ def _foreground_ml(image, alpha, regularization=1e-5, gradient_weight=1.0, small
     """
     height, width = image.shape[1:]
     levels = max(1, math.ceil(math.log2(max(height, width))))
-    foreground = background = image.mean(dim=(1, 2), keepdim=True)  # (3, 1, 1)
+    estimate = image.mean(dim=(1, 2), keepdim=True).repeat(2, 1, 1)  # (6, 1, 1): foreground, then background
     for level in range(levels + 1):
         size = (round(height ** (level / levels)), round(width ** (level / levels)))
-        level_image, level_alpha, foreground, background = (
-            F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, foreground, background)
+        level_image, level_alpha, estimate = (
+            F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, estimate)
         )
+        system = _level_system(level_image, level_alpha, regularization, gradient_weight)
         rows, columns = (torch.arange(n, device=image.device) for n in size)
         rows, columns = torch.meshgrid(rows, columns, indexing="ij")
         black = ((rows + columns) % 2 == 0)[None]
-        sweeps = iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]
-        for _ in range(sweeps):
+        for _ in range(iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]):
             for squares in (black, ~black):
-                update = _foreground_sweep(
-                    level_image, level_alpha, foreground, background, regularization, gradient_weight
-                )
-                foreground, background = (
-                    torch.where(squares, new, old) for new, old in zip(update, (foreground, background))
-                )
-    return foreground
+                estimate = torch.where(squares, _foreground_sweep(estimate, *system), estimate)
+    return estimate[:3]
 
 
-def _foreground_sweep(image, alpha, foreground, background, regularization, gradient_weight):
-    """Every pixel's (F, B) minimising the energy of `_foreground_ml` with its neighbours held fixed."""
+def _neighbours(x):
+    """x's up, down, left and right neighbours; outside the image a border pixel is its own neighbour."""
+    padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
+    return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
 
-    def neighbours(x):  # up, down, left, right; a border pixel is its own neighbour outside the image
-        padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
-        return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
 
-    weight_sum = foreground_sum = background_sum = 0
-    for a, f, b in zip(neighbours(alpha), neighbours(foreground), neighbours(background)):
-        weight = regularization + gradient_weight * (alpha - a).abs()
-        weight_sum, foreground_sum, background_sum = (
-            weight_sum + weight,
-            foreground_sum + weight * f,
-            background_sum + weight * b,
-        )
-    # [[a^2 + W, a(1-a)], [a(1-a), (1-a)^2 + W]] (F, B) = (a I + sum w F_j, (1-a) I + sum w B_j)
-    a00, a01, a11 = alpha * alpha + weight_sum, alpha * (1 - alpha), (1 - alpha) ** 2 + weight_sum
-    b0, b1 = alpha * image + foreground_sum, (1 - alpha) * image + background_sum
+def _level_system(image, alpha, regularization, gradient_weight):
+    """What stays fixed while one level is swept: the neighbours' weights, the inverse of each pixel's matrix
+    [[a^2 + W, a(1-a)], [a(1-a), (1-a)^2 + W]] (W: the sum of its weights), and the data terms (a I, (1-a) I)."""
+    weights = [regularization + gradient_weight * (alpha - a).abs() for a in _neighbours(alpha)]  # 4 x (1, h, w)
+    total = sum(weights)
+    a00, a01, a11 = alpha * alpha + total, alpha * (1 - alpha), (1 - alpha) ** 2 + total
     det = a00 * a11 - a01 * a01
-    return ((a11 * b0 - a01 * b1) / det).clamp(0, 1), ((a00 * b1 - a01 * b0) / det).clamp(0, 1)
+    return weights, (a11 / det, -a01 / det, a00 / det), torch.cat([alpha * image, (1 - alpha) * image])
+
+
+def _foreground_sweep(estimate, weights, inverse, data):
+    """Every pixel's (F, B) minimising the energy of `_foreground_ml` with its neighbours held fixed."""
+    rhs = data + sum(w * n for w, n in zip(weights, _neighbours(estimate)))  # (6, h, w)
+    (i00, i01, i11), f, b = inverse, rhs[:3], rhs[3:]
+    return torch.cat([i00 * f + i01 * b, i01 * f + i11 * b]).clamp(0, 1)
 
 
 def paste_object(generated, original, object_mask):
