@@ -74,27 +74,58 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
 
     from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
-    model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
+    model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
-    unet_config = _load_component_config(model, "unet")
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if controlnet is not None and _is_state_dict_file(controlnet):
         kwargs["controlnet"] = controlnet_from_state_dict(controlnet, unet_config).to(dtype=dtype)
     elif controlnet is not None:
+        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
+    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    return pipe.to(device)
+
+
+def check_model(model=None, controlnet=None, scheduler=None):
+    """Check, without loading any weights, that a model (and ControlNet) exist and fit together: the configs
+    are read (from the folder, or from the Hub or its cache) and the channel counts compared.
+
+    Args:
+        model, controlnet, scheduler: as in `load_pipeline`.
+
+    Returns:
+        (model, controlnet, unet_config): the model and ControlNet as `from_pretrained` takes them (test
+        models are built on first use) and the UNet's config.
+
+    Raises:
+        FileNotFoundError, OSError, ValueError: naming the model or ControlNet and what is wrong.
+    """
+    if scheduler is not None:
+        scheduler_class(scheduler)
+    model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
+    unet_config = _load_component_config(model, "unet")
+    if controlnet is not None and not _is_state_dict_file(controlnet):
         controlnet = resolve_model(controlnet, what="ControlNet")
         _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, unet_config)
-        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
-    else:
+    elif controlnet is None:
         if not _has_component(model, "controlnet"):
             raise ValueError(
                 f"Model {model!r} has no 'controlnet/' component: pass a ControlNet "
                 "(`controlnet=` / `--controlnet`) to use it as a base model."
             )
         _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config)
-    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    return pipe.to(device)
+    return model, controlnet, unet_config
+
+
+def free_device_memory():
+    """Return what Python and the CUDA allocator hold but no longer use (after a model is released, or after a
+    failure such as running out of memory)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
@@ -125,12 +156,17 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
 
 def make_scheduler(name, config):
     """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
+    return scheduler_class(name).from_config(config)
+
+
+def scheduler_class(name):
+    """The diffusers scheduler class called `name`; a `ValueError` when there is none."""
     import diffusers
 
     cls = getattr(diffusers, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise ValueError(f"Unknown scheduler {name!r}: expected a diffusers scheduler class name.")
-    return cls.from_config(config)
+    return cls
 
 
 def resolve_model(spec, what="Model"):
