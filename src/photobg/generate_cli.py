@@ -166,7 +166,7 @@ class Batch:
 
     def run(self, outputs):
         """Make the outputs, then rewrite the manifest and print what happened. Returns the exit status."""
-        interrupted, stopped, todo = False, None, []
+        interrupted, stopped = False, None
         try:
             todo = self.select(outputs)
             self.generate(todo)
@@ -180,7 +180,7 @@ class Batch:
                 raise stop.__cause__ from None
         finally:
             self.write_manifest()
-        self.report(len(outputs), len(_by_photo(outputs)), len(todo), interrupted, stopped)
+        self.report(len(outputs), len(_by_photo(outputs)), interrupted, stopped)
         if interrupted:
             return 130
         return 1 if self.failures or stopped else 0
@@ -194,17 +194,18 @@ class Batch:
             todo += missing
             if self.args.compare and (missing or not self.grid_is_done(group)):
                 self.grids[photo] = group
-        self.kept = len(outputs) - len(todo)
         return todo
 
     def is_done(self, item):
-        """Whether --skip-existing keeps the output: its file's record was made with the same parameters."""
+        """Whether --skip-existing keeps the output (counted in `kept`): its file's record was made with the same
+        parameters."""
         if not (self.args.skip_existing and item.output.exists()):
             return False
         record = read_record(item.output)
         if record is not None:
             self.files.learn(record)
             if record.get("key") == self.key(item):
+                self.kept += 1
                 return True
         self.replaced.append(item.output.name)
         return False
@@ -319,14 +320,14 @@ class Batch:
         except OSError as err:
             print(f"Could not rewrite {self.manifest}: {err}", file=sys.stderr)
 
-    def report(self, total, photos, todo, interrupted, stopped):
+    def report(self, total, photos, interrupted, stopped):
         summary = f"{self.written} images written to {self.output_dir} (manifest: {self.manifest})"
         summary += f"; {self.kept} of {total} were already there" if self.kept else ""
         if self.replaced:
             summary += f"; {len(self.replaced)} there were made with other parameters and generated again"
         summary += f"; {len(self.failures)} of {photos} photos failed:" if self.failures else "."
         print("\n  ".join([summary, *self.failures]))
-        left = todo - self.written
+        left = total - self.kept - self.written
         resume = f"{left} images are left: rerun with --skip-existing to make them"
         if interrupted:
             print(f"Interrupted. Every image written has its record in the manifest; {resume}.", file=sys.stderr)
