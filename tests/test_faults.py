@@ -13,6 +13,8 @@ the batch goes on and the exit status is 1.
       -> test_meaningless_values_are_refused_naming_the_flag
 11.2  evaluate --guidance -5, a spec's scale=-1  -> stops, naming the flag or the spec
       -> test_meaningless_evaluate_values_are_refused
+11.2  the same values through the Python API  -> a ValueError naming the argument
+      -> test_the_api_refuses_the_same_values
 11.2  --guidance 0 and 1  -> accepted; both mean "no classifier-free guidance", as in diffusers
       -> test_guidance_zero_and_one_mean_off
 11.4  one output cannot be written (a folder in its place, no permission, an I/O error), one photo runs out of
@@ -24,6 +26,8 @@ the batch goes on and the exit status is 1.
 11.5  the segmenter is missing and some photos need it
       -> checked once before the batch: a warning, those photos skipped, the cutouts generated
       -> test_missing_segmenter_skips_only_the_photos_that_need_it
+11.5  a named segmenter  -> built once for the batch; every photo's record names it
+      -> test_a_named_segmenter_is_built_once_and_named_in_every_record
 11.5  every photo needs the missing segmenter  -> stops before generating, saying how to give a mask
       -> test_generate.py::test_segmenter_finds_the_object_and_a_missing_one_says_how_to_give_a_mask
 11.6  --size / --working-size above the bound (evaluate: --resolution)  -> stops, naming the bound
@@ -226,6 +230,20 @@ def test_meaningless_evaluate_values_are_refused(tmp_path, extra, message):
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"guidance_scale": -5}, "guidance_scale must be 0 or at least 1"),
+        ({"controlnet_conditioning_scale": -1}, "controlnet_conditioning_scale must be at least 0"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be at least 1"),
+        ({"working_size": MAX_WORKING_SIZE * 2}, "working_size must be between 8 and"),
+    ],
+)
+def test_the_api_refuses_the_same_values(value, message):
+    with pytest.raises(ValueError, match=message):  # before anything runs: no model is needed
+        BackgroundGenerator(pipe=object()).run(None, [], **value)
+
+
 def test_guidance_zero_and_one_mean_off(tmp_path, fast):
     (path,) = cutouts(tmp_path / "in", 1)
     for guidance in ("0", "1"):
@@ -318,6 +336,17 @@ def test_missing_segmenter_skips_only_the_photos_that_need_it(tmp_path, fast, mo
     assert "c.png will be skipped" in printed.err and "pip install transparent-background" in printed.err
     assert "1 of 3 photos failed" in printed.out
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_p0_s0.png", "b_p0_s0.png"]
+
+
+def test_a_named_segmenter_is_built_once_and_named_in_every_record(monkeypatch):
+    from photobg import api
+
+    built = []
+    get_segmenter = api.get_segmenter
+    monkeypatch.setattr(api, "get_segmenter", lambda name: built.append(name) or get_segmenter(name))
+    generator = BackgroundGenerator(pipe=object(), segmenter="threshold")
+    sources = [generator.prepare(make_photo(64, 48, seed=k)[0]).object_source for k in range(3)]
+    assert sources == ["segmenter:threshold"] * 3 and built == ["threshold"]
 
 
 # ----------------------------------------------------------------------------- 11.6 sizes

@@ -605,7 +605,7 @@ def output_key(args, item, files):
     mask's content (so an edited photo counts as another), the segmenter (where no mask is given), the prompt,
     negative prompt and seed, the model, ControlNet, scheduler, steps, guidance and ControlNet scale, and the
     canvas and working size. How it is computed is left out: device, dtype, --batch-size, --compile and
-    --vae-tiling change pixels only by floating-point rounding; they and photobg's version are in the record.
+    --vae-tiling change only the numerical precision; they and photobg's version are in the record.
 
     Args:
         args: the parsed options; item: the `OutputJob`; files: the run's `FileHashes`.
@@ -736,7 +736,7 @@ def append_line(manifest, record):
 def write_manifest(folder):
     """Rewrite `folder/manifest.jsonl` from the records inside the folder's PNGs: exactly one line per image,
     sorted by input, prompt and seed, written to a temporary file and renamed (so never half-written). Reading
-    the records takes about 0.2 ms per image.
+    the records takes under a millisecond per image (0.5-0.8 ms measured on a busy 2-core CPU).
 
     Returns:
         The number of records.
