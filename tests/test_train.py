@@ -97,7 +97,9 @@ def test_loss_falls_and_the_output_generates(variant, fixed_batch, tmp_path):
         validation_num_inference_steps=2,
         report_to="tensorboard",
     )
-    result = main(config(tmp_path / "out", fixed_batch, variant, max_train_steps=60, **validation))
+    # The crop spans the whole (32 px) photo, so every step sees the same batch.
+    settings = dict(max_train_steps=60, resize_short_side=32)
+    result = main(config(tmp_path / "out", fixed_batch, variant, **settings, **validation))
 
     losses = np.array(result.losses)
     assert len(losses) == 60 and np.isfinite(losses).all()
@@ -146,12 +148,12 @@ def test_training_and_inference_build_identical_controlnet_inputs(
     )
     import datasets
 
-    from photobg.data import Collate, decode_image, load_train_dataset
+    from photobg.data import Collate, load_train_dataset, read_object_mask
 
     dataset = load_train_dataset(train_data_dir=str(fixed_batch))
     example = TrainExamples(dataset, resolution=32)[0]
     row = datasets.load_dataset(str(fixed_batch))["train"][0]
-    photo, object_mask, caption = row["image"], decode_image(row["conditioning_image"], "L"), row["text"]
+    photo, object_mask, caption = row["image"], read_object_mask(row["conditioning_image"]), row["text"]
 
     calls = []
     pipe.controlnet.register_forward_pre_hook(lambda m, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
