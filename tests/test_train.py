@@ -71,6 +71,20 @@ def config(output_dir, data, variant="inpaint", **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
+def validation_settings(folder, **overrides):
+    """Validation flags for `config`, with `make_photo`'s photo and mask written to `folder`."""
+    photo, object_mask = make_photo(48, 40)
+    photo.save(folder / "photo.png")
+    object_mask.save(folder / "mask.png")
+    values = dict(
+        validation_prompt=["a red ellipse"],
+        validation_image=[str(folder / "mask.png")],
+        validation_inpainting_image=[str(folder / "photo.png")],
+        validation_num_inference_steps=2,
+    )
+    return {**values, **overrides}
+
+
 def controlnet_weights(folder):
     return load_file(Path(folder, "diffusion_pytorch_model.safetensors"))
 
@@ -87,17 +101,7 @@ def assert_same_weights(a, b, atol=1e-6):
 @pytest.mark.parametrize("variant", ["inpaint", "base"])
 def test_loss_falls_and_the_output_generates(variant, fixed_batch, tmp_path):
     photo, object_mask = make_photo(48, 40)
-    photo.save(tmp_path / "photo.png")
-    object_mask.save(tmp_path / "mask.png")
-    validation = dict(
-        validation_prompt=["a red ellipse"],
-        validation_image=[str(tmp_path / "mask.png")],
-        validation_inpainting_image=[str(tmp_path / "photo.png")],
-        num_validation_images=2,
-        validation_steps=60,
-        validation_num_inference_steps=2,
-        report_to="tensorboard",
-    )
+    validation = validation_settings(tmp_path, num_validation_images=2, validation_steps=60, report_to="tensorboard")
     # The crop spans the whole (32 px) photo, so every step sees the same batch.
     settings = dict(max_train_steps=60, resize_short_side=32)
     result = main(config(tmp_path / "out", fixed_batch, variant, **settings, **validation))
@@ -212,7 +216,7 @@ def test_cached_latents_train_like_uncached_ones(shapes, tmp_path):
     plain = main(config(tmp_path / "plain", shapes, **settings))
     AcceleratorState._reset_state(reset_partial_state=True)
     cached = main(config(tmp_path / "cached", shapes, cache_latents=True, **settings))
-    assert list((tmp_path / "cached" / "latent_cache").rglob("part-0-latent_params.npy"))
+    assert list((tmp_path / "cached" / "latent_cache").rglob("part-0-of-1-latent_params.npy"))
     np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-5)
     assert_same_weights(controlnet_weights(tmp_path / "cached"), controlnet_weights(tmp_path / "plain"))
 
@@ -373,16 +377,7 @@ def test_validation_images_use_the_runs_seed_even_when_it_was_drawn(fixed_batch,
         return call(self, *args, generator=generator, **kwargs)
 
     monkeypatch.setattr(StableDiffusionControlNetInpaintPipeline, "__call__", recording_call)
-    photo, object_mask = make_photo(48, 40)
-    photo.save(tmp_path / "photo.png")
-    object_mask.save(tmp_path / "mask.png")
-    validation = dict(
-        validation_prompt=["a red ellipse"],
-        validation_image=[str(tmp_path / "mask.png")],
-        validation_inpainting_image=[str(tmp_path / "photo.png")],
-        num_validation_images=1,
-        validation_num_inference_steps=1,
-    )
+    validation = validation_settings(tmp_path, num_validation_images=1, validation_num_inference_steps=1)
     main(config(tmp_path / "out", fixed_batch, seed=None, max_train_steps=1, **validation))
     drawn = json.loads((tmp_path / "out" / "training_config.json").read_text())["seed"]
     assert seeds == [drawn] and drawn != 0  # not `seed or 0`: no seed and seed 0 no longer give the same images

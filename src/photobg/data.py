@@ -494,7 +494,7 @@ class CachedExamples(torch.utils.data.Dataset):
                 for key, tensor in encode(batch).items():
                     if key not in arrays:
                         arrays[key] = np.lib.format.open_memmap(
-                            folder / f"part-{process_index}-{key}.npy",
+                            folder / f"part-{process_index}-of-{num_processes}-{key}.npy",
                             mode="w+",
                             dtype=_numpy_dtype(tensor),
                             shape=(len(share), *tensor.shape[1:]),
@@ -511,8 +511,9 @@ class CachedExamples(torch.utils.data.Dataset):
         barrier()
         parts, sources = [], []
         for k in range(num_processes):
-            files = sorted(folder.glob(f"part-{k}-*.npy"))
-            parts.append({f.stem.split("-", 2)[2]: np.load(f, mmap_mode="r") for f in files})
+            prefix = f"part-{k}-of-{num_processes}-"  # shares of another process count are other files
+            files = sorted(folder.glob(f"{prefix}*.npy"))
+            parts.append({f.stem[len(prefix) :]: np.load(f, mmap_mode="r") for f in files})
             sources += json.loads((folder / f"sources-{k}-of-{num_processes}.json").read_text())
         return cls(examples, parts, sources, bounds, fixed_prompts)
 

@@ -878,7 +878,7 @@ def save_outputs(config, accelerator, models, controlnet, resolved):
     make_pipeline(models, controlnet).save_pretrained(staging / "pipeline", safe_serialization=True)
     write_json(staging / "pipeline" / CONFIG_FILE, resolved)
     # One rename per file, the weights first: a kill between the renames (a moment) leaves the new weights
-    # beside the previous run's config, which describes the same architecture.
+    # beside the previous run's config (if any), which describes the same architecture.
     for name in (*sorted(p.name for p in (staging / "controlnet").glob("*.safetensors")), "config.json"):
         os.replace(staging / "controlnet" / name, output_dir / name)
     final, old = output_dir / "pipeline", output_dir / PIPELINE_OLD
