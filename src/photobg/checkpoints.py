@@ -110,6 +110,9 @@ def checkpoint_to_resume(config, num_processes, log=True):
         config: the `TrainConfig`.
         num_processes: this run's process count.
         log: whether to log the warnings (the main process only).
+
+    Returns:
+        The checkpoint's path, or None when there is nothing to resume from.
     """
     spec, output_dir = config.resume_from_checkpoint, config.output_dir
     if not spec:
@@ -205,8 +208,9 @@ def resume(path, accelerator, state, lr_scheduler):
         if old_processes == processes:
             noise_state = torch.load(path / f"noise_rng_{accelerator.process_index}.pt", weights_only=True)
     except Exception as err:  # whatever the damage (truncated pickle, bad safetensors header, missing file)
+        reason = (str(err).splitlines() or [""])[0]  # one line; --debug shows the whole chain
         raise CheckpointError(
-            f"Checkpoint {path} cannot be loaded ({type(err).__name__}: {err}); it is damaged: resume from an "
+            f"Checkpoint {path} cannot be loaded ({type(err).__name__}: {reason}); it is damaged: resume from an "
             "earlier checkpoint or remove this one."
         ) from err
     state.step = json.loads((path / STATE_FILE).read_text())["step"]
