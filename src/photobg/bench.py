@@ -50,20 +50,25 @@ def count_flops(config_name, size, steps, guidance=True):
     batch, latent = 2 if guidance else 1, size // 8
     unet_in, text_dim = models["unet"].config.in_channels, models["unet"].config.cross_attention_dim
 
-    def flops(fn):
+    def flops(fn, *args):
         with torch.device("meta"), FlopCounterMode(display=False) as counter:
-            fn()
+            fn(*args)
         return counter.get_total_flops()
 
     with torch.device("meta"):
         sample, timestep = torch.empty(batch, unet_in, latent, latent), torch.zeros(batch)
         embeds, control = torch.empty(batch, 77, text_dim), torch.empty(batch, 3, size, size)
+        added = _added_conditions(models, batch)  # (B, d) inputs of SDXL's added conditions; None for SD2
+        tokens = torch.zeros(batch, 77, dtype=torch.long)
+    text_encoders = [model for name, model in models.items() if name.startswith("text_encoder")]
     counts = {
-        "unet_step": flops(lambda: models["unet"](sample, timestep, embeds)),
-        "controlnet_step": flops(lambda: models["controlnet"](sample, timestep, embeds, controlnet_cond=control)),
+        "unet_step": flops(lambda: models["unet"](sample, timestep, embeds, added_cond_kwargs=added)),
+        "controlnet_step": flops(
+            lambda: models["controlnet"](sample, timestep, embeds, controlnet_cond=control, added_cond_kwargs=added)
+        ),
         "vae_encode": flops(lambda: models["vae"].encode(torch.empty(1, 3, size, size))),
         "vae_decode": flops(lambda: models["vae"].decode(torch.empty(1, 4, latent, latent))),
-        "text_encoder": flops(lambda: models["text_encoder"](torch.zeros(batch, 77, dtype=torch.long))),
+        "text_encoder": sum(flops(encoder, tokens) for encoder in text_encoders),
     }
     once = counts["vae_encode"] * (1 if unet_in == 9 else 2) + counts["vae_decode"] + counts["text_encoder"]
     counts["si2"] = steps * counts["unet_step"] + once
@@ -74,20 +79,33 @@ def count_flops(config_name, size, steps, guidance=True):
 
 def _meta_models(config_name):
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .backbones import backbone_for_config
     from .configs import get_config
-    from .models import controlnet_config_from_unet
+    from .models import controlnet_config_from_unet, text_encoder_from_config
 
     config = get_config(config_name)
     control_config = controlnet_config_from_unet(config["unet"], embedding_channels=config["conditioning_channels"])
     with torch.device("meta"):
-        return {
+        models = {
             "unet": UNet2DConditionModel.from_config(config["unet"]),
             "controlnet": ControlNetModel.from_config(control_config),
             "vae": AutoencoderKL.from_config(config["vae"]),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**config["text_encoder"])),
         }
+        for name in backbone_for_config(config_name).text_encoders:
+            models[name] = text_encoder_from_config(config[name])
+    return models
+
+
+def _added_conditions(models, batch):
+    """SDXL's `added_cond_kwargs` for a batch (the second text encoder's pooled embedding and the time ids, sized
+    from the configs), or None for a UNet without added conditions."""
+    unet_config = models["unet"].config
+    if unet_config.addition_embed_type != "text_time":
+        return None
+    pooled = models["text_encoder_2"].config.projection_dim
+    time_ids = (unet_config.projection_class_embeddings_input_dim - pooled) // unet_config.addition_time_embed_dim
+    return {"text_embeds": torch.empty(batch, pooled), "time_ids": torch.empty(batch, time_ids)}
 
 
 # ----------------------------------------------------------------------------- timing
