@@ -212,7 +212,7 @@ def _found(model_index, unet_config):
     if unet_config is not None:
         settings = {
             key: unet_config.get(key)
-            for key in ("_class_name", "in_channels", "addition_embed_type", "class_embed_type", "cross_attention_dim")
+            for key in ("_class_name", "in_channels", "addition_embed_type", "class_embed_type", "num_class_embeds")
             if unet_config.get(key) is not None
         }
         found += "; its UNet has " + ", ".join(f"{key}={value!r}" for key, value in settings.items())

@@ -13,6 +13,7 @@ FLOPs are counted with `torch.utils.flop_counter` on the meta device (no compute
 architectures). Results go to `bench/results/<name>.json` and a Markdown table; `bench/README.md` explains them.
 """
 
+import functools
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ def count_flops(config_name, size, steps, guidance=True):
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    models = _meta_models(config_name)
+    models = meta_models(config_name)
     batch, latent = 2 if guidance else 1, size // 8
     unet_in, text_dim = models["unet"].config.in_channels, models["unet"].config.cross_attention_dim
 
@@ -77,7 +78,13 @@ def count_flops(config_name, size, steps, guidance=True):
     return counts
 
 
-def _meta_models(config_name):
+@functools.cache  # meta models hold no memory; building the real SDXL ones takes seconds
+def meta_models(config_name):
+    """The models of a `photobg.configs` architecture on the meta device (shapes, no weights), built once.
+
+    Returns:
+        dict with `unet`, `controlnet` (from the UNet, as training builds it), `vae` and the text encoders.
+    """
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from .backbones import backbone_for_config
@@ -106,6 +113,37 @@ def _added_conditions(models, batch):
     pooled = models["text_encoder_2"].config.projection_dim
     time_ids = (unet_config.projection_class_embeddings_input_dim - pooled) // unet_config.addition_time_embed_dim
     return {"text_embeds": torch.empty(batch, pooled), "time_ids": torch.empty(batch, time_ids)}
+
+
+def flop_rows(runs):
+    """FLOPs of every (config, size) of `runs` [(config, sizes, steps)], in TFLOP, with classifier-free guidance.
+
+    Returns:
+        one dict per (config, size) with the columns of `FLOP_COLUMNS`: per denoising step (a batch of 2), per
+        VAE call, per image, and the ControlNet's cost as a fraction of the UNet's.
+    """
+    rows = []
+    for config_name, sizes, steps in runs:
+        for size in sizes:
+            flops = count_flops(config_name, size, steps)
+            tflop = {key: value / 1e12 for key, value in flops.items()}
+            rows.append(
+                dict(
+                    model=config_name,
+                    size=size,
+                    steps=steps,
+                    unet_tflop_per_step=tflop["unet_step"],
+                    controlnet_tflop_per_step=tflop["controlnet_step"],
+                    controlnet_vs_unet=flops["controlnet_step"] / flops["unet_step"],
+                    vae_encode_tflop=tflop["vae_encode"],
+                    vae_decode_tflop=tflop["vae_decode"],
+                    text_encoders_tflop=tflop["text_encoder"],
+                    si2_tflop_per_image=tflop["si2"],
+                    photobg_tflop_per_image=tflop["photobg"],
+                    flop_ratio_vs_si2=flops["ratio"],
+                )
+            )
+    return rows
 
 
 # ----------------------------------------------------------------------------- timing
@@ -387,6 +425,9 @@ INFERENCE_COLUMNS = ["model", "size", "steps", "variant", "seconds_per_image", "
 INFERENCE_COLUMNS += ["flop_ratio_vs_si2", "gflops_per_image", "achieved_tflops"]
 TRAINING_COLUMNS = ["model", "resolution", "batch_size", "mixed_precision", "cache_latents", "gradient_checkpointing"]
 TRAINING_COLUMNS += ["samples_per_second", "speedup_vs_uncached", "peak_mb"]
+FLOP_COLUMNS = ["model", "size", "steps", "unet_tflop_per_step", "controlnet_tflop_per_step", "controlnet_vs_unet"]
+FLOP_COLUMNS += ["vae_encode_tflop", "vae_decode_tflop", "text_encoders_tflop", "si2_tflop_per_image"]
+FLOP_COLUMNS += ["photobg_tflop_per_image", "flop_ratio_vs_si2"]
 
 
 def markdown_table(rows, columns=INFERENCE_COLUMNS):
@@ -419,6 +460,7 @@ MODES = {
 
 
 def add_arguments(parser):
+    from .configs import MODEL_CONFIGS
     from .models import DTYPES
 
     parser.add_argument(
@@ -429,12 +471,22 @@ def add_arguments(parser):
     )
     parser.add_argument("--quick", dest="mode", action="store_const", const="quick", help="same as --mode quick")
     parser.add_argument("--full", dest="mode", action="store_const", const="full", help="same as --mode full")
-    parser.add_argument("--config", action="append", help="inference model config(s) instead of the mode's")
+    parser.add_argument(
+        "--config",
+        action="append",
+        choices=sorted(MODEL_CONFIGS),
+        help="inference model config(s) instead of the mode's",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", help="square working sizes in pixels")
     parser.add_argument("--steps", type=int, help="denoising steps")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per variant, best kept (default: 2)")
     parser.add_argument("--skip-training", action="store_true", help="inference only")
     parser.add_argument("--skip-inference", action="store_true", help="training only")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count the inference runs' FLOPs (meta device, any size, SDXL included) without timing anything",
+    )
     parser.add_argument("--device", help="default: CUDA if present, else CPU")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--output-dir", default="bench/results", help="where JSON + Markdown go (default: %(default)s)")
@@ -459,6 +511,10 @@ def run(args):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     inference_runs, training_runs = plan(args, device)
+    flops = flop_rows(inference_runs) if args.flops_only else []
+    if args.flops_only:
+        inference_runs, training_runs = [], []
+    _check_timeable(inference_runs)
     inference, training = [], []
     for config_name, sizes, steps in inference_runs:
         print(f"inference: {config_name} at {sizes} px, {steps} steps on {device} ({dtype})", flush=True)
@@ -469,21 +525,36 @@ def run(args):
         training += run_training_suite(*run_args, mixed_precision=precision)
     result = dict(
         machine=machine_info(device, dtype),
-        peak_tflops=measure_peak_tflops(device, dtype),
+        peak_tflops=None if args.flops_only else measure_peak_tflops(device, dtype),
         settings={k: v for k, v in vars(args).items() if k != "run"},
         inference=inference,
         training=training,
+        flops=flops,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    name = args.name or f"{args.mode or ('full' if device.type == 'cuda' else 'cpu')}-{device.type}"
+    mode = args.mode or ("full" if device.type == "cuda" else "cpu")
+    name = args.name or ("flops" if args.flops_only else f"{mode}-{device.type}")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tables = [
         markdown_table(rows, columns)
-        for rows, columns in ((inference, INFERENCE_COLUMNS), (training, TRAINING_COLUMNS))
+        for rows, columns in ((inference, INFERENCE_COLUMNS), (training, TRAINING_COLUMNS), (flops, FLOP_COLUMNS))
         if rows
     ]
     (output_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     (output_dir / f"{name}.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     print(f"wrote {output_dir / name}.json and .md")
+
+
+def _check_timeable(inference_runs):
+    """Timing runs our pipeline, which has no SDXL sibling yet: refuse SDXL configs before building anything."""
+    from .backbones import TEXT_CLIP, backbone_for_config
+
+    for config_name, _, _ in inference_runs:
+        backbone = backbone_for_config(config_name)
+        if backbone.text_conditioning != TEXT_CLIP:
+            raise SystemExit(
+                f"--config {config_name}: timing {backbone.name} needs the SDXL pipeline, which photobg does not "
+                "have yet; --flops-only counts its FLOPs."
+            )
