@@ -23,19 +23,26 @@ TEXT_ENCODERS = {TEXT_CLIP: ("text_encoder",), TEXT_SDXL: ("text_encoder", "text
 TOKENIZERS = {TEXT_CLIP: ("tokenizer",), TEXT_SDXL: ("tokenizer", "tokenizer_2")}
 
 
+# The folder layout of a complete model (base model plus `controlnet/`), by text conditioning: the diffusers
+# ControlNet-inpaint pipeline of that family, whose name photobg's pipeline class keeps.
+CONTROLNET_PIPELINES = {
+    TEXT_CLIP: "StableDiffusionControlNetInpaintPipeline",
+    TEXT_SDXL: "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One supported base model.
 
     Attributes:
-        name: registry key, e.g. `sdxl-inpainting`.
+        name: registry key, e.g. `sdxl-inpainting`; also the `photobg.configs` key of its real architecture
+            (random-weight benchmarks).
         hub_id: the reference model on the Hugging Face Hub.
         native_size: the side in pixels the model was trained at; the default working size.
         unet_in_channels: 9 (inpainting UNet: the inpaint variant) or 4 (text-to-image UNet: the base variant).
         text_conditioning: `TEXT_CLIP` or `TEXT_SDXL`.
         pipeline_class: the diffusers pipeline class of the base model's folder (its `model_index.json`).
-        controlnet_pipeline_class: the class name of a complete model's folder (the base model plus `controlnet/`).
-        config: the `photobg.configs` key of the real architecture (random-weight benchmarks).
         tiny_config: the `photobg.configs` key of the tiny test architecture, also a test model name.
     """
 
@@ -45,9 +52,17 @@ class Backbone:
     unet_in_channels: int
     text_conditioning: str
     pipeline_class: str
-    controlnet_pipeline_class: str
-    config: str
     tiny_config: str
+
+    @property
+    def config(self):
+        """The `photobg.configs` key of the real architecture."""
+        return self.name
+
+    @property
+    def controlnet_pipeline_class(self):
+        """The class name of a complete model's folder (the base model plus `controlnet/`)."""
+        return CONTROLNET_PIPELINES[self.text_conditioning]
 
     @property
     def variant(self):
@@ -70,55 +85,20 @@ class Backbone:
         return f"{self.name} ({self.unet_in_channels}-channel UNet, {self.native_size} px, {text})"
 
 
+# name, Hub id, native size, UNet input channels, text conditioning, diffusers pipeline class, tiny config
 BACKBONES = {
     backbone.name: backbone
     for backbone in (
-        Backbone(
-            name="sd2-inpainting",
-            hub_id="stabilityai/stable-diffusion-2-inpainting",
-            native_size=512,
-            unet_in_channels=9,
-            text_conditioning=TEXT_CLIP,
-            pipeline_class="StableDiffusionInpaintPipeline",
-            controlnet_pipeline_class="StableDiffusionControlNetInpaintPipeline",
-            config="sd2-inpainting",
-            tiny_config="tiny-inpainting",
-        ),
-        Backbone(
-            name="sd2-base",
-            hub_id="stabilityai/stable-diffusion-2-base",
-            native_size=512,
-            unet_in_channels=4,
-            text_conditioning=TEXT_CLIP,
-            pipeline_class="StableDiffusionPipeline",
-            controlnet_pipeline_class="StableDiffusionControlNetInpaintPipeline",
-            config="sd2-base",
-            tiny_config="tiny-base",
-        ),
-        Backbone(
-            name="sdxl-inpainting",
-            hub_id="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-            native_size=1024,
-            unet_in_channels=9,
-            text_conditioning=TEXT_SDXL,
-            pipeline_class="StableDiffusionXLInpaintPipeline",
-            controlnet_pipeline_class="StableDiffusionXLControlNetInpaintPipeline",
-            config="sdxl-inpainting",
-            tiny_config="tiny-sdxl-inpainting",
-        ),
-        Backbone(
-            name="sdxl-base",
-            hub_id="stabilityai/stable-diffusion-xl-base-1.0",
-            native_size=1024,
-            unet_in_channels=4,
-            text_conditioning=TEXT_SDXL,
-            pipeline_class="StableDiffusionXLPipeline",
-            controlnet_pipeline_class="StableDiffusionXLControlNetInpaintPipeline",
-            config="sdxl-base",
-            tiny_config="tiny-sdxl-base",
-        ),
+        Backbone("sd2-inpainting", "stabilityai/stable-diffusion-2-inpainting", 512, 9, TEXT_CLIP,
+                 "StableDiffusionInpaintPipeline", "tiny-inpainting"),
+        Backbone("sd2-base", "stabilityai/stable-diffusion-2-base", 512, 4, TEXT_CLIP,
+                 "StableDiffusionPipeline", "tiny-base"),
+        Backbone("sdxl-inpainting", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", 1024, 9, TEXT_SDXL,
+                 "StableDiffusionXLInpaintPipeline", "tiny-sdxl-inpainting"),
+        Backbone("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", 1024, 4, TEXT_SDXL,
+                 "StableDiffusionXLPipeline", "tiny-sdxl-base"),
     )
-}
+}  # fmt: skip
 
 # Model names that are built locally (random weights, tiny) instead of being downloaded.
 TEST_MODELS = tuple(backbone.tiny_config for backbone in BACKBONES.values())

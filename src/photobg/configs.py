@@ -102,8 +102,7 @@ _TINY_VAE = {
     "sample_size": 64,
 }
 
-_TINY_TEXT_ENCODER = {
-    **_SD2_TEXT_ENCODER,
+_TINY_TEXT_SIZE = {
     "hidden_size": 32,
     "intermediate_size": 37,
     "num_attention_heads": 4,
@@ -111,6 +110,7 @@ _TINY_TEXT_ENCODER = {
     "projection_dim": 32,
     "vocab_size": 1000,
 }
+_TINY_TEXT_ENCODER = {**_SD2_TEXT_ENCODER, **_TINY_TEXT_SIZE}
 
 # SDXL (stabilityai/stable-diffusion-xl-base-1.0 and diffusers/stable-diffusion-xl-1.0-inpainting-0.1): the Hub's
 # config.json values, without the metadata keys (`_class_name`, `_diffusers_version`, `_name_or_path`) and, for the
@@ -186,43 +186,23 @@ _SDXL_UNET = {
     "use_linear_projection": True,
 }
 
-# SDXL's VAE overflows in fp16 (`force_upcast`: the pipelines decode in fp32); madebyollin/sdxl-vae-fp16-fix is
-# the same architecture with force_upcast false.
-_SDXL_VAE = {
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "force_upcast": True,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
+# SDXL's VAE: SD2's architecture, retrained. It overflows in fp16 (`force_upcast`: the pipelines decode in fp32);
+# madebyollin/sdxl-vae-fp16-fix is the same architecture with force_upcast false.
+_SDXL_VAE = {**_SD2_VAE, "force_upcast": True, "sample_size": 1024, "scaling_factor": 0.13025}
 
-# OpenAI CLIP ViT-L/14's text tower (penultimate hidden states used, no pooled output).
+# OpenAI CLIP ViT-L/14's text tower: SD2's encoder layout at ViT-L's size (penultimate hidden states used).
 _SDXL_TEXT_ENCODER = {
-    "architectures": ["CLIPTextModel"],
-    "model_type": "clip_text_model",
+    **_SD2_TEXT_ENCODER,
     "attention_dropout": 0.0,
-    "bos_token_id": 0,
     "dropout": 0.0,
-    "eos_token_id": 2,
     "hidden_act": "quick_gelu",
     "hidden_size": 768,
     "initializer_factor": 1.0,
     "initializer_range": 0.02,
     "intermediate_size": 3072,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
     "num_attention_heads": 12,
     "num_hidden_layers": 12,
-    "pad_token_id": 1,
     "projection_dim": 768,
-    "vocab_size": 49408,
 }
 
 # OpenCLIP ViT-bigG/14's text tower with its projection: penultimate hidden states and the pooled, projected embedding.
@@ -247,26 +227,10 @@ _SDXL_INPAINT_PIPELINE = {**_SDXL_PIPELINE, "requires_aesthetics_score": False}
 _PAD_BANG = {"pad_token": "!"}
 _PAD_END = {"pad_token": "<|endoftext|>"}
 
-_TINY_SDXL_TEXT_ENCODER = {
-    **_SDXL_TEXT_ENCODER,
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-    "projection_dim": 32,
-    "vocab_size": 1000,
-}
+_TINY_SDXL_TEXT_ENCODER = {**_SDXL_TEXT_ENCODER, **_TINY_TEXT_SIZE}
 
 # Wider than the first encoder, as in SDXL, so that mixing the two up changes shapes.
-_TINY_SDXL_TEXT_ENCODER_2 = {
-    **_SDXL_TEXT_ENCODER_2,
-    "hidden_size": 64,
-    "intermediate_size": 37,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-    "projection_dim": 64,
-    "vocab_size": 1000,
-}
+_TINY_SDXL_TEXT_ENCODER_2 = {**_SDXL_TEXT_ENCODER_2, **_TINY_TEXT_SIZE, "hidden_size": 64, "projection_dim": 64}
 
 _TINY_TIME_EMBED_DIM = 8
 _TINY_SDXL_UNET = {
@@ -283,13 +247,7 @@ _TINY_SDXL_UNET = {
     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
 }
 
-_TINY_SDXL_VAE = {
-    **_SDXL_VAE,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "sample_size": 128,
-}
+_TINY_SDXL_VAE = {**_TINY_VAE, "force_upcast": True, "sample_size": 128, "scaling_factor": 0.13025}
 
 # The ControlNet's conditioning encoder (image -> first feature map); diffusers' default for SD and SDXL.
 _CONDITIONING_CHANNELS = [16, 32, 96, 256]
