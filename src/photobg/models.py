@@ -144,8 +144,8 @@ def make_scheduler(name, config):
 def resolve_model(spec, what="Model"):
     """Turn a model spec into something `from_pretrained` takes: a local folder or a Hub id.
 
-    Test model names (`tiny-inpainting`, `tiny-base`) are written to `$PHOTOBG_CACHE` (default
-    `~/.cache/photobg`) on first use. A spec that is plainly a path (absolute, `./`, `~`) must exist.
+    Test model names (`TEST_MODELS`: `tiny-inpainting`, `tiny-sdxl-base`, ...) are written to `$PHOTOBG_CACHE`
+    (default `~/.cache/photobg`) on first use. A spec that is plainly a path (absolute, `./`, `~`) must exist.
     """
     spec = str(spec)
     if spec in TEST_MODELS:
