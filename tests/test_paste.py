@@ -41,7 +41,7 @@ def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
     alpha = (mask / 255.0)[..., None]
     before = alpha * photo / 255.0 + (1 - alpha) * green  # blending the photo's own pixels (photobg 0.1)
     after = paste_object(green, photo, mask)
-    # Measured (bench/paste_back.py): 18.9 levels of red before, 1.6 after.
+    # Measured on this image: 18.9 levels of red before, 1.6 after (bench/paste_back.py: 19.3 and 2.4 on another).
     assert red_excess(before, true, mask) > 15
     assert red_excess(after, true, mask) < 0.25 * red_excess(before, true, mask)
     opaque, outside = mask == 255, mask == 0
