@@ -1,0 +1,1033 @@
+"""The method of salient-object-aware background generation, written once for every backbone.
+
+Eshratifar et al., "Salient Object-Aware Background Generation using Text-Guided Diffusion Models" (CVPR 2024
+GCV workshop): inpainting models tend to grow the object into the new background ("object expansion"). A
+ControlNet trained on salient-object masks steers the UNet away from that.
+
+- Inpaint variant (9-channel inpainting UNet: SD2- or SDXL-inpainting): the ControlNet was initialised from
+  the UNet, so it takes the UNet's own 9-channel input (noisy latents, latent-size mask, masked-image
+  latents); its `controlnet_cond` is the soft inpaint mask as a 3-channel image in [0, 1].
+- Base variant (4-channel text-to-image UNet: SD2- or SDXL-base): the ControlNet sees the 4 noisy latents
+  and, as `controlnet_cond`, the object's pixels on black in [0, 1]; the object region is kept by blending
+  the known image's latents back after every step.
+
+Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed: binarised at 128
+for the UNet, kept soft for the control image and the paste-back. `mask_image`/`control_image` (diffusers'
+and the original code's inputs) are white on the region to generate. The functions below are the only place
+these conventions (and the lining-up of inputs with outputs, `line_up`) are turned into tensors; training
+uses the same ones.
+
+`BackgroundMethodMixin` holds the whole generation (`generate`, in numbered steps); each backbone's pipeline
+class is diffusers' ControlNet-inpaint pipeline of that backbone with this mixin in front, and adds only its
+`__call__` signature (diffusers' argument names) and its text conditioning (`encode_conditioning`). This
+module imports only torch, diffusers, numpy and PIL, so a pipeline file that imports it relatively
+(`from .method import ...`) works as a Hub custom pipeline with this file beside it.
+"""
+
+import inspect
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+
+__all__ = [
+    "OBJECT_THRESHOLD",
+    "OUTPUT_TYPES",
+    "PASTE_MARGIN",
+    "PASTE_ROWS",
+    "PASTE_TILE",
+    "BackgroundMethodMixin",
+    "Conditioning",
+    "as_object_mask",
+    "call_arguments",
+    "estimate_foreground",
+    "guidance_batch",
+    "has_alpha",
+    "inpaint_mask_from_object",
+    "line_up",
+    "make_control_image",
+    "object_coverage_problem",
+    "object_mask_to_tensor",
+    "paste_object",
+    "restore_size",
+    "split_cutout",
+    "split_object",
+    "unet_input",
+    "working_size",
+]
+
+OBJECT_THRESHOLD = 128  # object_mask >= 128 (of 255) is object
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The UNet's added conditions (`added_cond_kwargs` keys) and the names diffusers' callbacks know them by.
+ADDED_CONDITIONS = {"text_embeds": "add_text_embeds", "time_ids": "add_time_ids"}
+
+
+# ----------------------------------------------------------------------------- conventions
+
+
+def split_object(image, object_mask=None):
+    """Split an input into its RGB image and its object mask.
+
+    Args:
+        image: PIL image (any mode) or uint8 array (H, W), (H, W, 3) or (H, W, 4). Its transparency (RGBA, LA,
+            or a palette with transparency) is the object mask when `object_mask` is not given.
+        object_mask: anything `as_object_mask` reads, white = object.
+
+    Returns:
+        (RGB PIL image, object mask as an "L" PIL image, or None when there is neither mask nor transparency).
+    """
+    rgb, alpha = split_cutout(image)
+    return rgb, alpha if object_mask is None else as_object_mask(object_mask)
+
+
+def has_alpha(image):
+    """Whether `image` (PIL or array) has transparency, i.e. is a cutout whose alpha is the object."""
+    if not isinstance(image, PIL.Image.Image):
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] not in (2, 4):
+            return False
+        image = PIL.Image.fromarray(array)
+    return _transparency(image) is not None
+
+
+# Pillow's own conversion of these modes to "L"/"RGB" clips at 255 instead of scaling, so they are scaled here.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _gray_array(image):
+    """A gray PIL image as a uint8 array: 16-bit scaled from 0..65535, float from 0..1, 8-bit as it is."""
+    array = np.asarray(image)
+    if image.mode == "F":
+        scale = 255.0 if array.max(initial=0) <= 1 else 1.0
+        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+    if image.mode in _WIDE_GRAY_MODES:
+        return np.clip(np.round(array.astype(np.float64) / 257), 0, 255).astype(np.uint8)
+    return np.asarray(image.convert("L"))
+
+
+def split_cutout(image):
+    """An input photo as (RGB image, alpha or None): the alpha only where the image has transparency.
+
+    Any Pillow mode is accepted: grayscale (8- or 16-bit), palette (its transparency is an alpha channel),
+    CMYK, RGBA/LA. An alpha channel that is opaque everywhere carries no object and is dropped.
+
+    Args:
+        image: PIL image, or uint8 array (H, W), (H, W, 3) or (H, W, 4).
+
+    Returns:
+        (RGB PIL image, "L" alpha image or None).
+    """
+    if not isinstance(image, PIL.Image.Image):
+        image = PIL.Image.fromarray(np.asarray(image))
+    alpha = _transparency(image)
+    if image.mode in _WIDE_GRAY_MODES:
+        image = PIL.Image.fromarray(_gray_array(image), "L")
+    return image.convert("RGB"), alpha
+
+
+def _transparency(image):
+    """The alpha channel ("L") of an image that has one and is not opaque everywhere, else None."""
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha
+    return None
+
+
+def as_object_mask(mask):
+    """An object mask in any common form as an "L" image, white (255) = object. The rules, one per kind:
+
+    - an alpha channel with transparency (a cutout, an RGBA/LA mask, a palette with transparency): the alpha;
+    - 16-bit gray: scaled from 0..65535 to 0..255 when it uses that range (has values above 255);
+    - float arrays: scaled from 0..1; bool arrays: True = object;
+    - RGB, CMYK and palette masks: the brightest channel, so a white or a coloured object on black both count;
+    - a mask whose only values are 0 and 1 (a label map): 1 = object.
+
+    Soft values are kept; `OBJECT_THRESHOLD` binarises where needed.
+
+    Args:
+        mask: PIL image or array (H, W) / (H, W, C) of uint8, uint16, bool or float.
+
+    Returns:
+        "L" PIL image.
+    """
+    if not isinstance(mask, PIL.Image.Image):
+        array = np.asarray(mask)
+        if array.dtype == bool:
+            return PIL.Image.fromarray(array.astype(np.uint8) * 255, "L")
+        if np.issubdtype(array.dtype, np.floating):
+            return PIL.Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8), "L")
+        mask = PIL.Image.fromarray(array)
+    alpha = _transparency(mask)
+    if alpha is not None:
+        return alpha
+    if mask.mode == "F":
+        gray = _gray_array(mask)
+    elif mask.mode in _WIDE_GRAY_MODES:
+        gray = np.asarray(mask, dtype=np.float64)
+        gray = np.round(gray / 257 if gray.max(initial=0) > 255 else gray).clip(0, 255).astype(np.uint8)
+    elif mask.mode in ("L", "1"):
+        gray = np.asarray(mask.convert("L"))
+    else:
+        gray = np.asarray(mask.convert("RGB")).max(axis=2)
+    if gray.max(initial=0) == 1:  # a label map: 1 = object
+        gray = gray * 255
+    return PIL.Image.fromarray(gray, "L")
+
+
+def object_coverage_problem(object_mask):
+    """Why an object mask cannot be used: "empty" (no pixel >= `OBJECT_THRESHOLD`, nothing to keep), "full"
+    (every pixel is object, nothing to generate), or None when it can."""
+    binary = np.asarray(object_mask) >= OBJECT_THRESHOLD
+    if not binary.any():
+        return "empty"
+    return "full" if binary.all() else None
+
+
+def object_mask_to_tensor(object_mask, size):
+    """An object mask ("L" PIL image) resized (bilinear) to `size` = (width, height), as (1, 1, H, W) in [0, 1]."""
+    if object_mask.size != tuple(size):
+        object_mask = object_mask.resize(tuple(size), PIL.Image.BILINEAR)
+    return torch.from_numpy(np.asarray(object_mask, dtype=np.float32) / 255.0)[None, None]
+
+
+def inpaint_mask_from_object(object_mask):
+    """The UNet's binary inpaint mask (1 = region to generate) from a soft object mask tensor in [0, 1]: object
+    where the mask is >= 128/255, as the authors binarise (only) the UNet's mask at 0.5."""
+    return (object_mask < 0.5).to(object_mask.dtype)
+
+
+def make_control_image(image, inpaint_mask, unet_in_channels):
+    """The ControlNet's conditioning image, the same in training and at inference.
+
+    The mask stays soft here, as in the authors' training (the inverted, resized soft matte) and notebook (a
+    soft map): only the UNet's mask is binarised (`inpaint_mask_from_object`).
+
+    Args:
+        image: (B, 3, H, W) in [-1, 1].
+        inpaint_mask: (B, 1, H, W) in [0, 1], 1 = region to generate; soft values are kept (pass
+            `1 - object_mask` for a soft object mask).
+        unet_in_channels: 9 (inpaint variant) or 4 (base variant).
+
+    Returns:
+        (B, 3, H, W) in [0, 1]: the inpaint mask as 3 channels (inpaint variant), or the object's pixels on
+        black, weighted by the soft object mask (base variant).
+    """
+    if unet_in_channels == 9:
+        return inpaint_mask.expand(-1, 3, -1, -1).clone()
+    return (image + 1) / 2 * (1 - inpaint_mask)
+
+
+def unet_input(latents, mask, masked_image_latents):
+    """The UNet's (and the inpaint ControlNet's) input: 4 latent channels, plus for a 9-channel UNet the
+    latent-size inpaint mask and the masked-image latents. Pass `mask=None` for a 4-channel UNet."""
+    if mask is None:
+        return latents  # (B, 4, h, w)
+    return torch.cat([latents, mask, masked_image_latents], dim=1)  # (B, 9, h, w)
+
+
+def working_size(size, long_side=None, multiple=8):
+    """The size to generate at for an image of `size` = (width, height): the same aspect ratio, the long side
+    scaled to `long_side` (default: kept), each side rounded to the nearest multiple of `multiple` (and at least
+    `multiple`). The one rounding rule of the pipeline's object mode and the API."""
+    scale = 1.0 if long_side is None else long_side / max(size)
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
+
+
+def line_up(n_given, batch_size, num_images_per_prompt, what):
+    """Which input serves each output: the one lining-up rule for images, masks, control images, generators
+    and the objects pasted back.
+
+    A call makes `batch_size * num_images_per_prompt` outputs, prompt by prompt. A list of inputs may hold one
+    item for every output, one per prompt (serving that prompt's images) or one per output.
+
+    Args:
+        n_given: how many items were given.
+        batch_size: the number of prompts.
+        num_images_per_prompt: images per prompt.
+        what: the argument's name, for the error message.
+
+    Returns:
+        list of `batch_size * num_images_per_prompt` indices into the given items, one per output.
+
+    Raises:
+        ValueError: naming the argument and both counts, when `n_given` is none of 1, `batch_size` and the
+            number of outputs.
+    """
+    total = batch_size * num_images_per_prompt
+    if n_given == 1:
+        return [0] * total
+    if n_given == batch_size:
+        return [k // num_images_per_prompt for k in range(total)]
+    if n_given == total:
+        return list(range(total))
+    raise ValueError(
+        f"Got {n_given} `{what}` for {total} output{'s' * (total != 1)} ({batch_size} prompt{'s' * (batch_size != 1)} "
+        f"x {num_images_per_prompt} per prompt): pass 1, one per prompt ({batch_size}) or one per output ({total})."
+    )
+
+
+# ----------------------------------------------------------------------------- paste-back
+
+PASTE_TILE = 256  # foreground colours are estimated in tiles of this size (plus a margin) around the soft edge
+PASTE_MARGIN = 32
+PASTE_ROWS = 256  # the full-size output is upscaled and composited this many rows at a time
+
+
+def estimate_foreground(image, object_mask, device=None):
+    """The object's own colour in its soft edge, where the photo mixes it with the old background.
+
+    Only pixels with 0 < mask < 255 change; they get the foreground colour F of the matting equation
+    image = alpha * F + (1 - alpha) * B, estimated by `_foreground_ml` (the multi-level method of Germer et
+    al., 2020, pymatting's `estimate_foreground_ml`) on tiles around the soft edge, so memory does not grow
+    with the photo's size beyond one uint8 copy.
+
+    Args:
+        image: (H, W, 3) uint8 array.
+        object_mask: (H, W) uint8 array, 255 = object.
+        device: where to compute (default CPU); tiles are moved there one at a time.
+
+    Returns:
+        (H, W, 3) uint8 array: `image`, with the estimated foreground colour where the mask is soft.
+    """
+    image, object_mask = np.asarray(image), np.asarray(object_mask)
+    foreground = image.copy()
+    height, width = object_mask.shape
+    for top in range(0, height, PASTE_TILE):
+        for left in range(0, width, PASTE_TILE):
+            core = object_mask[top : top + PASTE_TILE, left : left + PASTE_TILE]
+            soft = (core > 0) & (core < 255)
+            if not soft.any():
+                continue
+            y0, x0 = max(0, top - PASTE_MARGIN), max(0, left - PASTE_MARGIN)
+            y1, x1 = min(height, top + PASTE_TILE + PASTE_MARGIN), min(width, left + PASTE_TILE + PASTE_MARGIN)
+            pixels = torch.from_numpy(image[y0:y1, x0:x1].copy()).to(device).permute(2, 0, 1).float() / 255
+            alpha = torch.from_numpy(object_mask[y0:y1, x0:x1].copy()).to(device).float()[None] / 255
+            estimate = (_foreground_ml(pixels, alpha) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            estimate = estimate[top - y0 : top - y0 + core.shape[0], left - x0 : left - x0 + core.shape[1]]
+            foreground[top : top + core.shape[0], left : left + core.shape[1]][soft] = estimate[soft]
+    return foreground
+
+
+def _foreground_ml(image, alpha, regularization=1e-5, gradient_weight=1.0, small_size=32, iterations=(10, 2)):
+    """Multi-level foreground estimation (Germer, Uelwer, Conrad, Harmeling: "Fast Multi-Level Foreground
+    Estimation", ICPR 2020), with pymatting's defaults.
+
+    Minimises sum (alpha F + (1 - alpha) B - image)^2 + sum over 4-neighbours of (regularization +
+    gradient_weight |alpha_i - alpha_j|) (|F_i - F_j|^2 + |B_i - B_j|^2), from a 1-pixel image up to full
+    size, each level starting from the one before. Each sweep solves every pixel's 2x2 system given its
+    neighbours, on one colour of a checkerboard and then the other (as Gauss-Seidel does, but vectorised).
+
+    Args:
+        image: (3, H, W) in [0, 1]; alpha: (1, H, W) in [0, 1].
+        iterations: sweeps per level while the level has at most `small_size`^2 pixels, and after.
+
+    Returns:
+        (3, H, W) foreground colour in [0, 1].
+    """
+    height, width = image.shape[1:]
+    levels = max(1, math.ceil(math.log2(max(height, width))))
+    estimate = image.mean(dim=(1, 2), keepdim=True).repeat(2, 1, 1)  # (6, 1, 1): foreground, then background
+    for level in range(levels + 1):
+        size = (round(height ** (level / levels)), round(width ** (level / levels)))
+        level_image, level_alpha, estimate = (
+            F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, estimate)
+        )
+        system = _level_system(level_image, level_alpha, regularization, gradient_weight)
+        rows, columns = (torch.arange(n, device=image.device) for n in size)
+        rows, columns = torch.meshgrid(rows, columns, indexing="ij")
+        black = ((rows + columns) % 2 == 0)[None]
+        for _ in range(iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]):
+            for squares in (black, ~black):
+                estimate = torch.where(squares, _foreground_sweep(estimate, *system), estimate)
+    return estimate[:3]
+
+
+def _neighbours(x):
+    """x's up, down, left and right neighbours; outside the image a border pixel is its own neighbour."""
+    padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
+    return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
+
+
+def _level_system(image, alpha, regularization, gradient_weight):
+    """What stays fixed while one level is swept: the neighbours' weights, the inverse of each pixel's matrix
+    [[a^2 + W, a(1-a)], [a(1-a), (1-a)^2 + W]] (W: the sum of its weights), and the data terms (a I, (1-a) I)."""
+    weights = [regularization + gradient_weight * (alpha - a).abs() for a in _neighbours(alpha)]  # 4 x (1, h, w)
+    total = sum(weights)
+    a00, a01, a11 = alpha * alpha + total, alpha * (1 - alpha), (1 - alpha) ** 2 + total
+    det = a00 * a11 - a01 * a01
+    return weights, (a11 / det, -a01 / det, a00 / det), torch.cat([alpha * image, (1 - alpha) * image])
+
+
+def _foreground_sweep(estimate, weights, inverse, data):
+    """Every pixel's (F, B) minimising the energy of `_foreground_ml` with its neighbours held fixed."""
+    rhs = data + sum(w * n for w, n in zip(weights, _neighbours(estimate)))  # (6, h, w)
+    (i00, i01, i11), f, b = inverse, rhs[:3], rhs[3:]
+    return torch.cat([i00 * f + i01 * b, i01 * f + i11 * b]).clamp(0, 1)
+
+
+def paste_object(generated, original, object_mask):
+    """Composite the original object over a generated image with the soft object mask.
+
+    Where the mask is 255 the result is the original exactly, where it is 0 the generated image; in the soft
+    edge between them the object's estimated foreground colour (`estimate_foreground`) is blended in, so the
+    photo's old background does not show as a halo around the object.
+
+    Args:
+        generated: (H, W, 3) float array in [0, 1].
+        original: (H, W, 3) uint8 array.
+        object_mask: (H, W) uint8 array, 255 = object.
+
+    Returns:
+        (H, W, 3) float32 array; where the mask is 255 it equals `original / 255` exactly.
+    """
+    return _composite(generated, estimate_foreground(original, object_mask), object_mask)
+
+
+def _composite(generated, foreground, object_mask):
+    """alpha * foreground + (1 - alpha) * generated, as float32 in [0, 1] (foreground and mask uint8)."""
+    alpha = (np.asarray(object_mask, dtype=np.float32) / 255.0)[..., None]
+    return alpha * (np.asarray(foreground, dtype=np.float32) / 255.0) + (1 - alpha) * generated
+
+
+def restore_size(generated, size, foreground=None, object_mask=None, as_uint8=True):
+    """A generated image upscaled to `size` (bicubic, antialiased) and, with a foreground, the object pasted
+    back (`_composite`), `PASTE_ROWS` rows at a time: no full-size float copy when the result is uint8.
+
+    Args:
+        generated: (3, h, w) float tensor in [0, 1].
+        size: (width, height) of the result.
+        foreground: (H, W, 3) uint8 array from `estimate_foreground`, or None to paste nothing.
+        object_mask: (H, W) uint8 array, 255 = object (with `foreground`).
+        as_uint8: return uint8 (else float32 in [0, 1]).
+
+    Returns:
+        (H, W, 3) array.
+    """
+    width, height = size
+    generated = generated.float().cpu()
+    # The resize as one matrix per axis (F.interpolate on an identity), so each strip is two small matmuls.
+    rows = _resize_matrix(generated.shape[1], height)  # (H, h)
+    columns = _resize_matrix(generated.shape[2], width)  # (W, w)
+    result = np.empty((height, width, 3), np.uint8 if as_uint8 else np.float32)
+    for top in range(0, height, PASTE_ROWS):
+        strip = (rows[top : top + PASTE_ROWS] @ generated @ columns.T).clamp(0, 1)  # (3, rows, W)
+        strip = strip.permute(1, 2, 0).numpy()
+        if foreground is not None:
+            bottom = top + strip.shape[0]
+            strip = _composite(strip, foreground[top:bottom], object_mask[top:bottom])
+        result[top : top + strip.shape[0]] = np.round(strip * 255) if as_uint8 else strip
+    return result
+
+
+def _resize_matrix(size_in, size_out):
+    """(size_out, size_in): F.interpolate's antialiased bicubic resize along one axis, as a matrix."""
+    if size_in == size_out:
+        return torch.eye(size_in)
+    identity = torch.eye(size_in)[None, None]  # resized along one axis only: the other keeps its size
+    return F.interpolate(identity, size=(size_out, size_in), mode="bicubic", antialias=True)[0, 0]
+
+
+# ----------------------------------------------------------------------------- the method on a pipeline
+
+
+@dataclass
+class Conditioning:
+    """A call's text conditioning, with the backbone's added conditions, as the UNet and the ControlNet take it.
+
+    The tensors are in the guidance batch's layout (diffusers' order: the unconditional half first when
+    classifier-free guidance is on) and keyed by diffusers' callback names, so that a step-end callback can
+    read and replace them (diffusers' CFG-cutoff callbacks keep only the conditional half).
+
+    Attributes:
+        tensors: `prompt_embeds` (the guidance batch) and `negative_prompt_embeds`; SDXL adds `add_text_embeds`
+            and `add_time_ids` (the guidance batches of the pooled embeddings and the time ids),
+            `negative_pooled_prompt_embeds` and `add_neg_time_ids`.
+        image_embeds: IP-Adapter image embeddings, one (negative or None, positive) pair per adapter, or None.
+            They condition the UNet only, as in diffusers' ControlNet pipelines.
+    """
+
+    tensors: dict
+    image_embeds: list | None = None
+
+    def for_controlnet(self, conditional_half=False):
+        """The ControlNet's `encoder_hidden_states` and `added_cond_kwargs` (None without added conditions);
+        with `conditional_half` (guess mode) those of the guidance batch's conditional half only."""
+
+        def pick(x):
+            return x.chunk(2)[1] if conditional_half else x
+
+        added = {key: pick(self.tensors[name]) for key, name in ADDED_CONDITIONS.items() if name in self.tensors}
+        return dict(encoder_hidden_states=pick(self.tensors["prompt_embeds"]), added_cond_kwargs=added or None)
+
+    def for_unet(self, guided):
+        """The UNet's `encoder_hidden_states` and `added_cond_kwargs`: the ControlNet's, plus the IP-Adapter's
+        image embeddings (both halves when `guided`)."""
+        kwargs = self.for_controlnet()
+        if self.image_embeds is not None:
+            images = [
+                torch.cat([negative, positive]) if guided else positive for negative, positive in self.image_embeds
+            ]
+            kwargs["added_cond_kwargs"] = {**(kwargs["added_cond_kwargs"] or {}), "image_embeds": images}
+        return kwargs
+
+
+def guidance_batch(negative, positive, guided):
+    """The guidance batch of a conditioning tensor: negative then positive rows when `guided`, else positive."""
+    return torch.cat([negative, positive]) if guided else positive
+
+
+def call_arguments(call_locals):
+    """What a pipeline's `__call__` passes on to `BackgroundMethodMixin.generate`: its arguments (its `locals()`
+    on entry) but `self` and `return_dict`."""
+    return {name: value for name, value in call_locals.items() if name not in ("self", "return_dict")}
+
+
+class BackgroundMethodMixin:
+    """The method on a diffusers ControlNet-inpaint pipeline, placed before diffusers' class of a backbone (which
+    brings the components, `encode_prompt`, `prepare_latents`, `prepare_mask_latents`, `get_timesteps`, ...).
+
+    A backbone's class adds `__call__` (diffusers' argument names for that backbone, passed on to `generate`)
+    and `encode_conditioning`; it may override `vae_needs_upcast` and `finish_decoded`. `save_pretrained`
+    writes the class's file and this one into the folder and names the class in `model_index.json`, so that
+    plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds the class
+    rather than diffusers' own of the same name, which cannot run the 9-channel ControlNet.
+    """
+
+    # The registry names (`photobg.backbones`) of the class's backbones by UNet input channels, for messages.
+    variant_backbones = {}
+
+    # ------------------------------------------------------------------------- a backbone's hooks
+
+    def encode_conditioning(self, prompt, negative_prompt, num_images_per_prompt, device, *, height, width, **kwargs):
+        """The call's `Conditioning` (without IP-Adapter embeddings): the backbone's text encoding and added
+        conditions, for `num_images_per_prompt` images per prompt at the working size `height` x `width`.
+        `kwargs` are the backbone's own `__call__` arguments (`prompt_embeds`, `clip_skip`, ...)."""
+        raise NotImplementedError
+
+    def vae_needs_upcast(self):
+        """Whether the VAE must decode in float32 (SDXL's VAE overflows in fp16)."""
+        return False
+
+    def finish_decoded(self, image, dtype):
+        """The backbone's last touch on decoded images (B, 3, H, W) in [-1, 1], before the object is pasted back:
+        (images, NSFW flags or None)."""
+        return image, None
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        *,
+        prompt,
+        image,
+        mask_image,
+        control_image,
+        height,
+        width,
+        strength,
+        num_inference_steps,
+        guidance_scale,
+        negative_prompt,
+        num_images_per_prompt,
+        eta,
+        generator,
+        latents,
+        prompt_embeds,
+        ip_adapter_image,
+        ip_adapter_image_embeds,
+        output_type,
+        cross_attention_kwargs,
+        controlnet_conditioning_scale,
+        guess_mode,
+        control_guidance_start,
+        control_guidance_end,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        object_mask,
+        preserve_object,
+        **conditioning_kwargs,
+    ):
+        """The body of every backbone's `__call__` (see the pipelines' docstrings for the arguments).
+
+        Args:
+            conditioning_kwargs: the backbone's own arguments, for `encode_conditioning`.
+
+        Returns:
+            (images, NSFW flags or None).
+        """
+        # 1. Inputs: in object mode derive the region to generate from the object; check everything
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        batch_size = _prompt_count(prompt, prompt_embeds)
+        total = batch_size * num_images_per_prompt
+        objects = outputs = None
+        if object_mask is not None or (mask_image is None and _any_alpha(image)):
+            objects, outputs = self._load_objects(
+                image, object_mask, mask_image, control_image, batch_size, num_images_per_prompt
+            )
+            default_width, default_height = working_size(objects[0][0].size, multiple=self.vae_scale_factor)
+            height, width = height or default_height, width or default_width
+        else:
+            self._check_seed_inputs(image, mask_image, preserve_object)
+            height, width = self.image_processor.get_default_height_width(_first(image), height, width)
+        self.check_inputs(
+            prompt,
+            prompt_embeds,
+            height,
+            width,
+            strength,
+            control_guidance_start,
+            control_guidance_end,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
+        )
+        generator = _line_up_generators(generator, batch_size, num_images_per_prompt)
+        self._guidance_scale = guidance_scale
+        self._clip_skip = conditioning_kwargs.get("clip_skip")
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        device = self._execution_device
+        guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
+
+        # 2. Encode the prompt (negative first, then positive, for classifier-free guidance) with the backbone's
+        # added conditions, and the IP-Adapter image
+        conditioning = self.encode_conditioning(
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            device,
+            height=height,
+            width=width,
+            prompt_embeds=prompt_embeds,
+            **conditioning_kwargs,
+        )
+        conditioning.image_embeds = self._ip_adapter_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total)
+        dtype = conditioning.tensors["prompt_embeds"].dtype
+
+        # 3. Image, inpaint mask and control image at the working size, lined up with the outputs. Tensors
+        # that differ between the two halves of the guidance batch are kept single and doubled per step.
+        counts = (batch_size, num_images_per_prompt)
+        init_image, mask_condition, control_image = self._prepare_images(
+            image, mask_image, control_image, objects, outputs, counts, (height, width), generator
+        )
+        control_image = control_image.to(device=device, dtype=self.controlnet.dtype)
+        masked_image = init_image * (mask_condition < 0.5)  # the region to generate zeroed
+
+        # 4. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
+        if num_inference_steps < 1:
+            raise ValueError(f"strength={strength} leaves no denoising steps out of {num_inference_steps}.")
+        self._num_timesteps = len(timesteps)
+
+        # 5. Initial latents (and, for the 4-channel UNet, the known image's latents to blend back)
+        in_channels = self.unet.config.in_channels
+        latents, noise, *image_latents = self.prepare_latents(
+            total,
+            self.vae.config.latent_channels,
+            height,
+            width,
+            dtype,
+            device,
+            generator,
+            latents,
+            image=init_image,
+            timestep=timesteps[:1].repeat(total),
+            is_strength_max=strength == 1.0,
+            return_noise=True,
+            return_image_latents=in_channels == 4,
+        )
+
+        # 6. Latent-size mask and masked-image latents
+        mask, masked_image_latents = self.prepare_mask_latents(
+            mask_condition, masked_image, total, height, width, dtype, device, generator, False
+        )
+
+        # 7. Denoising loop
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        scales = _controlnet_scales(
+            len(timesteps), controlnet_conditioning_scale, control_guidance_start, control_guidance_end
+        )
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                noise_pred = self._predict_noise(
+                    latents,
+                    t,
+                    conditioning,
+                    mask if in_channels == 9 else None,
+                    masked_image_latents,
+                    control_image,
+                    scales[i],
+                    guess_mode,
+                )
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if in_channels == 4:
+                    latents = self._keep_known_region(latents, image_latents[0], noise, mask, timesteps, i)
+                if callback_on_step_end is not None:
+                    latents, control_image, mask, masked_image_latents = self._step_end(
+                        callback_on_step_end,
+                        callback_on_step_end_tensor_inputs,
+                        i,
+                        t,
+                        conditioning,
+                        latents=latents,
+                        control_image=control_image,
+                        mask=mask,
+                        masked_image_latents=masked_image_latents,
+                    )
+                progress_bar.update()
+
+        # 8. Decode; in object mode return the input's size with the original object pasted back
+        preserve_object = preserve_object is None or preserve_object
+        images, nsfw = self._decode(latents, generator, output_type, objects, outputs, preserve_object)
+        self.maybe_free_model_hooks()
+        return images, nsfw
+
+    # ------------------------------------------------------------------------- saving and loading
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained`, plus the class's pipeline file and this method file beside it, the class
+        named in `model_index.json` as `[file name, class name]`: plain `DiffusionPipeline.from_pretrained(folder)`
+        then asks for `trust_remote_code=True` and, given it, builds this class instead of diffusers' namesake.
+        The class itself and `photobg.load_pipeline` load such folders, folders saved before, and the published
+        model's layout alike.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        class_file = inspect.getfile(type(self))
+        module = os.path.splitext(os.path.basename(class_file))[0]
+        shutil.copyfile(class_file, os.path.join(save_directory, module + ".py"))
+        shutil.copyfile(__file__, os.path.join(save_directory, os.path.basename(__file__)))  # imported relatively
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [module, type(self).__name__]
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # A folder saved by `save_pretrained` names a pipeline file and this class as its custom pipeline; loaded
+        # through this class, that code is this class, so it is used directly (no remote code is run).
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, list) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
+
+    # ------------------------------------------------------------------------- steps of generate
+
+    def check_inputs(
+        self,
+        prompt,
+        prompt_embeds,
+        height,
+        width,
+        strength,
+        control_guidance_start,
+        control_guidance_end,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
+    ):
+        """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
+        if not isinstance(getattr(self.controlnet, "_orig_mod", self.controlnet), ControlNetModel):  # maybe compiled
+            raise ValueError("This pipeline runs exactly one ControlNetModel.")
+        unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
+        if unet_channels not in (4, 9):
+            raise ValueError(f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base).")
+        if controlnet_channels != unet_channels:
+            names = ", ".join(f"{channels} = {name}" for channels, name in self.variant_backbones.items())
+            raise ValueError(
+                f"The ControlNet takes {controlnet_channels} input channels but the UNet takes {unet_channels}: "
+                f"the ControlNet must be trained on this base model ({names})."
+            )
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` must be a string or a list of strings, not {type(prompt).__name__}.")
+        factor = self.vae_scale_factor
+        if height < factor or width < factor or height % factor or width % factor:
+            raise ValueError(
+                f"The working size {width}x{height} must be multiples of {factor} (and at least {factor})."
+            )
+        if not 0 <= strength <= 1:
+            raise ValueError(f"`strength` must be in [0, 1], not {strength}.")
+        if not 0 <= control_guidance_start <= control_guidance_end <= 1:
+            raise ValueError(
+                "Expected 0 <= control_guidance_start <= control_guidance_end <= 1, got "
+                f"{control_guidance_start} and {control_guidance_end}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, not {output_type!r}.")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}.")
+        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
+            raise ValueError("Pass either `ip_adapter_image` or `ip_adapter_image_embeds`, not both.")
+        if (ip_adapter_image is not None or ip_adapter_image_embeds is not None) and not self._has_ip_adapter():
+            raise ValueError("`ip_adapter_image` needs an IP-Adapter: load one first with `pipe.load_ip_adapter(...)`.")
+
+    def _has_ip_adapter(self):
+        unet = getattr(self.unet, "_orig_mod", self.unet)
+        return unet.encoder_hid_proj is not None and unet.config.encoder_hid_dim_type == "ip_image_proj"
+
+    def _check_seed_inputs(self, image, mask_image, preserve_object):
+        if image is None:
+            raise ValueError("Pass the photo as `image`.")
+        if mask_image is None:
+            raise ValueError(
+                "Say where the object is: `object_mask` (white = object), an RGBA `image` whose alpha is the "
+                "object, or `mask_image` (white = region to generate)."
+            )
+        if preserve_object:
+            raise ValueError("`preserve_object` needs the object: pass `object_mask` or an RGBA image.")
+        for img, msk in zip(_as_list(image), _as_list(mask_image)):
+            if _size(img) is not None and _size(msk) is not None and _size(img) != _size(msk):
+                raise ValueError(f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match.")
+
+    def _load_objects(self, image, object_mask, mask_image, control_image, batch_size, num_images_per_prompt):
+        """Object mode: the call's distinct (RGB image, object mask "L" image) pairs, checked, and for each output
+        the index of its pair; images and masks are lined up with the outputs by `line_up`, each on its own."""
+        if mask_image is not None or control_image is not None:
+            raise ValueError(
+                "Pass either `object_mask` / an RGBA image (object mode) or `mask_image`/`control_image`, not both."
+            )
+        if image is None:
+            raise ValueError("Pass the photo as `image`.")
+        images, masks = _as_list(image), None if object_mask is None else _as_list(object_mask)
+        image_rows = line_up(len(images), batch_size, num_images_per_prompt, "image")
+        mask_rows = (
+            image_rows if masks is None else line_up(len(masks), batch_size, num_images_per_prompt, "object_mask")
+        )
+        pairs = list(dict.fromkeys(zip(image_rows, mask_rows)))
+        objects = [_load_object(images[i], None if masks is None else masks[j], i) for i, j in pairs]
+        if any(rgb.size != objects[0][0].size for rgb, _ in objects):
+            raise ValueError("All images of one call must have the same size.")
+        return objects, [pairs.index(pair) for pair in zip(image_rows, mask_rows)]
+
+    def _prepare_images(self, image, mask_image, control_image, objects, outputs, counts, size, generator):
+        """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size `size` = (height,
+        width), one row per output of the call's `counts` = (prompts, images per prompt); one image and mask
+        serving every output stay a batch of 1 for the VAE (as in diffusers) unless each output has its own
+        generator. The control image is made from the soft mask."""
+        (batch_size, num_images_per_prompt), (height, width) = counts, size
+        if objects is not None:
+            init_image = self.image_processor.preprocess([rgb for rgb, _ in objects], height=height, width=width)
+            object_soft = torch.cat([object_mask_to_tensor(obj, (width, height)) for _, obj in objects])
+            mask, soft_inpaint = inpaint_mask_from_object(object_soft), 1 - object_soft
+            image_rows = mask_rows = outputs
+        else:
+            init_image = self.image_processor.preprocess(_drop_alpha(image), height=height, width=width)
+            soft_inpaint = self._soft_mask_processor().preprocess(mask_image, height=height, width=width)
+            mask = (soft_inpaint >= 0.5).to(soft_inpaint.dtype)  # diffusers' binarisation of `mask_image`
+            image_rows = line_up(len(init_image), batch_size, num_images_per_prompt, "image")
+            mask_rows = line_up(len(mask), batch_size, num_images_per_prompt, "mask_image")
+        init_image = init_image.to(dtype=torch.float32)
+        if control_image is None:
+            control_image = make_control_image(
+                init_image[image_rows], soft_inpaint[mask_rows], self.unet.config.in_channels
+            )
+        else:
+            control_image = self.control_image_processor.preprocess(control_image, height=height, width=width)
+            control_image = control_image[
+                line_up(len(control_image), batch_size, num_images_per_prompt, "control_image")
+            ]
+        if not isinstance(generator, list) and len(set(image_rows)) == len(set(mask_rows)) == 1:
+            image_rows, mask_rows = image_rows[:1], mask_rows[:1]
+        return init_image[image_rows], mask[mask_rows], control_image.to(dtype=torch.float32)
+
+    def _soft_mask_processor(self):
+        """diffusers' `mask_processor` without its binarisation: the control image is made from the soft mask."""
+        return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True)
+
+    def _ip_adapter_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device, total):
+        """The IP-Adapter image embeddings per adapter as (negative or None, positive), or None without one."""
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return None
+        cfg = self.do_classifier_free_guidance
+        embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total, cfg)
+        return [embed.chunk(2) if cfg else (None, embed) for embed in embeds]
+
+    @property
+    def _lora_scale(self):
+        """The LoRA scale of `cross_attention_kwargs` (diffusers' way of passing it to the text encoders)."""
+        return (self.cross_attention_kwargs or {}).get("scale")
+
+    def _predict_noise(self, latents, t, conditioning, mask, masked_image_latents, control_image, scale, guess_mode):
+        """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step. Guidance is
+        read at every step, since a callback may switch it off (diffusers' CFG cutoff callbacks)."""
+        cfg = self.do_classifier_free_guidance
+
+        def guided(x):  # the guidance batch: unconditional half, then conditional half
+            return torch.cat([x] * 2) if cfg else x
+
+        latent_model_input = self.scheduler.scale_model_input(guided(latents), t)
+        if mask is not None:
+            mask, masked_image_latents = guided(mask), guided(masked_image_latents)
+        model_input = unet_input(latent_model_input, mask, masked_image_latents)  # (2B, 9 or 4, h, w)
+        down_residuals = mid_residual = None
+        if scale != 0:
+            halved = guess_mode and cfg  # guess mode: the ControlNet sees the conditional half only
+            down_residuals, mid_residual = self.controlnet(
+                model_input.chunk(2)[1] if halved else model_input,
+                t,
+                **conditioning.for_controlnet(conditional_half=halved),
+                controlnet_cond=control_image if halved else guided(control_image),
+                conditioning_scale=scale,
+                guess_mode=guess_mode,
+                return_dict=False,
+            )
+            if halved:
+                down_residuals = [torch.cat([torch.zeros_like(d), d]) for d in down_residuals]
+                mid_residual = torch.cat([torch.zeros_like(mid_residual), mid_residual])
+        noise_pred = self.unet(
+            model_input,
+            t,
+            **conditioning.for_unet(guided=cfg),
+            cross_attention_kwargs=self.cross_attention_kwargs,
+            down_block_additional_residuals=down_residuals,
+            mid_block_additional_residual=mid_residual,
+            return_dict=False,
+        )[0]
+        if cfg:
+            noise_uncond, noise_text = noise_pred.chunk(2)
+            noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+        return noise_pred
+
+    def _step_end(self, callback, names, i, t, conditioning, **tensors):
+        """Call a step-end callback with the tensors it asks for (`names`, of `tensors` and the conditioning's);
+        the conditioning's tensors it returns replace them there. Returns the values of `tensors`, replaced by
+        those the callback returned."""
+        offered = {**tensors, **conditioning.tensors}
+        returned = callback(self, i, t, {name: offered[name] for name in names}) or {}
+        conditioning.tensors.update({name: value for name, value in returned.items() if name in conditioning.tensors})
+        return [returned.get(name, value) for name, value in tensors.items()]
+
+    def _keep_known_region(self, latents, image_latents, noise, mask, timesteps, i):
+        """Base variant: put the known image back outside the region to generate, noised to the next step."""
+        known = image_latents
+        if i < len(timesteps) - 1:
+            known = self.scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+        return (1 - mask) * known + mask * latents
+
+    def _decode(self, latents, generator, output_type, objects, outputs, preserve_object):
+        if output_type == "latent":
+            return latents, None
+        image, nsfw = self.finish_decoded(self._vae_decode(latents, generator), latents.dtype)
+        if objects is None:
+            return self.image_processor.postprocess(image, output_type=output_type), nsfw
+        image = (image.float() / 2 + 0.5).clamp(0, 1)  # (N, 3, h, w) in [0, 1]
+        foregrounds = {}  # the soft edge's foreground colours, estimated once per input object
+        restored = []
+        for generated, k in zip(image, outputs):
+            rgb, obj = objects[k]
+            obj = np.asarray(obj)
+            if preserve_object and k not in foregrounds:
+                foregrounds[k] = estimate_foreground(np.asarray(rgb), obj, self._execution_device)
+            restored.append(restore_size(generated, rgb.size, foregrounds.get(k), obj, as_uint8=output_type == "pil"))
+        if output_type == "pil":
+            return [PIL.Image.fromarray(array) for array in restored], nsfw
+        restored = np.stack(restored)
+        return (torch.from_numpy(restored).permute(0, 3, 1, 2) if output_type == "pt" else restored), nsfw
+
+    def _vae_decode(self, latents, generator):
+        """Latents -> images (B, 3, H, W) in [-1, 1]; in float32 where the backbone says its VAE needs it."""
+        upcast = self.vae_needs_upcast()
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        image = self.vae.decode(scaled, return_dict=False, generator=generator)[0]
+        if upcast:
+            self.vae.to(dtype=torch.float16)
+        return image
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_object(image, object_mask, k):
+    """(RGB image, object mask) of input image `k`, checked: the mask is there, fits, and leaves something to
+    keep and something to generate."""
+    rgb, obj = split_object(image, object_mask)
+    if obj is None:
+        raise ValueError(f"Image {k} has no alpha channel and no `object_mask` was given.")
+    if obj.size != rgb.size:
+        raise ValueError(
+            f"The object mask is {obj.size[0]}x{obj.size[1]} but image {k} is {rgb.size[0]}x{rgb.size[1]}: "
+            "they must have the same size."
+        )
+    problem = object_coverage_problem(obj)
+    if problem == "empty":
+        raise ValueError(f"The object mask of image {k} is empty (no pixel >= {OBJECT_THRESHOLD}).")
+    if problem == "full":
+        raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
+    return rgb, obj
+
+
+def _prompt_count(prompt, prompt_embeds):
+    """The call's batch size: its number of prompts (`check_inputs` says what is wrong with bad ones)."""
+    if isinstance(prompt, list):
+        return len(prompt)
+    if prompt is None and prompt_embeds is not None:
+        return len(prompt_embeds)
+    return 1
+
+
+def _line_up_generators(generator, batch_size, num_images_per_prompt):
+    """A list of generators lined up with the outputs (`line_up`); one generator or None as it is."""
+    if not isinstance(generator, list):
+        return generator
+    return [generator[k] for k in line_up(len(generator), batch_size, num_images_per_prompt, "generator")]
+
+
+def _controlnet_scales(num_steps, scale, start, end):
+    """Per-step ControlNet scale: `scale` inside [start, end] of the schedule, 0 outside (diffusers' rule)."""
+    return [0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale) for i in range(num_steps)]
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def _any_alpha(image):
+    return image is not None and any(has_alpha(img) for img in _as_list(image))
+
+
+def _drop_alpha(image):
+    """PIL images with alpha or palettes -> RGB (diffusers' image processor expects 3 channels)."""
+    if isinstance(image, (list, tuple)):
+        return [_drop_alpha(img) for img in image]
+    if isinstance(image, PIL.Image.Image) and image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def _size(image):
+    """(width, height) of a PIL image or an (H, W[, C]) array; None for tensors (sized by diffusers)."""
+    if isinstance(image, PIL.Image.Image):
+        return image.size
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return (image.shape[1], image.shape[0])
+    return None
