@@ -59,6 +59,18 @@ def base_pipe(base_variant_model):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def sdxl_model(tmp_path_factory):
+    """Complete tiny SDXL-inpainting model (two text encoders, a text_time UNet, a 9-channel ControlNet)."""
+    return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sdxl-inpainting", "tiny-sdxl-inpainting")
+
+
+@pytest.fixture(scope="session")
+def sdxl_base_model(tmp_path_factory):
+    """Complete tiny SDXL-base model (4-channel UNet and ControlNet: the base variant)."""
+    return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sdxl-base", "tiny-sdxl-base")
+
+
 def make_photo(width=72, height=48, seed=0):
     """A drawn photo: a smooth gradient with noise, and its object mask (an off-centre soft-edged ellipse)."""
     rng = np.random.default_rng(seed)
@@ -71,3 +83,49 @@ def make_photo(width=72, height=48, seed=0):
 
 def generator(seed=0):
     return torch.Generator("cpu").manual_seed(seed)
+
+
+def cutouts(n, size=(64, 48)):
+    """`n` RGBA cutouts of one size, each with its own pixels and its object in another place."""
+    images = []
+    for k in range(n):
+        photo, object_mask = make_photo(*size, seed=k)
+        cutout = photo.copy()
+        cutout.putalpha(Image.fromarray(np.roll(np.asarray(object_mask), 5 * k, axis=1)))
+        images.append(cutout)
+    return images
+
+
+def assert_objects_kept(outputs, inputs):
+    """Every output's opaque object pixels are its own input's."""
+    assert len(outputs) == len(inputs)
+    for out, cutout in zip(outputs, inputs):
+        rgba = np.asarray(cutout)
+        full = rgba[..., 3] == 255
+        np.testing.assert_array_equal(np.asarray(out)[full], rgba[..., :3][full])
+
+
+def write_ip_adapter(folder, unet):
+    """A tiny random IP-Adapter for `unet` in the layout of h94/IP-Adapter: `ip-adapter.safetensors` with
+    `image_proj.` / `ip_adapter.` keys, and an `image_encoder/` folder (CLIP vision model with projection)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=16, patch_size=8, **vision))
+    encoder.save_pretrained(folder / "image_encoder")
+    cross = unet.config.cross_attention_dim
+    weights = {
+        "image_proj.proj.weight": torch.randn(4 * cross, 16) * 0.5,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    cross_attentions = [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
+    for k, name in enumerate(cross_attentions):  # diffusers numbers them 1, 3, 5, ...
+        shape = unet.get_submodule(name.removesuffix(".processor")).to_k.weight.shape  # (hidden, cross)
+        for proj in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{2 * k + 1}.{proj}.weight"] = torch.randn(shape) * 0.5
+    save_file(weights, folder / "ip-adapter.safetensors")
+    return folder

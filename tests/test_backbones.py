@@ -250,14 +250,18 @@ def test_test_model_names_build_tiny_sdxl_models(monkeypatch, tmp_path):
     assert _index_of(tmp_path / "tiny-sdxl-base")["controlnet"] == ["diffusers", "ControlNetModel"]
 
 
-def test_load_pipeline_refuses_sdxl_clearly_until_its_pipeline_exists(tiny_folders):
+def test_load_pipeline_takes_every_backbone_and_refuses_a_controlnet_of_another(tiny_folders):
     for name in ("sdxl-inpainting", "sdxl-base"):
-        folder = tiny_folders[get_backbone(name).tiny_config, True]
-        with pytest.raises(ValueError, match=f"is an {name} .*SDXL generation is not supported yet"):
-            load_pipeline(folder, device="cpu")
-    base = tiny_folders["tiny-sdxl-inpainting", False]
-    with pytest.raises(ValueError, match="SDXL generation is not supported yet"):
-        load_pipeline(base, controlnet=tiny_folders["tiny-sdxl-inpainting", True] / "controlnet", device="cpu")
+        backbone = get_backbone(name)
+        pipe = load_pipeline(tiny_folders[backbone.tiny_config, True], device="cpu")
+        assert type(pipe).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
+        assert pipe.unet.config.in_channels == pipe.controlnet.config.in_channels == backbone.unet_in_channels
+    base, complete = tiny_folders["tiny-sdxl-inpainting", False], tiny_folders["tiny-sdxl-inpainting", True]
+    pipe = load_pipeline(base, controlnet=complete / "controlnet", device="cpu")  # base model + ControlNet
+    assert type(pipe).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
+    # An SD2-inpainting ControlNet has SDXL-inpainting's 9 channels but another text conditioning.
+    with pytest.raises(ValueError, match=r"does not fit the UNet of .* \(sdxl-inpainting\): its cross_attention_dim is 32"):
+        load_pipeline(base, controlnet=tiny_folders["tiny-inpainting", True] / "controlnet", device="cpu")
 
 
 def test_sd2_folders_load_as_before(tiny_folders):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import generator, make_photo
+from conftest import assert_objects_kept, cutouts, generator, make_photo
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -292,26 +292,6 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_latents(pipe):
 
 
 # ----------------------------------------------------------------------------- lining up inputs with outputs
-
-
-def cutouts(n, size=(64, 48)):
-    """`n` RGBA cutouts of one size, each with its own pixels and its object in another place."""
-    images = []
-    for k in range(n):
-        photo, object_mask = make_photo(*size, seed=k)
-        cutout = photo.copy()
-        cutout.putalpha(Image.fromarray(np.roll(np.asarray(object_mask), 5 * k, axis=1)))
-        images.append(cutout)
-    return images
-
-
-def assert_objects_kept(outputs, inputs):
-    """Every output's opaque object pixels are its own input's."""
-    assert len(outputs) == len(inputs)
-    for out, cutout in zip(outputs, inputs):
-        rgba = np.asarray(cutout)
-        full = rgba[..., 3] == 255
-        np.testing.assert_array_equal(np.asarray(out)[full], rgba[..., :3][full])
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,7 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from conftest import generator, make_photo
+from conftest import generator, make_photo, write_ip_adapter
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
@@ -99,40 +98,7 @@ def test_every_callback_tensor_is_offered_and_interrupt_stops_the_loop(pipe):
 
 @pytest.fixture(scope="module")
 def ip_adapter(tmp_path_factory, inpaint_model):
-    """A tiny random IP-Adapter in the layout of h94/IP-Adapter: weights with `image_proj.` / `ip_adapter.` keys
-    and an `image_encoder/` folder (CLIP vision model with projection)."""
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    folder = tmp_path_factory.mktemp("ip-adapter")
-    torch.manual_seed(0)
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=16,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=32,
-            patch_size=8,
-        )
-    )
-    encoder.save_pretrained(folder / "image_encoder")
-    unet = load_pipeline(inpaint_model, device="cpu").unet
-    cross = unet.config.cross_attention_dim
-    weights = {
-        "image_proj.proj.weight": torch.randn(4 * cross, 16) * 0.5,
-        "image_proj.proj.bias": torch.zeros(4 * cross),
-        "image_proj.norm.weight": torch.ones(cross),
-        "image_proj.norm.bias": torch.zeros(cross),
-    }
-    cross_attentions = [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
-    for k, name in enumerate(cross_attentions):  # diffusers numbers them 1, 3, 5, ...
-        shape = unet.get_submodule(name.removesuffix(".processor")).to_k.weight.shape  # (hidden, cross)
-        for proj in ("to_k_ip", "to_v_ip"):
-            weights[f"ip_adapter.{2 * k + 1}.{proj}.weight"] = torch.randn(shape) * 0.5
-    save_file(weights, folder / "ip-adapter.safetensors")
-    return folder
+    return write_ip_adapter(tmp_path_factory.mktemp("ip-adapter"), load_pipeline(inpaint_model, device="cpu").unet)
 
 
 def test_ip_adapter_image_conditions_the_unet(pipe, ip_adapter):

@@ -948,6 +948,24 @@ class BackgroundMethodMixin:
         restored = np.stack(restored)
         return (torch.from_numpy(restored).permute(0, 3, 1, 2) if output_type == "pt" else restored), nsfw
 
+    def _encode_vae_image(self, image, generator):
+        """diffusers' VAE encode, as `prepare_latents` and `prepare_mask_latents` call it: latents sampled with the
+        generator (a list: one per row), times the scaling factor; in float32 where the backbone says its VAE
+        needs it (`vae_needs_upcast`). diffusers' SDXL pipelines cast the VAE to float32 and back around every
+        encode whenever its config sets `force_upcast`, even a float32 VAE, and each cast logs a warning."""
+        dtype, upcast = image.dtype, self.vae_needs_upcast()
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        image = image.to(self.vae.dtype)
+        if isinstance(generator, list):
+            rows = [self.vae.encode(image[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generator)]
+            latents = torch.cat(rows)
+        else:
+            latents = self.vae.encode(image).latent_dist.sample(generator)
+        if upcast:
+            self.vae.to(dtype=torch.float16)
+        return self.vae.config.scaling_factor * latents.to(dtype)
+
     def _vae_decode(self, latents, generator):
         """Latents -> images (B, 3, H, W) in [-1, 1]; in float32 where the backbone says its VAE needs it."""
         upcast = self.vae_needs_upcast()

@@ -58,10 +58,10 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
 
     Args:
         model: Hub id or local folder (Hub layout). Either a complete model with a `controlnet/` folder
-            (default `yahoo-inc/photo-background-generation`), or a base model (SD2-inpainting, SD2-base)
-            when `controlnet` is given. Its backbone is detected from the folder (`photobg.backbones`); SDXL
-            folders are recognised and refused with a clear error until the SDXL pipeline exists. The names
-            of `TEST_MODELS` (`tiny-inpainting`, `tiny-base`, ...) are random test models built locally.
+            (default `yahoo-inc/photo-background-generation`), or a base model (SD2-inpainting, SD2-base,
+            SDXL-inpainting, SDXL-base) when `controlnet` is given. Its backbone is detected from the folder
+            (`photobg.backbones`) and picks the pipeline class (`pipeline_class`). The names of `TEST_MODELS`
+            (`tiny-inpainting`, `tiny-sdxl-inpainting`, ...) are random test models built locally.
         controlnet: Hub id, local folder, or a single state-dict file (`.pth`, `.safetensors`, ...) of a
             ControlNet trained on `model`'s UNet; overrides the model's own `controlnet/`.
         device: torch device or name; default CUDA when present, else CPU.
@@ -71,22 +71,37 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
             configured from the model's scheduler config. See `make_scheduler`.
 
     Returns:
-        A `StableDiffusionControlNetInpaintPipeline` on `device` in `dtype`.
+        A `StableDiffusionControlNetInpaintPipeline` (SD2) or `StableDiffusionXLControlNetInpaintPipeline` (SDXL)
+        on `device` in `dtype`.
     """
-    from diffusers import ControlNetModel
+    import inspect
 
-    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+    from diffusers import ControlNetModel
 
     model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
-    kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    cls = pipeline_class(detect_backbone(model))
+    kwargs = {"dtype": dtype}
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:  # SD2's pipelines: loaded without one
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     if controlnet is not None and _is_state_dict_file(controlnet):
         kwargs["controlnet"] = controlnet_from_state_dict(controlnet, unet_config).to(dtype=dtype)
     elif controlnet is not None:
         kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
-    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
+    pipe = _from_pretrained(cls, model, "Model", **kwargs)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     return pipe.to(device)
+
+
+def pipeline_class(backbone):
+    """photobg's pipeline class for a `Backbone`: the SD2 or the SDXL one (the same method, `photobg.method`)."""
+    if backbone.text_conditioning == TEXT_CLIP:
+        from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+
+        return StableDiffusionControlNetInpaintPipeline
+    from .pipeline_controlnet_inpaint_sd_xl import StableDiffusionXLControlNetInpaintPipeline
+
+    return StableDiffusionXLControlNetInpaintPipeline
 
 
 def check_model(model=None, controlnet=None, scheduler=None):
@@ -107,23 +122,18 @@ def check_model(model=None, controlnet=None, scheduler=None):
         scheduler_class(scheduler)
     model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
     backbone = detect_backbone(model)
-    if backbone.text_conditioning != TEXT_CLIP:
-        supported = " or ".join(b.name for b in BACKBONES.values() if b.text_conditioning == TEXT_CLIP)
-        raise ValueError(
-            f"Model {model!r} is an {backbone.describe()} model: SDXL generation is not supported yet; "
-            f"photobg generates with {supported} models for now."
-        )
     unet_config = _load_component_config(model, "unet")
     if controlnet is not None and not _is_state_dict_file(controlnet):
         controlnet = resolve_model(controlnet, what="ControlNet")
-        _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, backbone)
+        _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, backbone, unet_config)
     elif controlnet is None:
         if not _has_component(model, "controlnet"):
             raise ValueError(
                 f"Model {model!r} has no 'controlnet/' component: pass a ControlNet "
                 "(`controlnet=` / `--controlnet`) to use it as a base model."
             )
-        _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, backbone)
+        controlnet_config = _load_component_config(model, "controlnet")
+        _check_channels(f"{model}/controlnet", controlnet_config, model, backbone, unet_config)
     return model, controlnet, unet_config
 
 
@@ -264,7 +274,7 @@ def _load_config(spec, subfolder, what, filename="config.json"):
         ) from err
 
 
-def _check_channels(controlnet_name, controlnet_config, model, backbone):
+def _check_channels(controlnet_name, controlnet_config, model, backbone, unet_config):
     got, want = controlnet_config["in_channels"], backbone.unet_in_channels
     if got != want:
         fits = [
@@ -277,6 +287,19 @@ def _check_channels(controlnet_name, controlnet_config, model, backbone):
             f"({backbone.name}) takes {want}: a ControlNet runs on the backbone it was trained on "
             f"({' or '.join(fits) or 'none supported'} for {got} channels)."
         )
+    _check_text_conditioning(controlnet_name, controlnet_config, model, backbone, unet_config)
+
+
+def _check_text_conditioning(controlnet_name, controlnet_config, model, backbone, unet_config):
+    """A ControlNet of another backbone family with the right channel count (an SD2 one on SDXL) takes other
+    text embeddings: say so before any weight loads."""
+    for key in ("cross_attention_dim", "addition_embed_type"):
+        if controlnet_config.get(key) != unet_config.get(key):
+            raise ValueError(
+                f"ControlNet {controlnet_name!r} does not fit the UNet of {model!r} ({backbone.name}): its {key} "
+                f"is {controlnet_config.get(key)!r}, the UNet's {unet_config.get(key)!r}; a ControlNet runs on the "
+                "backbone it was trained on."
+            )
 
 
 # ----------------------------------------------------------------------------- state-dict ControlNets
@@ -483,17 +506,11 @@ def write_test_model(path, config_name="tiny-inpainting", seed=0, with_controlne
     """
     import diffusers
 
-    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
-
     backbone = backbone_for_config(config_name)
     config = get_config(config_name)
     components = build_components(config_name, seed, with_controlnet)
-    if not with_controlnet:
-        cls = getattr(diffusers, backbone.pipeline_class)
-    elif backbone.text_conditioning == TEXT_CLIP:
-        cls = StableDiffusionControlNetInpaintPipeline  # ours: the published model's layout
-    else:
-        cls = getattr(diffusers, backbone.controlnet_pipeline_class)
+    # With a ControlNet: ours, which also writes its pipeline files (a complete photobg model's layout).
+    cls = pipeline_class(backbone) if with_controlnet else getattr(diffusers, backbone.pipeline_class)
     pipe = _pipeline(cls, components, config["pipeline"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
