@@ -16,6 +16,8 @@ from photobg.models import load_pipeline, write_test_model  # noqa: E402
 # spinning worker threads made the suite several times slower.
 torch.set_num_threads(1)
 
+SDXL_TEST_MODELS = {"inpaint": "tiny-sdxl-inpainting", "base": "tiny-sdxl-base"}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
@@ -60,15 +62,11 @@ def base_pipe(base_variant_model):
 
 
 @pytest.fixture(scope="session")
-def sdxl_model(tmp_path_factory):
-    """Complete tiny SDXL-inpainting model (two text encoders, a text_time UNet, a 9-channel ControlNet)."""
-    return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sdxl-inpainting", "tiny-sdxl-inpainting")
-
-
-@pytest.fixture(scope="session")
-def sdxl_base_model(tmp_path_factory):
-    """Complete tiny SDXL-base model (4-channel UNet and ControlNet: the base variant)."""
-    return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sdxl-base", "tiny-sdxl-base")
+def sdxl_models(tmp_path_factory):
+    """Complete tiny SDXL models: "inpaint" (SDXL-inpainting layout: two text encoders, a text_time UNet, a
+    9-channel ControlNet) and "base" (SDXL-base: 4-channel UNet and ControlNet, the base variant)."""
+    root = tmp_path_factory.mktemp("models")
+    return {variant: write_test_model(root / name, name) for variant, name in SDXL_TEST_MODELS.items()}
 
 
 def make_photo(width=72, height=48, seed=0):

@@ -260,7 +260,9 @@ def test_load_pipeline_takes_every_backbone_and_refuses_a_controlnet_of_another(
     pipe = load_pipeline(base, controlnet=complete / "controlnet", device="cpu")  # base model + ControlNet
     assert type(pipe).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
     # An SD2-inpainting ControlNet has SDXL-inpainting's 9 channels but another text conditioning.
-    with pytest.raises(ValueError, match=r"does not fit the UNet of .* \(sdxl-inpainting\): its cross_attention_dim is 32"):
+    with pytest.raises(
+        ValueError, match=r"does not fit the UNet of .* \(sdxl-inpainting\): its cross_attention_dim is 32"
+    ):
         load_pipeline(base, controlnet=tiny_folders["tiny-inpainting", True] / "controlnet", device="cpu")
 
 

@@ -23,12 +23,9 @@ PROMPT = "a photo of a bottle on the beach"
 
 
 @pytest.fixture(scope="module")
-def loaded(sdxl_model, sdxl_base_model):
+def loaded(sdxl_models):
     """The tiny SDXL-inpainting and SDXL-base pipelines, loaded once for the module."""
-    return {
-        name: load_pipeline(folder, device="cpu")
-        for name, folder in (("inpaint", sdxl_model), ("base", sdxl_base_model))
-    }
+    return {variant: load_pipeline(folder, device="cpu") for variant, folder in sdxl_models.items()}
 
 
 def fresh(pipe):
@@ -243,8 +240,8 @@ def test_saved_folder_loads_in_plain_diffusers(xl, tmp_path):
     assert type(ours) is StableDiffusionXLControlNetInpaintPipeline
 
 
-def test_ip_adapter_image_conditions_the_unet_only(sdxl_model, tmp_path, record):
-    pipe = load_pipeline(sdxl_model, device="cpu")  # its own models: the IP-Adapter changes the UNet
+def test_ip_adapter_image_conditions_the_unet_only(sdxl_models, tmp_path, record):
+    pipe = load_pipeline(sdxl_models["inpaint"], device="cpu")  # its own models: the IP-Adapter changes the UNet
     pipe.set_progress_bar_config(disable=True)
     photo, object_mask = make_photo(64, 48)
     plain = run(pipe, image=photo, object_mask=object_mask)
@@ -313,3 +310,12 @@ def test_pipeline_classes_name_their_backbones_as_the_registry_does():
     ):
         expected = {b.unet_in_channels: b.name for b in BACKBONES.values() if b.name.startswith(family + "-")}
         assert cls.variant_backbones == expected
+
+
+def test_arguments_of_another_backbone_are_named_in_the_error(xl, loaded):
+    photo, object_mask = make_photo(64, 48)
+    with pytest.raises(TypeError, match="StableDiffusionXLControlNetInpaintPipeline takes no argument 'prompt_3'"):
+        xl(PROMPT, image=photo, object_mask=object_mask, prompt_3="a cat")
+    sd2 = StableDiffusionControlNetInpaintPipeline.__new__(StableDiffusionControlNetInpaintPipeline)
+    with pytest.raises(TypeError, match="takes no argument 'original_size', 'prompt_2'"):  # SDXL's, not SD2's
+        sd2(PROMPT, image=photo, object_mask=object_mask, prompt_2="a cat", original_size=(64, 64))

@@ -17,9 +17,10 @@ and the original code's inputs) are white on the region to generate. The functio
 these conventions (and the lining-up of inputs with outputs, `line_up`) are turned into tensors; training
 uses the same ones.
 
-`BackgroundMethodMixin` holds the whole generation (`generate`, in numbered steps); each backbone's pipeline
+`BackgroundMethodMixin` holds the whole generation (`__call__`, in numbered steps); each backbone's pipeline
 class is diffusers' ControlNet-inpaint pipeline of that backbone with this mixin in front, and adds only its
-`__call__` signature (diffusers' argument names) and its text conditioning (`encode_conditioning`). This
+text conditioning (`encode_conditioning`, which also takes the backbone's own `__call__` arguments) and its
+output class. This
 module imports only torch, diffusers, numpy and PIL, so a pipeline file that imports it relatively
 (`from .method import ...`) works as a Hub custom pipeline with this file beside it.
 """
@@ -48,7 +49,6 @@ __all__ = [
     "BackgroundMethodMixin",
     "Conditioning",
     "as_object_mask",
-    "call_arguments",
     "estimate_foreground",
     "guidance_batch",
     "has_alpha",
@@ -487,18 +487,14 @@ def guidance_batch(negative, positive, guided):
     return torch.cat([negative, positive]) if guided else positive
 
 
-def call_arguments(call_locals):
-    """What a pipeline's `__call__` passes on to `BackgroundMethodMixin.generate`: its arguments (its `locals()`
-    on entry) but `self` and `return_dict`."""
-    return {name: value for name, value in call_locals.items() if name not in ("self", "return_dict")}
-
-
 class BackgroundMethodMixin:
     """The method on a diffusers ControlNet-inpaint pipeline, placed before diffusers' class of a backbone (which
     brings the components, `encode_prompt`, `prepare_latents`, `prepare_mask_latents`, `get_timesteps`, ...).
 
-    A backbone's class adds `__call__` (diffusers' argument names for that backbone, passed on to `generate`)
-    and `encode_conditioning`; it may override `vae_needs_upcast` and `finish_decoded`. `save_pretrained`
+    `__call__` takes the arguments every backbone shares, by diffusers' names, and passes the rest
+    (`backbone_kwargs`, e.g. SDXL's `prompt_2` and `original_size`) to the backbone's `encode_conditioning`. A
+    backbone's class adds `encode_conditioning` and `pipeline_output`; it may override `vae_needs_upcast` and
+    `finish_decoded`. `save_pretrained`
     writes the class's file and this one into the folder and names the class in `model_index.json`, so that
     plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds the class
     rather than diffusers' own of the same name, which cannot run the 9-channel ControlNet.
@@ -509,10 +505,21 @@ class BackgroundMethodMixin:
 
     # ------------------------------------------------------------------------- a backbone's hooks
 
-    def encode_conditioning(self, prompt, negative_prompt, num_images_per_prompt, device, *, height, width, **kwargs):
+    def encode_conditioning(self, prompt_kwargs, height, width, **backbone_kwargs):
         """The call's `Conditioning` (without IP-Adapter embeddings): the backbone's text encoding and added
-        conditions, for `num_images_per_prompt` images per prompt at the working size `height` x `width`.
-        `kwargs` are the backbone's own `__call__` arguments (`prompt_embeds`, `clip_skip`, ...)."""
+        conditions.
+
+        Args:
+            prompt_kwargs: the arguments of diffusers' `encode_prompt` that every backbone shares: `prompt`,
+                `negative_prompt`, `prompt_embeds`, `negative_prompt_embeds`, `num_images_per_prompt`, `device`,
+                `do_classifier_free_guidance`, `lora_scale`, `clip_skip`.
+            height, width: the working size.
+            backbone_kwargs: the backbone's own `__call__` arguments.
+        """
+        raise NotImplementedError
+
+    def pipeline_output(self, images, nsfw, return_dict):
+        """`__call__`'s result: the backbone's diffusers output class, or a tuple when not `return_dict`."""
         raise NotImplementedError
 
     def vae_needs_upcast(self):
@@ -527,46 +534,85 @@ class BackgroundMethodMixin:
     # ------------------------------------------------------------------------- generation
 
     @torch.no_grad()
-    def generate(
+    def __call__(
         self,
-        *,
-        prompt,
-        image,
-        mask_image,
-        control_image,
-        height,
-        width,
-        strength,
-        num_inference_steps,
-        guidance_scale,
-        negative_prompt,
-        num_images_per_prompt,
-        eta,
-        generator,
-        latents,
-        prompt_embeds,
-        ip_adapter_image,
-        ip_adapter_image_embeds,
-        output_type,
-        cross_attention_kwargs,
-        controlnet_conditioning_scale,
-        guess_mode,
-        control_guidance_start,
-        control_guidance_end,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-        object_mask,
-        preserve_object,
-        **conditioning_kwargs,
+        prompt=None,
+        image=None,
+        mask_image=None,
+        control_image=None,
+        height=None,
+        width=None,
+        strength=1.0,
+        num_inference_steps=50,
+        guidance_scale=7.5,
+        negative_prompt=None,
+        num_images_per_prompt=1,
+        eta=0.0,
+        generator=None,
+        latents=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
+        output_type="pil",
+        return_dict=True,
+        cross_attention_kwargs=None,
+        controlnet_conditioning_scale=1.0,
+        guess_mode=False,
+        control_guidance_start=0.0,
+        control_guidance_end=1.0,
+        clip_skip=None,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs=("latents",),
+        object_mask=None,
+        preserve_object=None,
+        **backbone_kwargs,
     ):
-        """The body of every backbone's `__call__` (see the pipelines' docstrings for the arguments).
+        r"""Generate a background around the object in `image`.
 
         Args:
-            conditioning_kwargs: the backbone's own arguments, for `encode_conditioning`.
+            prompt (`str` or `list[str]`): what to generate; or pass `prompt_embeds`.
+            image (PIL image, array, tensor, or a list): the photo. An RGBA image (with neither `mask_image`
+                nor `object_mask`) is read as a cutout: its alpha is the object. A list holds one image for
+                every output, one per prompt or one per output (`line_up`); so do lists of `mask_image`,
+                `control_image`, `object_mask` and `generator`, each lined up on its own.
+            mask_image: region to generate, white = generate (the original code's and diffusers' convention);
+                binarised at 0.5 for the UNet.
+            control_image: the ControlNet's conditioning image; by default derived from the soft mask
+                (`make_control_image`: inpaint variant, the inpaint mask; base variant, the object on black).
+            height, width (`int`): working size, multiples of 8. Default: in object mode the image's size
+                rounded to the nearest multiple of 8 (`working_size`), and the result is returned at the input's
+                own size; otherwise diffusers' rule (rounded down).
+            strength, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt, eta,
+            generator, latents, prompt_embeds, negative_prompt_embeds, cross_attention_kwargs, clip_skip:
+                as in diffusers' Stable Diffusion pipelines.
+            ip_adapter_image, ip_adapter_image_embeds: a reference image (or its embeddings) for an IP-Adapter
+                loaded with `load_ip_adapter`, as in diffusers; it conditions the UNet.
+            output_type (`str`): "pil", "np" (float in [0, 1]), "pt" (tensor (B, 3, H, W) in [0, 1]) or "latent".
+            controlnet_conditioning_scale (`float`): weight of the ControlNet's residuals; 0 is the base model
+                alone (plain SD2- or SDXL-inpainting; the ControlNet is then not run at all).
+            guess_mode (`bool`): run the ControlNet on the conditional half of the guidance batch only.
+            control_guidance_start, control_guidance_end (`float`): fraction of the steps during which the
+                ControlNet is applied; outside it the ControlNet is not run.
+            callback_on_step_end: `callback(pipe, step, timestep, tensors)` after each step, or one of
+                diffusers' `PipelineCallback`s (whose own `tensor_inputs` are used); may return replacements for
+                the tensors named in `callback_on_step_end_tensor_inputs`, and may switch guidance off
+                (`pipe._guidance_scale = 0`, as diffusers' `SDCFGCutoffCallback` does).
+            object_mask: object mode: white (255) = the object to keep (soft values allowed: the UNet's mask is
+                binarised at 128, the ControlNet's control image and the paste-back stay soft). Must have the
+                image's size.
+            preserve_object (`bool`): object mode only (default True there): composite the original object
+                pixels back with the soft object mask (`paste_object`), so the object is pixel-exact and its
+                soft edge carries no halo of the photo's old background.
+            backbone_kwargs: the backbone's own arguments, by diffusers' names (SDXL: `prompt_2`,
+                `pooled_prompt_embeds`, `original_size`, ...; see the SDXL pipeline's docstring).
 
         Returns:
-            (images, NSFW flags or None).
+            The backbone's diffusers output (`.images`; SD2's also `.nsfw_content_detected`), or a tuple.
         """
+        unknown = sorted(set(backbone_kwargs) - set(inspect.signature(self.encode_conditioning).parameters))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no argument {', '.join(map(repr, unknown))}.")
         # 1. Inputs: in object mode derive the region to generate from the object; check everything
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -583,21 +629,21 @@ class BackgroundMethodMixin:
             self._check_seed_inputs(image, mask_image, preserve_object)
             height, width = self.image_processor.get_default_height_width(_first(image), height, width)
         self.check_inputs(
-            prompt,
-            prompt_embeds,
-            height,
-            width,
-            strength,
-            control_guidance_start,
-            control_guidance_end,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            ip_adapter_image,
-            ip_adapter_image_embeds,
+            prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            height=height,
+            width=width,
+            strength=strength,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
         )
         generator = _line_up_generators(generator, batch_size, num_images_per_prompt)
         self._guidance_scale = guidance_scale
-        self._clip_skip = conditioning_kwargs.get("clip_skip")
+        self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         device = self._execution_device
@@ -605,16 +651,18 @@ class BackgroundMethodMixin:
 
         # 2. Encode the prompt (negative first, then positive, for classifier-free guidance) with the backbone's
         # added conditions, and the IP-Adapter image
-        conditioning = self.encode_conditioning(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            device,
-            height=height,
-            width=width,
+        prompt_kwargs = dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
-            **conditioning_kwargs,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_images_per_prompt=num_images_per_prompt,
+            device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"),
+            clip_skip=clip_skip,
         )
+        conditioning = self.encode_conditioning(prompt_kwargs, height, width, **backbone_kwargs)
         conditioning.image_embeds = self._ip_adapter_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total)
         dtype = conditioning.tensors["prompt_embeds"].dtype
 
@@ -697,7 +745,7 @@ class BackgroundMethodMixin:
         preserve_object = preserve_object is None or preserve_object
         images, nsfw = self._decode(latents, generator, output_type, objects, outputs, preserve_object)
         self.maybe_free_model_hooks()
-        return images, nsfw
+        return self.pipeline_output(images, nsfw, return_dict)
 
     # ------------------------------------------------------------------------- saving and loading
 
@@ -731,7 +779,7 @@ class BackgroundMethodMixin:
             config["_class_name"] = cls.__name__
         return config
 
-    # ------------------------------------------------------------------------- steps of generate
+    # ------------------------------------------------------------------------- steps of __call__
 
     def check_inputs(
         self,
@@ -865,11 +913,6 @@ class BackgroundMethodMixin:
         cfg = self.do_classifier_free_guidance
         embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total, cfg)
         return [embed.chunk(2) if cfg else (None, embed) for embed in embeds]
-
-    @property
-    def _lora_scale(self):
-        """The LoRA scale of `cross_attention_kwargs` (diffusers' way of passing it to the text encoders)."""
-        return (self.cross_attention_kwargs or {}).get("scale")
 
     def _predict_noise(self, latents, t, conditioning, mask, masked_image_latents, control_image, scale, guess_mode):
         """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step. Guidance is
