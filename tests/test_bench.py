@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from photobg.bench import VARIANTS, count_flops
 from photobg.cli import main
@@ -47,7 +48,7 @@ def test_training_measurement_runs_the_real_loop():
     assert row["samples_per_second"] > 0 and row["cache_latents"] and row["peak_mb"] > 0
 
 
-def test_bench_counts_sdxl_flops_and_refuses_to_time_sdxl_yet(tmp_path):
+def test_bench_counts_sdxl_flops_without_timing(tmp_path):
     args = ["bench", "--config", "tiny-sdxl-inpainting", "--sizes", "128", "--steps", "2", "--flops-only"]
     main([*args, "--output-dir", str(tmp_path)])
     result = json.loads((tmp_path / "flops.json").read_text())
@@ -56,6 +57,16 @@ def test_bench_counts_sdxl_flops_and_refuses_to_time_sdxl_yet(tmp_path):
     assert (row["model"], row["size"], row["steps"]) == ("tiny-sdxl-inpainting", 128, 2)
     assert row["photobg_tflop_per_image"] > row["si2_tflop_per_image"] > 2 * row["unet_tflop_per_step"]
     assert "| tiny-sdxl-inpainting | 128 | 2 |" in (tmp_path / "flops.md").read_text()
-    with pytest.raises(SystemExit, match="--config tiny-sdxl-base: timing sdxl-base needs the SDXL pipeline"):
-        main(["bench", "--config", "tiny-sdxl-base", "--output-dir", str(tmp_path / "timed")])
-    assert not (tmp_path / "timed").exists()
+
+
+def test_bench_times_sdxl_against_diffusers_sdxl_inpainting(tmp_path):
+    from photobg.bench import build_pipelines
+
+    ours, floor = build_pipelines("tiny-sdxl-base", "cpu", torch.float32)
+    assert type(ours).__name__ == "StableDiffusionXLControlNetInpaintPipeline" and ours.unet.config.in_channels == 4
+    assert type(floor).__name__ == "StableDiffusionXLInpaintPipeline" and floor.unet is ours.unet
+    args = ["bench", "--config", "tiny-sdxl-inpainting", "--sizes", "64", "--steps", "2", "--repeats", "1"]
+    main([*args, "--skip-training", "--output-dir", str(tmp_path), "--name", "t"])
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "t.json").read_text())["inference"]}
+    assert set(rows) == set(VARIANTS) and all(row["model"] == "tiny-sdxl-inpainting" for row in rows.values())
+    assert rows["scale0"]["flop_ratio_vs_si2"] == 1 < rows["photobg"]["flop_ratio_vs_si2"]

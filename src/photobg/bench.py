@@ -4,9 +4,11 @@ Inference variants, all on the same random-weight models (built from `photobg.co
 downloaded) and measured in one run so that ratios compare like with like:
 
 - `photobg`: our pipeline as users run it (fp16 on CUDA, PyTorch SDPA attention, ControlNet skipped where its
-  scale is 0);
-- `si2`: diffusers' own `StableDiffusionInpaintPipeline` with the same UNet/VAE/text encoder: the floor, so the
-  ControlNet's extra cost shows as a ratio;
+  scale is 0), at ControlNet scale 1;
+- `scale0`: the same at ControlNet scale 0 (the base model alone, through our pipeline);
+- `si2`: the floor: diffusers' own inpainting pipeline of the backbone (`StableDiffusionInpaintPipeline` for SD2,
+  `StableDiffusionXLInpaintPipeline` for SDXL) with the same UNet/VAE/text encoders, so the ControlNet's extra
+  cost, and any of our pipeline's own, shows as a ratio;
 - `unoptimised`: our pipeline in fp32 with diffusers' classic (non-SDPA) attention.
 
 FLOPs are counted with `torch.utils.flop_counter` on the meta device (no compute, exact for the real
@@ -24,8 +26,12 @@ from pathlib import Path
 
 import torch
 
-HELP = "Benchmark generation (photobg vs SI2 vs unoptimised) and count FLOPs; writes JSON + a Markdown table."
-VARIANTS = ("photobg", "si2", "unoptimised")
+from .backbones import TEXT_CLIP, TEXT_SDXL
+
+HELP = (
+    "Benchmark generation (photobg vs the base model vs unoptimised) and count FLOPs; writes JSON + a Markdown table."
+)
+VARIANTS = ("photobg", "scale0", "si2", "unoptimised")
 PROMPT = "a product photo on a marble table, soft light"
 
 
@@ -85,23 +91,80 @@ def meta_models(config_name):
     Returns:
         dict with `unet`, `controlnet` (from the UNet, as training builds it), `vae` and the text encoders.
     """
+    from .backbones import backbone_for_config
+
+    names = ("unet", "controlnet", "vae", *backbone_for_config(config_name).text_encoders)
+    with torch.device("meta"):
+        return {name: random_model(config_name, name) for name in names}
+
+
+def random_model(config_name, name):
+    """One model of a `photobg.configs` architecture with random weights, on torch's default device.
+
+    Args:
+        config_name: a `photobg.configs` name.
+        name: `unet`, `controlnet` (the config `ControlNetModel.from_unet` gives, freshly initialised), `vae`,
+            `text_encoder` or `text_encoder_2`.
+    """
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
-    from .backbones import backbone_for_config
     from .configs import get_config
     from .models import controlnet_config_from_unet, text_encoder_from_config
 
     config = get_config(config_name)
-    control_config = controlnet_config_from_unet(config["unet"], embedding_channels=config["conditioning_channels"])
-    with torch.device("meta"):
-        models = {
-            "unet": UNet2DConditionModel.from_config(config["unet"]),
-            "controlnet": ControlNetModel.from_config(control_config),
-            "vae": AutoencoderKL.from_config(config["vae"]),
-        }
-        for name in backbone_for_config(config_name).text_encoders:
-            models[name] = text_encoder_from_config(config[name])
-    return models
+    if name == "unet":
+        return UNet2DConditionModel.from_config(config["unet"])
+    if name == "controlnet":
+        embedding = config["conditioning_channels"]
+        return ControlNetModel.from_config(controlnet_config_from_unet(config["unet"], embedding_channels=embedding))
+    if name == "vae":
+        return AutoencoderKL.from_config(config["vae"])
+    return text_encoder_from_config(config[name])
+
+
+def random_model_folder(config_name, with_controlnet=True):
+    """A folder of random-weight models with a `photobg.configs` architecture, in a complete photobg model's
+    layout (or, without the ControlNet, its base model's), written once to the photobg cache (`$PHOTOBG_CACHE`,
+    default `~/.cache/photobg`): `CONFIG-random-controlnet` or `CONFIG-random`.
+
+    The models are written one at a time, so a real-size SDXL model (19 GB in fp32) is never whole in memory;
+    diffusers loads safetensors by mapping the files, so its weights are page cache the system can reclaim.
+    """
+    import shutil
+    import tempfile
+
+    import diffusers
+
+    from .backbones import backbone_for_config
+    from .configs import get_config
+    from .models import _pipeline, _write_tokenizer, pipeline_class
+
+    cache = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser()
+    folder = cache / f"{config_name}-random{'-controlnet' if with_controlnet else ''}"
+    if (folder / "model_index.json").exists():
+        return folder
+    backbone, config = backbone_for_config(config_name), get_config(config_name)
+    models = {
+        name: model for name, model in meta_models(config_name).items() if with_controlnet or name != "controlnet"
+    }
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=cache))
+    try:
+        components = dict(models)
+        for name in backbone.tokenizers:
+            components[name] = _write_tokenizer(tmp / name, **config[name])
+        scheduler_config = dict(config["scheduler"])
+        components["scheduler"] = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
+        components["scheduler"].save_pretrained(tmp / "scheduler")
+        cls = pipeline_class(backbone) if with_controlnet else getattr(diffusers, backbone.pipeline_class)
+        _pipeline(cls, components, config["pipeline"]).save_config(tmp)  # model_index.json, from the meta models
+        for name in models:
+            torch.manual_seed(0)
+            random_model(config_name, name).save_pretrained(tmp / name, max_shard_size="1GB")  # small copies
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def _added_conditions(models, batch):
@@ -192,14 +255,16 @@ def _rss():
 
 
 def time_generation(pipe, size, steps, repeats, **call_kwargs):
-    """Seconds per image (best of `repeats`, after a one-step warm-up call at the same size) and peak memory."""
-    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+    """Seconds per image (best of `repeats`, after a one-step warm-up call at the same size) and peak memory.
+    Every pipeline starts from pure noise (`strength=1`; diffusers' SDXL inpainting defaults to 0.9999)."""
+    from .method import BackgroundMethodMixin
 
     image, mask = _square_inputs(size)
     device = pipe.unet.device
-    if isinstance(pipe, StableDiffusionControlNetInpaintPipeline):
+    if isinstance(pipe, BackgroundMethodMixin):
         call_kwargs.setdefault("control_image", mask)
-    kwargs = dict(image=image, mask_image=mask, height=size, width=size, num_inference_steps=steps, **call_kwargs)
+    kwargs = dict(image=image, mask_image=mask, height=size, width=size, num_inference_steps=steps, strength=1.0)
+    kwargs.update(call_kwargs)
     pipe(PROMPT, output_type="np", **{**kwargs, "num_inference_steps": 1})  # kernels chosen, memory allocated
     times = []
     for _ in range(repeats):
@@ -265,13 +330,10 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
     import tempfile
 
     from .data import write_synthetic_dataset
-    from .models import write_test_model
     from .train import main
     from .train_config import TrainConfig
 
-    folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / f"{config_name}-random"
-    if not (folder / "model_index.json").exists():
-        write_test_model(folder, config_name, with_controlnet=False)
+    folder = random_model_folder(config_name, with_controlnet=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as work:
         data = write_synthetic_dataset(Path(work, "data"), examples, (resolution * 5 // 4, resolution), seed=0)
@@ -332,23 +394,29 @@ def run_training_suite(config_name, resolution, batch, steps, examples, mixed_pr
 # ----------------------------------------------------------------------------- the suite
 
 
+# The floor of each text conditioning: diffusers' own inpainting pipeline of that family (it takes 9- and 4-channel
+# UNets alike), which runs the base model alone.
+FLOOR_PIPELINES = {TEXT_CLIP: "StableDiffusionInpaintPipeline", TEXT_SDXL: "StableDiffusionXLInpaintPipeline"}
+
+
 def build_pipelines(config_name, device, dtype):
-    """Our pipeline and diffusers' SI2 pipeline over the same random-weight modules."""
-    from diffusers import StableDiffusionInpaintPipeline
+    """Our pipeline and the floor, diffusers' inpainting pipeline of the same backbone (`FLOOR_PIPELINES`), over
+    the same random-weight modules, loaded from `random_model_folder` with the model's own scheduler."""
+    import diffusers
 
-    from .models import build_components
-    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+    from .backbones import backbone_for_config
+    from .models import _pipeline, load_pipeline
 
-    parts = build_components(config_name)
-    optional = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ours = StableDiffusionControlNetInpaintPipeline(**parts, **optional).to(device, dtype)
-    si2_parts = {
-        k: v for k, v in ours.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    ours = load_pipeline(random_model_folder(config_name), device=device, dtype=dtype, scheduler="model")
+    floor_class = getattr(diffusers, FLOOR_PIPELINES[backbone_for_config(config_name).text_conditioning])
+    settings = {
+        key: value for key, value in ours.config.items() if not key.startswith("_") and key not in ours.components
     }
-    si2 = StableDiffusionInpaintPipeline(**si2_parts, **optional)
-    for pipe in (ours, si2):
+    parts = {name: module for name, module in ours.components.items() if module is not None and name != "controlnet"}
+    floor = _pipeline(floor_class, parts, settings)
+    for pipe in (ours, floor):
         pipe.set_progress_bar_config(disable=True)
-    return ours, si2
+    return ours, floor
 
 
 @contextmanager
@@ -377,12 +445,13 @@ def run_inference_suite(config_name, sizes, steps, device, dtype, repeats):
         flops = count_flops(config_name, size, steps)
         timings = {
             "photobg": time_generation(ours, size, steps, repeats),
+            "scale0": time_generation(ours, size, steps, repeats, controlnet_conditioning_scale=0.0),
             "si2": time_generation(si2, size, steps, repeats),
         }
         with unoptimised(ours):
             timings["unoptimised"] = time_generation(ours, size, steps, repeats)
         for variant in VARIANTS:
-            variant_flops = flops["si2"] if variant == "si2" else flops["photobg"]
+            variant_flops = flops["photobg"] if variant in ("photobg", "unoptimised") else flops["si2"]
             seconds = timings[variant]["seconds_per_image"]
             rows.append(
                 dict(
@@ -449,11 +518,15 @@ MODES = {
         training=[("tiny-inpainting", 64, 4, 150, 32)],
     ),
     "cpu": dict(
-        inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [512], 2)],
+        inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [512], 2), ("sdxl-inpainting", [256], 1)],
         training=[("tiny-inpainting", 64, 4, 150, 32), ("sd2-inpainting", 64, 1, 4, 4)],
     ),
     "full": dict(
-        inference=[("tiny-inpainting", [512, 1024], 20), ("sd2-inpainting", [512, 1024], 20)],
+        inference=[
+            ("tiny-inpainting", [512, 1024], 20),
+            ("sd2-inpainting", [512, 1024], 20),
+            ("sdxl-inpainting", [1024], 20),
+        ],
         training=[("sd2-inpainting", 512, 4, 20, 64)],
     ),
 }
@@ -514,7 +587,6 @@ def run(args):
     flops = flop_rows(inference_runs) if args.flops_only else []
     if args.flops_only:
         inference_runs, training_runs = [], []
-    _check_timeable(inference_runs)
     inference, training = [], []
     for config_name, sizes, steps in inference_runs:
         print(f"inference: {config_name} at {sizes} px, {steps} steps on {device} ({dtype})", flush=True)
@@ -545,16 +617,3 @@ def run(args):
     (output_dir / f"{name}.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     print(f"wrote {output_dir / name}.json and .md")
-
-
-def _check_timeable(inference_runs):
-    """Timing runs our pipeline, which has no SDXL sibling yet: refuse SDXL configs before building anything."""
-    from .backbones import TEXT_CLIP, backbone_for_config
-
-    for config_name, _, _ in inference_runs:
-        backbone = backbone_for_config(config_name)
-        if backbone.text_conditioning != TEXT_CLIP:
-            raise SystemExit(
-                f"--config {config_name}: timing {backbone.name} needs the SDXL pipeline, which photobg does not "
-                "have yet; --flops-only counts its FLOPs."
-            )
