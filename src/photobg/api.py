@@ -113,8 +113,16 @@ class BackgroundGenerator:
         self._segmenter_error = None
 
     @property
+    def backbone(self):
+        """The loaded model's backbone (`photobg.backbones`), read from the pipeline's components and UNet config."""
+        from .backbones import backbone_from_configs
+
+        return backbone_from_configs(dict(self.pipe.config), dict(self.pipe.unet.config))
+
+    @property
     def native_size(self):
-        """The long side (pixels) the model was trained at: the UNet's sample size times the VAE's downscale."""
+        """The long side (pixels) the model was trained at, the default working size (512 for SD2, 1024 for SDXL):
+        the UNet's sample size times the VAE's downscale."""
         return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def working_size(self, size, long_side=None):
@@ -285,9 +293,9 @@ class BackgroundGenerator:
             num_images_per_prompt: images per prompt; image k of every prompt uses seed `seed + k`.
             seed: int; default a random one. Each image's seed is in its `.info["seed"]`.
             num_inference_steps, guidance_scale, controlnet_conditioning_scale: as in the pipeline
-                (`controlnet_conditioning_scale=0` is plain SD2-inpainting, "SI2").
+                (`controlnet_conditioning_scale=0` is the base model alone: plain SD2-inpainting, "SI2", or SDXL's).
             size, aspect, object_scale, position: the output canvas (see `prepare`).
-            working_size: long side to generate at (default: the model's native size, e.g. 512 for SD2).
+            working_size: long side to generate at (default: the model's native size, 512 for SD2, 1024 for SDXL).
             batch_size: images per pipeline call.
 
         Returns:

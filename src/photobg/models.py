@@ -137,6 +137,14 @@ def check_model(model=None, controlnet=None, scheduler=None):
     return model, controlnet, unet_config
 
 
+def native_size(model):
+    """A model's native size in pixels, the default working size (512 for SD2, 1024 for SDXL): its UNet's sample
+    size times its VAE's downscale, as `BackgroundGenerator.native_size` reads them from a loaded pipeline. Reads
+    only the two config files of `model` (a folder or Hub id, as `resolve_model` gives it)."""
+    unet, vae = _load_component_config(model, "unet"), _load_component_config(model, "vae")
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def free_device_memory():
     """Return what Python and the CUDA allocator hold but no longer use (after a model is released, or after a
     failure such as running out of memory)."""

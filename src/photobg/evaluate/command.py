@@ -34,7 +34,10 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
     parser.add_argument(
-        "--resolution", type=int, default=512, help="resize samples to this longer side, 0 = as they are (default: 512)"
+        "--resolution",
+        type=int,
+        help="resize samples to this longer side, 0 = as they are (default: the models' native size, 512 px for SD2 "
+        "and 1024 for SDXL; the largest when they differ)",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples (by id)")
     parser.add_argument("--prompt", default="", help="prompt for samples without one (default: empty)")
@@ -78,7 +81,7 @@ def check_arguments(args):
         raise SystemExit("--metrics lpips measures diversity across seeds: give at least two --seeds.")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0 or max(args.seeds) >= 2**63:
         raise SystemExit("--seeds must be distinct integers from 0 to 2**63 - 1.")
-    if args.steps < 1 or args.resolution < 0 or (args.limit is not None and args.limit < 1) or args.worst < 0:
+    if args.steps < 1 or (args.resolution or 0) < 0 or (args.limit is not None and args.limit < 1) or args.worst < 0:
         raise SystemExit("--steps and --limit must be >= 1, --resolution and --worst >= 0.")
     try:
         check_sampling(
@@ -112,7 +115,7 @@ def run(args):
 
 def _run(args):
     from ..segment import SegmenterUnavailable, get_segmenter
-    from .data import Benchmark, parse_model_specs
+    from .data import Benchmark, native_resolution, parse_model_specs
     from .quality import QualityMetricUnavailable
     from .report import write_report
     from .runner import EvalSettings, build_quality, run_evaluation
@@ -120,7 +123,8 @@ def _run(args):
     metrics = check_arguments(args)
     try:
         specs = parse_model_specs(args.model)
-        benchmark = Benchmark(args.data, resolution=args.resolution, limit=args.limit, default_prompt=args.prompt)
+        resolution = native_resolution(specs) if args.resolution is None else args.resolution
+        benchmark = Benchmark(args.data, resolution=resolution, limit=args.limit, default_prompt=args.prompt)
         segmenter_settings = _segmenter_settings(args)
         options = {k: v for k, v in segmenter_settings.items() if k != "name"}
         segmenter = get_segmenter(args.segmenter, **options)
@@ -142,7 +146,7 @@ def _run(args):
         "seeds": " ".join(map(str, args.seeds)),
         "steps": args.steps,
         "guidance": args.guidance,
-        "resolution": args.resolution or "as given",
+        "resolution": benchmark.resolution or "as given",
         "segmenter": ", ".join(f"{k}={v}" for k, v in segmenter_settings.items()),
         "metrics": ", ".join(metrics),
         "fid": f"{args.fid_features} features vs {args.fid_reference or 'the input photos'}"

@@ -183,6 +183,23 @@ Examples:
   --model name=Ours,model=stabilityai/stable-diffusion-2-inpainting,controlnet=ckpt/controlnet.pth"""
 
 
+def native_resolution(specs):
+    """The default `--resolution`: the models' native size (`models.native_size`: 512 px for SD2, 1024 for SDXL),
+    the largest when they differ. Reads only config files (test models are built).
+
+    Raises:
+        ValueError, FileNotFoundError: naming the model, when it is missing or cannot be read.
+    """
+    from ..models import native_size, resolve_model
+
+    try:
+        return max(native_size(resolve_model(spec.model)) for spec in specs)
+    except OSError as err:  # a Hub id that cannot be fetched: said before anything loads
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(str(err)) from err
+
+
 def parse_model_spec(text):
     """Parse a model spec (see `SPEC_HELP`) into a `ModelSpec`; a `ValueError` names what is wrong."""
     text = text.strip()
