@@ -9,10 +9,12 @@ import pytest
 from conftest import make_photo
 from PIL import Image
 
+import photobg
 from photobg.api import BackgroundGenerator
 from photobg.backbones import get_backbone
 from photobg.cli import main
 from photobg.configs import get_config
+from photobg.models import load_pipeline
 
 STEPS = ["--steps", "2", "--device", "cpu"]
 
@@ -33,6 +35,7 @@ def assert_object_exact(output, photo, mask):
 def test_api_generates_at_the_native_size_without_a_negative_prompt(generator):
     tiny_native = get_config("tiny-sdxl-inpainting")["unet"]["sample_size"] * 8  # 128, as 1024 for the real model
     assert generator.native_size == tiny_native and get_backbone("sdxl-inpainting").native_size == 1024
+    assert generator.backbone.name == "sdxl-inpainting" and photobg.load_pipeline is load_pipeline
     calls = []
     hook = generator.pipe.unet.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append((args[0].shape, kwargs["encoder_hidden_states"])), with_kwargs=True

@@ -1,8 +1,8 @@
 """Images and object masks at the API edge: file loading and the object-mask conventions.
 
 The tensor-level conventions (object mask -> inpaint mask, control image, paste-back, the lining-up of
-inputs with outputs, the working-size rounding) live in the self-contained pipeline file so that it also
-works as a Hub custom pipeline; they are re-exported here.
+inputs with outputs, the working-size rounding) live in the method module (`photobg.method`, which a Hub
+custom pipeline carries beside its pipeline file); they are re-exported here.
 """
 
 import math

@@ -494,10 +494,10 @@ class BackgroundMethodMixin:
     `__call__` takes the arguments every backbone shares, by diffusers' names, and passes the rest
     (`backbone_kwargs`, e.g. SDXL's `prompt_2` and `original_size`) to the backbone's `encode_conditioning`. A
     backbone's class adds `encode_conditioning` and `pipeline_output`; it may override `vae_needs_upcast` and
-    `finish_decoded`. `save_pretrained`
-    writes the class's file and this one into the folder and names the class in `model_index.json`, so that
-    plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds the class
-    rather than diffusers' own of the same name, which cannot run the 9-channel ControlNet.
+    `finish_decoded`. `save_pretrained` writes the class's file and this one into the folder and names the class
+    in `model_index.json`, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`) builds the class rather than diffusers' own of the same name, which cannot run the
+    9-channel ControlNet.
     """
 
     # The registry names (`photobg.backbones`) of the class's backbones by UNet input channels, for messages.
@@ -514,7 +514,7 @@ class BackgroundMethodMixin:
                 `negative_prompt`, `prompt_embeds`, `negative_prompt_embeds`, `num_images_per_prompt`, `device`,
                 `do_classifier_free_guidance`, `lora_scale`, `clip_skip`.
             height, width: the working size.
-            backbone_kwargs: the backbone's own `__call__` arguments.
+            backbone_kwargs: the backbone's own `__call__` arguments, keyword-only parameters of its override.
         """
         raise NotImplementedError
 
@@ -610,7 +610,9 @@ class BackgroundMethodMixin:
         Returns:
             The backbone's diffusers output (`.images`; SD2's also `.nsfw_content_detected`), or a tuple.
         """
-        unknown = sorted(set(backbone_kwargs) - set(inspect.signature(self.encode_conditioning).parameters))
+        parameters = inspect.signature(self.encode_conditioning).parameters.values()
+        own = {parameter.name for parameter in parameters if parameter.kind is parameter.KEYWORD_ONLY}
+        unknown = sorted(set(backbone_kwargs) - own)
         if unknown:
             raise TypeError(f"{type(self).__name__} takes no argument {', '.join(map(repr, unknown))}.")
         # 1. Inputs: in object mode derive the region to generate from the object; check everything

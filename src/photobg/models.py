@@ -2,8 +2,9 @@
 
 - `load_pipeline`: a background-generation pipeline from a complete model (the published
   `yahoo-inc/photo-background-generation` layout: model_index.json + component folders including
-  `controlnet/`), or from a base model (SD2-inpainting or SD2-base) plus a ControlNet given as a Hub id, a
-  folder, or a single state-dict file. The backbone is detected from the folder (`photobg.backbones`).
+  `controlnet/`), or from a base model (SD2- or SDXL-inpainting, SD2- or SDXL-base) plus a ControlNet given as
+  a Hub id, a folder, or a single state-dict file. The backbone is detected from the folder
+  (`photobg.backbones`) and picks the pipeline class (SD2's or SDXL's, both over `photobg.method`).
 - `convert_controlnet`: a single `.pth`/`.safetensors` ControlNet state dict -> a diffusers ControlNet folder.
 - `build_components` / `write_test_model`: random-weight models from the configs in `photobg.configs`, in
   the exact folder layout of a Hub model (tiny ones for tests, real-size ones for benchmarks).
