@@ -1000,7 +1000,7 @@ class BackgroundMethodMixin:
         encode whenever its config sets `force_upcast`, even a float32 VAE, and each cast logs a warning."""
         dtype, upcast = image.dtype, self.vae_needs_upcast()
         if upcast:
-            self.vae.to(dtype=torch.float32)
+            self.vae.float()  # not .to(): diffusers logs a warning at every .to(dtype)
         image = image.to(self.vae.dtype)
         if isinstance(generator, list):
             rows = [self.vae.encode(image[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generator)]
@@ -1008,18 +1008,18 @@ class BackgroundMethodMixin:
         else:
             latents = self.vae.encode(image).latent_dist.sample(generator)
         if upcast:
-            self.vae.to(dtype=torch.float16)
+            self.vae.half()
         return self.vae.config.scaling_factor * latents.to(dtype)
 
     def _vae_decode(self, latents, generator):
         """Latents -> images (B, 3, H, W) in [-1, 1]; in float32 where the backbone says its VAE needs it."""
         upcast = self.vae_needs_upcast()
         if upcast:
-            self.vae.to(dtype=torch.float32)
+            self.vae.float()  # not .to(): diffusers logs a warning at every .to(dtype)
         scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         image = self.vae.decode(scaled, return_dict=False, generator=generator)[0]
         if upcast:
-            self.vae.to(dtype=torch.float16)
+            self.vae.half()
         return image
 
 
