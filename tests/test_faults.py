@@ -387,7 +387,7 @@ def test_a_kill_between_png_and_manifest_is_repaired_on_resume(tmp_path, fast, m
         raise Killed
 
     with monkeypatch.context() as m:  # SIGKILL: nothing after it runs, the manifest is not rewritten either
-        m.setattr(generate_cli, "write_manifest", lambda folder: None, raising=False)
+        m.setattr(generate_cli, "write_manifest", lambda *args: None, raising=False)
         m.setattr(Image.Image, "save", killed_while_writing)
         with pytest.raises(Killed):
             generate(*args)
