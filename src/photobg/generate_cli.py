@@ -235,8 +235,13 @@ class Batch:
         if self.stopped is not None and self.args.debug:
             raise self.stopped.__cause__ from None
         totals = self.totals(together)
-        if self.processes.is_main or not together:
+        if self.processes.is_main or totals["alone"]:
             self.report(len(outputs), len(_by_photo(outputs)), totals)
+        if not totals["alone"]:
+            try:  # the launcher stops every process when one ends with an error: let the main one print first
+                self.processes.barrier()
+            except LostProcess:
+                pass
         if totals["interrupted"]:
             return 130
         return 1 if totals["failures"] or totals["stopped"] or totals["lost"] else 0
@@ -544,7 +549,7 @@ class Batch:
             try:
                 parts = self.processes.gather([dict(mine, lost=None)])
             except LostProcess as lost:
-                parts[0]["lost"] = str(lost)
+                parts[0]["lost"], together = str(lost), False
         failures = {}
         for part in parts:
             for photo, message in part["failures"].items():
@@ -1031,6 +1036,7 @@ def write_manifest(folder, processes=None):
 
     processes = processes or Processes()
     folder = Path(folder)
+    processes.barrier()  # every process has written its images: all see the same PNGs
     records = []
     for path in processes.share(sorted(folder.glob("*.png"))):
         record = read_record(path)

@@ -1,6 +1,7 @@
 """`photobg evaluate`: the argument parser and `run(args)`; heavy imports happen inside `run`."""
 
 import sys
+from pathlib import Path
 
 METRIC_NAMES = ("expansion", "fid", "clip", "lpips")
 
@@ -111,6 +112,7 @@ def run(args):
 
 
 def _run(args):
+    from ..distributed import LostProcess, check_shared_folder, current_processes
     from ..segment import SegmenterUnavailable, get_segmenter
     from .data import Benchmark, parse_model_specs
     from .quality import QualityMetricUnavailable
@@ -118,22 +120,42 @@ def _run(args):
     from .runner import EvalSettings, build_quality, run_evaluation
 
     metrics = check_arguments(args)
+    processes = current_processes()  # several under `accelerate launch`: each evaluates its share of the samples
+    # One accelerator per process, unless --device names one; the recorded settings keep --device as given.
+    device = processes.device if processes.device and args.device in (None, "cuda") else args.device
     try:
         specs = parse_model_specs(args.model)
         benchmark = Benchmark(args.data, resolution=args.resolution, limit=args.limit, default_prompt=args.prompt)
         segmenter_settings = _segmenter_settings(args)
         options = {k: v for k, v in segmenter_settings.items() if k != "name"}
+        if device != args.device and args.segmenter in ("sam", "transparent-background"):
+            options["device"] = device
         segmenter = get_segmenter(args.segmenter, **options)
-        quality = build_quality(metrics, args.fid_features, args.clip_model, args.fid_reference, args.device)
+        quality = build_quality(metrics, args.fid_features, args.clip_model, args.fid_reference, device)
     except (ValueError, FileNotFoundError, SegmenterUnavailable, QualityMetricUnavailable) as err:
         raise SystemExit(f"photobg evaluate: {err}") from err
-    settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, args.device, args.dtype)
+    settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, device, args.dtype)
     try:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        check_shared_folder(args.output_dir, processes, "--output-dir")
         results = run_evaluation(
-            benchmark, specs, args.output_dir, settings, segmenter, segmenter_settings, quality, args.baseline
+            benchmark,
+            specs,
+            args.output_dir,
+            settings,
+            segmenter,
+            segmenter_settings,
+            quality,
+            args.baseline,
+            processes,
         )
     except (ValueError, FileNotFoundError) as err:  # bad input found on the way (a mask file, resumed settings)
         raise SystemExit(f"photobg evaluate: {err}") from err
+    except LostProcess as lost:
+        raise SystemExit(f"photobg evaluate: stopped: {lost}. What was written is complete: run it again.") from None
+    if not processes.is_main:
+        processes.barrier()  # the main process writes the report
+        return 0
     description = {
         "benchmark": f"{args.data} ({benchmark.kind}, {len(benchmark)} samples)",
         "models": "; ".join(
@@ -154,6 +176,7 @@ def _run(args):
     folder = write_report(results, benchmark, args.output_dir, description, command, args.worst)
     print(f"wrote {folder}")
     print((folder / "results.md").read_text().split("\n\n")[1])
+    processes.barrier()
 
 
 def _segmenter_settings(args):
