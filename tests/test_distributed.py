@@ -2,11 +2,16 @@
 exactly what one process makes, and a process killed mid-run leaves nothing that a rerun on one process keeps
 wrongly. A launch costs 15-30 s here, so one launch runs both commands and a second one is killed.
 
-15.1  2 processes, --batch-size 2, photos of two sizes, an unreadable photo, --compare
+15.1  2 processes, --batch-size 3 (calls mixing photos of two sizes), an unreadable photo, --compare
       -> the same files, pixels, grids and manifest as 1 process; exit status 1 on every process
       -> test_two_processes_make_what_one_makes
+15.3  photos of two sizes with one working size, --batch-size 3
+      -> full model calls of outputs of several photos, each image at its own photo's size
+      -> test_batches_of_one_working_size_fill_up
+15.3  photos are read, segmented and placed in a worker thread, PNGs written in another; the model in the main one
+      -> test_photos_are_read_and_written_off_the_main_thread
 15.2  one process SIGKILLed while it writes an image, then a rerun with --skip-existing on 1 process
-      -> no truncated PNG; exactly the files and manifest of an uninterrupted run, the manifest parts gone
+      -> no truncated PNG; exactly the files and manifest of an uninterrupted run (no part or temporary file left)
       -> test_a_killed_process_leaves_nothing_a_rerun_keeps
 15.4  the same run -> one progress bar, on the main process, with the global count; one summary naming the
       skipped photo; exit status 1 -> test_two_processes_make_what_one_makes
@@ -14,6 +19,8 @@ wrongly. A launch costs 15-30 s here, so one launch runs both commands and a sec
       -> test_two_processes_evaluate_as_one
       the output folder is not the same on every process (machines without a shared filesystem)
       -> stops, naming the process -> test_a_folder_that_is_not_shared_is_refused
+15.4  a process that stops answering -> the others end after PHOTOBG_TIMEOUT, not never
+      -> test_a_silent_process_does_not_hold_the_others_forever
 """
 
 import json
@@ -21,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +36,12 @@ import pytest
 from conftest import make_photo
 from PIL import Image
 
+from photobg import generate_cli
+from photobg.api import BackgroundGenerator
 from photobg.cli import main
 from photobg.distributed import check_shared_folder
+from photobg.models import load_pipeline
+from photobg.pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 # accelerate's `--cpu` launcher starts one process (several need MPI); `--multi_gpu` starts them with torchrun, and
@@ -87,7 +99,7 @@ def evaluate_command(inputs, output_dir):
     return [*args, "--fid-features", "clip", "--clip-model", str(inputs["clip"]), "--device", "cpu"]
 
 
-GENERATE_OPTIONS = ["--batch-size", "2", "--compare"]
+GENERATE_OPTIONS = ["--batch-size", "3", "--compare"]  # calls of 3 mix photos of two sizes
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +172,7 @@ def test_a_killed_process_leaves_nothing_a_rerun_keeps(inputs, tmp_path):
     assert result.returncode != 0
     assert "process 1 statuses" not in result.stdout  # it was killed
     assert list(out.glob(".*.png.tmp")), "killed while writing: a half-written temporary file is left"
-    # Process 1 made its own share (photo c, the last third) from the start, and appended its records to its own
-    # part of the manifest.
-    assert (out / "c_p0_s0.png").exists() and (out / ".manifest.part1.jsonl").exists()
+    assert (out / "b_p1_s0.png").exists()  # process 1 started on its share: the second half of the 12 outputs
     for path in out.glob("*.png"):
         with Image.open(path) as image:
             image.load()  # no truncated image under an output's name
@@ -184,3 +194,64 @@ class OtherMachine:
 def test_a_folder_that_is_not_shared_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="process 1 does not see the files process 0 writes there"):
         check_shared_folder(tmp_path, OtherMachine(), "--output-dir")
+
+
+# ----------------------------------------------------------------------------- one process: feeding the model
+
+
+@pytest.fixture(scope="module")
+def shared_pipe(inpaint_model):
+    pipe = load_pipeline(inpaint_model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def fast(monkeypatch, shared_pipe):
+    """`photobg generate` on one already loaded tiny model."""
+    monkeypatch.setattr(
+        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
+    )
+
+
+def cutouts(folder, sizes):
+    folder.mkdir()
+    for k, size in enumerate(sizes):
+        photo, mask = make_photo(*size, seed=k)
+        photo.putalpha(mask)
+        photo.save(folder / f"{'abcdefgh'[k]}.png")
+    return folder
+
+
+def test_batches_of_one_working_size_fill_up(tmp_path, fast, shared_pipe, monkeypatch):
+    photos = cutouts(tmp_path / "in", [(64, 48), (96, 72), (64, 48), (128, 96)])  # one aspect: one working size
+    calls, call = [], StableDiffusionControlNetInpaintPipeline.__call__
+    monkeypatch.setattr(
+        StableDiffusionControlNetInpaintPipeline,
+        "__call__",
+        lambda self, prompt, **kwargs: calls.append(len(prompt)) or call(self, prompt, **kwargs),
+    )
+    args = ["generate", photos, "--prompt", "p", "--steps", "1", "--working-size", "32", "--batch-size", "3"]
+    assert main([*map(str, args), "--output-dir", str(tmp_path / "out")]) == 0
+    assert calls == [3, 1]  # outputs of different photos share a call
+    for k, size in enumerate([(64, 48), (96, 72), (64, 48), (128, 96)]):
+        assert Image.open(tmp_path / "out" / f"{'abcd'[k]}_p0_s0.png").size == size
+    images = [Image.open(photos / name) for name in ("a.png", "b.png")]
+    with pytest.raises(ValueError, match="different sizes in one call need `height` and `width`"):
+        shared_pipe(["p", "p"], image=images)
+
+
+def test_photos_are_read_and_written_off_the_main_thread(tmp_path, fast, monkeypatch):
+    photos = cutouts(tmp_path / "in", [(64, 48)] * 3)
+    threads = {}
+    for owner, name in [(BackgroundGenerator, "prepare"), (BackgroundGenerator, "run"), (generate_cli, "save_png")]:
+        function = getattr(owner, name)
+
+        def recorded(*args, _function=function, _name=name, **kwargs):
+            threads.setdefault(_name, set()).add(threading.current_thread().name.split("_")[0])
+            return _function(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+    args = ["generate", str(photos), "--prompt", "p", "--steps", "1", "--output-dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert threads == {"prepare": {"photobg-read"}, "run": {"MainThread"}, "save_png": {"photobg-write"}}

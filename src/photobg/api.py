@@ -62,11 +62,13 @@ class Prepared:
 
 @dataclass
 class Job:
-    """One output: the prompt (and its index among the call's prompts) and the seed of its noise."""
+    """One output: the prompt (and its index among the call's prompts), the seed of its noise, and which of the
+    prepared inputs it is made from (an index into the list given to `BackgroundGenerator.run`)."""
 
     prompt_index: int
     prompt: str
     seed: int
+    input_index: int = 0
 
 
 class BackgroundGenerator:
@@ -207,16 +209,18 @@ class BackgroundGenerator:
         working_size=None,
         batch_size=1,
     ):
-        """Generate one image per `Job` for a prepared input, `batch_size` jobs per pipeline call.
+        """Generate one image per `Job`, up to `batch_size` jobs of one working size per pipeline call.
 
         Args:
-            prepared: `Prepared` from `prepare`.
+            prepared: a `Prepared` from `prepare`, or a list of them that each job's `input_index` picks from.
+                Jobs whose inputs have one working size share a call (one image and mask per output); each
+                image comes back at its own input's canvas size.
             jobs: list of `Job`.
             working_size: long side to generate at (default: the model's native size).
             The rest are the pipeline's arguments of the same names.
 
         Returns:
-            list of RGB PIL images of the canvas size, in the order of `jobs`.
+            list of RGB PIL images of their input's canvas size, in the order of `jobs`.
         """
         import torch
 
@@ -226,14 +230,18 @@ class BackgroundGenerator:
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             working_size=working_size,
         )
-        width, height = self.working_size(prepared.image.size, working_size)
+        inputs = prepared if isinstance(prepared, list) else [prepared]
         images = []
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
+        for batch in _batches(
+            jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
+        ):
+            chosen = [inputs[job.input_index] for job in batch]
+            shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
+            width, height = self.working_size(chosen[0].image.size, working_size)
             result = self.pipe(
                 [job.prompt for job in batch],
-                image=prepared.image,
-                object_mask=prepared.object_mask,
+                image=chosen[0].image if shared else [p.image for p in chosen],
+                object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
                 height=height,
                 width=width,
                 negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
@@ -311,6 +319,18 @@ def make_jobs(prompts, num_images_per_prompt=1, seed=None):
         raise ValueError(f"num_images_per_prompt must be at least 1, not {num_images_per_prompt}.")
     seed = secrets.randbelow(SEED_RANGE) if seed is None else int(seed)
     return [Job(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(num_images_per_prompt)]
+
+
+def _batches(jobs, batch_size, key):
+    """Consecutive jobs in groups of at most `batch_size` whose `key` is the same."""
+    batch = []
+    for job in jobs:
+        if batch and (len(batch) == batch_size or key(job) != key(batch[0])):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
 
 
 def check_canvas_size(size, name="the canvas"):

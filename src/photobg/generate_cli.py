@@ -17,7 +17,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HELP = "Generate new backgrounds around the objects in photos (RGBA cutouts, photo + mask, or a segmenter)."
@@ -208,6 +208,7 @@ class Batch:
         self.written, self.kept, self.replaced = 0, 0, []
         self.failures = {}  # photo -> the line that says why it was skipped
         self.grids = {}  # photo -> all its outputs, for the photos whose comparison grid is (re)made
+        self.canvases = {}  # photo -> its outputs' canvas size, read from its header (batches group by it)
         self.pending = []  # per batch, the (output, future) of its queued writes
         self.halt = threading.Event()  # set by a write that failed in a way every later one would
         self.stopped = None  # the `Stopped` that ended this process's batch
@@ -249,16 +250,21 @@ class Batch:
     def select(self, outputs):
         """The outputs to make: all, or with --skip-existing those whose file is missing or was made with other
         parameters (counted in `replaced`). Each process checks its share; all learn the answer (and the photos'
-        digests). Also chooses the photos whose --compare grid is made."""
-        processes = self.processes
+        digests, and with --batch-size above 1 their canvas sizes). Also chooses the photos whose --compare grid
+        is made."""
+        processes, args = self.processes, self.args
         photos = _by_photo(outputs)
         found = {i: self.existing(outputs[i]) for i in processes.share(range(len(outputs)))}
-        grids_done = [
-            photo for photo in processes.share(photos) if self.args.compare and self.grid_is_done(photos[photo])
-        ]
-        for part in processes.gather([dict(found=found, grids_done=grids_done, digests=self.files.known)]):
+        mine = processes.share(photos)
+        grids_done = [photo for photo in mine if args.compare and self.grid_is_done(photos[photo])]
+        canvases = {photo: canvas_of(photo, args) for photo in mine} if args.batch_size > 1 else {}
+        parts = processes.gather(
+            [dict(found=found, grids_done=grids_done, canvases=canvases, digests=self.files.known)]
+        )
+        for part in parts:
             found.update(part["found"])
             grids_done += part["grids_done"]
+            self.canvases.update(part["canvases"])
             self.files.known.update(part["digests"])
         self.kept = sum(state == "kept" for state in found.values())
         self.replaced = [item.output.name for i, item in enumerate(outputs) if found[i] == "replaced"]
@@ -308,11 +314,17 @@ class Batch:
         masks.update({photo: group[0].mask for photo, group in self.grids.items()})
         self.check_segmenter(masks)
         with self.ctrl_c_ends_the_round():
-            self.make_batches(plan_batches(todo, self.args.batch_size), len(todo))
+            self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
             if self.stop_requested:
                 self.interrupted = True
             elif self.grids and not self.stopped_together:
                 self.make_grids()
+
+    def batch_key(self, item):
+        """Outputs of one working size share model calls; a photo whose size is unknown (it cannot be read, or
+        --batch-size is 1) has its own."""
+        canvas = self.canvases.get(item.photo)
+        return item.photo if canvas is None else self.generator.working_size(canvas, self.args.working_size)
 
     def check_segmenter(self, photos):
         """Build the segmenter once before the batch when some photos need it (no alpha channel, no mask). When
@@ -392,22 +404,29 @@ class Batch:
             batch: list of `OutputJob`; prepared: {photo: `api.Prepared` or the exception preparing it raised};
             writer: the executor that writes the PNGs.
         """
-        args = self.args
+        args, usable = self.args, []
         for photo, items in _by_photo(batch).items():
             if photo in self.failures:
                 continue
             if isinstance(prepared[photo], Exception):
                 self.fail(photo, prepared[photo])
                 continue
-            try:
-                images = self.generator.run(prepared[photo], [item.job for item in items], **sampling_options(args))
-                records = [manifest_record(args, item, prepared[photo], self.generator, self.files) for item in items]
-            except Exception as err:  # anything one photo can cause; `fail` stops on what hits them all
+            usable.append((photo, items))
+        if not usable:
+            return
+        inputs = [prepared[photo] for photo, _ in usable]
+        items = [item for _, group in usable for item in group]
+        jobs = [replace(item.job, input_index=k) for k, (_, group) in enumerate(usable) for item in group]
+        try:
+            images = self.generator.run(inputs if len(inputs) > 1 else inputs[0], jobs, **sampling_options(args))
+            records = [manifest_record(args, item, prepared[item.photo], self.generator, self.files) for item in items]
+        except Exception as err:  # anything a photo can cause; `fail` stops on what hits them all
+            for photo, _ in usable:
                 self.fail(photo, err)
-                continue
-            self.pending.append([])
-            for item, image, record in zip(items, images, records, strict=True):
-                self.pending[-1].append((item, writer.submit(self.write, image, item, record)))
+            return
+        self.pending.append([])
+        for item, image, record in zip(items, images, records, strict=True):
+            self.pending[-1].append((item, writer.submit(self.write, image, item, record)))
 
     def write(self, image, item, record):
         """Write one image, then append its record (in the writer thread). After a failure that every later write
@@ -623,6 +642,23 @@ def prefetched(batches, prepare):
             if k + 1 < len(batches):
                 ahead = pool.submit(read, batches[k + 1], photos)
             yield batch, photos
+
+
+def canvas_of(photo, args):
+    """The canvas size of a photo's outputs (`masks.canvas_size` of --size / --aspect), from its header: the pixels
+    are not decoded. None when the photo cannot be read (it fails later, with the reason)."""
+    from PIL import Image
+
+    from .masks import canvas_size
+
+    try:
+        with Image.open(photo) as image:
+            size = image.size
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn it a quarter turn
+                size = size[::-1]
+        return canvas_size(size, args.size, args.aspect)
+    except Exception:
+        return None
 
 
 def _by_photo(outputs):

@@ -263,7 +263,8 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             control_image: the ControlNet's conditioning image; by default derived from the mask (inpaint
                 variant: the inpaint mask; base variant: the object on black).
             height, width (`int`): working size, multiples of 8. Default: the image's size rounded down to a
-                multiple of 8. In object mode the result is returned at the input's own size.
+                multiple of 8. In object mode each result is returned at its input's own size, so the images of
+                one call may differ in size when `height` and `width` are given.
             strength, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt, eta,
             generator, latents, prompt_embeds, negative_prompt_embeds, cross_attention_kwargs, clip_skip:
                 as in diffusers' Stable Diffusion pipelines.
@@ -287,6 +288,8 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         objects = None
         if object_mask is not None or (mask_image is None and _any_alpha(image)):
             objects = self._load_objects(image, object_mask, mask_image, control_image)
+            if (height is None or width is None) and any(rgb.size != objects[0][0].size for rgb, _ in objects):
+                raise ValueError("Images of different sizes in one call need `height` and `width` (the working size).")
             height = height or objects[0][0].height // self.vae_scale_factor * self.vae_scale_factor
             width = width or objects[0][0].width // self.vae_scale_factor * self.vae_scale_factor
         else:
@@ -512,8 +515,6 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                 raise ValueError(f"The object mask of image {k} is empty (no pixel >= {OBJECT_THRESHOLD}).")
             if problem == "full":
                 raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
-            if objects and rgb.size != objects[0][0].size:
-                raise ValueError("All images of one call must have the same size.")
             objects.append((rgb, obj))
         return objects
 
@@ -594,10 +595,12 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                 generated = generated[0].clamp(0, 1)
             generated = generated.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
             restored.append(paste_object(generated, np.asarray(rgb), np.asarray(obj)) if preserve_object else generated)
+        if output_type == "pil":  # one by one: the inputs of one call may differ in size
+            return [self.numpy_to_pil(np.asarray(r, dtype=np.float32)[None])[0] for r in restored], nsfw
         restored = np.stack(restored).astype(np.float32)
         if output_type == "pt":
             return torch.from_numpy(restored).permute(0, 3, 1, 2), nsfw
-        return (self.numpy_to_pil(restored) if output_type == "pil" else restored), nsfw
+        return restored, nsfw
 
 
 # ----------------------------------------------------------------------------- helpers
