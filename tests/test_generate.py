@@ -361,3 +361,112 @@ def test_canvas_working_size_and_base_model_options(tmp_path, inpaint_model, inp
     assert left == 0 and bottom == 64 and bottom - top == 32  # half the canvas, in the bottom-left corner
     canvas, _ = photobg.masks.place_on_canvas(photo, mask, (96, 64), 0.5, "bottom-left")
     assert_object_exact(placed, canvas, expected_mask)
+
+
+# ----------------------------------------------------------------------------- lining up and the recipe
+
+
+def cutouts(sizes):
+    """RGBA cutouts, one per size, each with its own pixels and its object in another place."""
+    images = []
+    for k, (width, height) in enumerate(sizes):
+        photo, object_mask = make_photo(width, height, seed=k)
+        photo.putalpha(Image.fromarray(np.roll(np.asarray(object_mask), 4 * k, axis=1)))
+        images.append(photo)
+    return images
+
+
+def assert_own_objects(outputs, inputs):
+    for out, cutout in zip(outputs, inputs, strict=True):
+        rgba = np.asarray(cutout)
+        full = rgba[..., 3] == 255
+        assert out.size == cutout.size
+        np.testing.assert_array_equal(np.asarray(out)[full], rgba[..., :3][full])
+
+
+@pytest.mark.parametrize(
+    "prompts, per_prompt, sizes, own",
+    [
+        (2, 2, [(64, 48)], [0, 0, 0, 0]),  # one image for all
+        (2, 2, [(64, 48), (64, 48)], [0, 0, 1, 1]),  # one per prompt
+        (1, 3, [(64, 48)] * 3, [0, 1, 2]),  # one per output
+        (2, 1, [(64, 48), (40, 56)], [0, 1]),  # one per prompt, of different sizes
+    ],
+)
+def test_background_generator_gives_every_output_its_own_input(generator, prompts, per_prompt, sizes, own):
+    images = cutouts(sizes)
+    prompt_list = ["a cat", "a dog"][:prompts]
+    given = images if len(images) > 1 else images[0]
+    outputs = generator(
+        given, prompt_list, num_images_per_prompt=per_prompt, seed=3, num_inference_steps=2, batch_size=3
+    )
+    assert_own_objects(outputs, [images[k] for k in own])
+    assert [image.info["seed"] for image in outputs] == [3 + k for _ in range(prompts) for k in range(per_prompt)]
+    single = generator(images[own[-1]], prompt_list[-1], seed=outputs[-1].info["seed"], num_inference_steps=2)
+    assert np.abs(np.asarray(single[0], int) - np.asarray(outputs[-1], int)).max() <= 1
+
+
+def test_background_generator_masks_line_up_and_mismatches_name_the_argument(generator):
+    photo, _ = make_photo(64, 48)
+    masks = [Image.fromarray(np.asarray(c)[..., 3]) for c in cutouts([(64, 48)] * 2)]
+    outputs = generator(photo, ["a cat", "a dog"], masks, num_inference_steps=2)  # one mask per prompt
+    for out, mask in zip(outputs, masks, strict=True):
+        full = np.asarray(mask) == 255
+        np.testing.assert_array_equal(np.asarray(out)[full], np.asarray(photo)[full])
+    with pytest.raises(ValueError, match=r"Got 2 `image` for 1 output \(1 prompt x 1 per prompt\)"):
+        generator([photo, photo], "a cat", [masks[0]] * 3)
+    with pytest.raises(ValueError, match=r"Got 3 `object_mask` for 2 outputs \(1 prompt x 2 per prompt\)"):
+        generator([photo, photo], "a cat", [masks[0]] * 3, num_images_per_prompt=2)
+
+
+def test_photobg_generate_keeps_each_photos_own_object(tmp_path, inpaint_model):
+    images = cutouts([(64, 48)] * 3)
+    for k, image in enumerate(images):
+        image.save(tmp_path / f"photo{k}.png")
+    args = [tmp_path / "photo0.png", tmp_path / "photo1.png", tmp_path / "photo2.png", "--prompt", "a cat"]
+    args += ["--prompt", "a dog", "--num-images", "2", "--batch-size", "3", "--output-dir", tmp_path / "out"]
+    assert cli(tmp_path, inpaint_model, *args) == 0
+    records = manifest(tmp_path / "out")
+    assert len(records) == 12
+    for record in records:
+        cutout = images[int(Path(record["input"]).stem[-1])]
+        assert_own_objects([Image.open(record["output"]).convert("RGB")], [cutout])
+        assert record["scheduler"] == "UniPCMultistepScheduler"  # the authors' recipe
+
+
+def test_every_entry_point_samples_with_the_authors_recipe(generator, inpaint_model):
+    import argparse
+    import inspect
+
+    from photobg import app, generate_cli, recipe
+    from photobg.evaluate import command, runner
+    from photobg.models import load_pipeline
+
+    scheduler = generator.pipe.scheduler
+    assert type(scheduler).__name__ == "UniPCMultistepScheduler"
+    assert scheduler.config.final_sigmas_type == "sigma_min"  # diffusers 0.27's UniPC, as the authors ran it
+    assert type(load_pipeline(inpaint_model, device="cpu", scheduler="model").scheduler).__name__ == "PNDMScheduler"
+    recipe_values = {
+        "num_inference_steps": recipe.NUM_INFERENCE_STEPS,
+        "guidance_scale": recipe.GUIDANCE_SCALE,
+        "controlnet_conditioning_scale": recipe.CONTROLNET_CONDITIONING_SCALE,
+    }
+    assert recipe_values == {"num_inference_steps": 20, "guidance_scale": 7.5, "controlnet_conditioning_scale": 1.0}
+    for function in (BackgroundGenerator.__call__, BackgroundGenerator.run):
+        defaults = {k: p.default for k, p in inspect.signature(function).parameters.items() if k in recipe_values}
+        assert defaults == recipe_values
+    parsers = {}
+    for name, module in (("generate", generate_cli), ("app", app), ("evaluate", command)):
+        parsers[name] = argparse.ArgumentParser()
+        module.add_arguments(parsers[name])
+    generate_defaults = parsers["generate"].parse_args(["x.png"])
+    assert (generate_defaults.steps, generate_defaults.guidance, generate_defaults.controlnet_scale) == (20, 7.5, 1.0)
+    assert generate_defaults.scheduler is None and parsers["app"].parse_args([]).scheduler is None
+    assert parsers["app"].parse_args([]).steps == 20
+    assert inspect.signature(app.build_app).parameters["default_steps"].default == 20
+    evaluate_defaults = parsers["evaluate"].parse_args(["--data", "d", "--model", "m", "--output-dir", "o"])
+    assert (evaluate_defaults.steps, evaluate_defaults.guidance) == (20, 7.5)
+    assert (runner.EvalSettings().steps, runner.EvalSettings().guidance) == (20, 7.5)
+    notebook = json.loads((Path(__file__).resolve().parents[1] / "inference.ipynb").read_text())
+    parameters = next(cell for cell in notebook["cells"] if "parameters" in cell["metadata"].get("tags", []))
+    assert "STEPS = 20" in "".join(parameters["source"])

@@ -34,7 +34,9 @@ def generate(pipe):
 
 def test_test_model_has_the_hub_layout(inpaint_model, inpaint_base_model):
     index = json.loads((inpaint_model / "model_index.json").read_text())
-    assert index["_class_name"] == "StableDiffusionControlNetInpaintPipeline"
+    # Saved by our pipeline: plain diffusers is pointed at this pipeline file, copied into the folder.
+    assert index["_class_name"] == ["pipeline_controlnet_inpaint", "StableDiffusionControlNetInpaintPipeline"]
+    assert (inpaint_model / "pipeline_controlnet_inpaint.py").exists()
     assert index["controlnet"] == ["diffusers", "ControlNetModel"]
     for component in ("unet", "vae", "text_encoder", "controlnet"):
         assert (inpaint_model / component / "config.json").exists()

@@ -63,8 +63,8 @@ def test_controlnet_changes_result_and_guidance_window_switches_it_off(pipe):
     np.testing.assert_array_equal(run(pipe, **inputs, control_guidance_end=0.0), off)
 
 
-def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
-    photo, inpaint = seed_inputs()
+def record_first_inputs(pipe):
+    """{"unet"/"controlnet": (sample, controlnet_cond)} of each model's first call, filled as the pipeline runs."""
     seen = {}
 
     def record(name):
@@ -75,6 +75,12 @@ def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
 
     pipe.unet.register_forward_pre_hook(record("unet"), with_kwargs=True)
     pipe.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)
+    return seen
+
+
+def test_inpaint_controlnet_receives_the_unets_nine_channel_input(pipe):
+    photo, inpaint = seed_inputs()
+    seen = record_first_inputs(pipe)
     run(pipe, image=photo, mask_image=inpaint, num_inference_steps=1)
     unet_sample, _ = seen["unet"]
     control_sample, control_cond = seen["controlnet"]
@@ -162,11 +168,12 @@ def test_base_variant_keeps_object_by_latent_blending(base_pipe):
     raw = run(base_pipe, image=photo, object_mask=object_mask, preserve_object=False, output_type="latent")
     channels, control = latents[0]
     assert channels == 4
-    # Conditioning: the object's pixels on black, in [0, 1].
+    # Conditioning: the object's pixels on black, in [0, 1], weighted by the soft object mask.
     obj = torch.from_numpy(np.asarray(object_mask) >= 128)
+    soft = torch.from_numpy(np.asarray(object_mask) / 255.0).float()
     photo01 = torch.from_numpy(np.asarray(photo) / 255.0).permute(2, 0, 1).float()
-    assert control[0][:, ~obj].abs().max() == 0
-    torch.testing.assert_close(control[0][:, obj], photo01[:, obj], atol=0.02, rtol=0)
+    assert control[0][:, soft == 0].abs().max() == 0
+    torch.testing.assert_close(control[0], photo01 * soft, atol=0.02, rtol=0)
     # After the last step the latents outside the region to generate are the photo's own latents.
     image = base_pipe.image_processor.preprocess(photo)
     known = base_pipe.vae.encode(image).latent_dist.mean * base_pipe.vae.config.scaling_factor
@@ -232,7 +239,7 @@ def test_model_cpu_offload_is_not_tied_to_cuda(pipe):
         (lambda p, m: dict(image=p, object_mask=Image.new("L", p.size, 0)), "is empty"),
         (lambda p, m: dict(image=p, object_mask=Image.new("L", p.size, 255)), "covers the whole image"),
         (lambda p, m: dict(image=p, object_mask=m, height=50), "multiples of 8"),
-        (lambda p, m: dict(image=p.resize((4, 4)), object_mask=m.resize((4, 4))), "multiples of 8"),
+        (lambda p, m: dict(image=p, object_mask=m, width=20), "multiples of 8"),
         (
             lambda p, m: dict(image=p, mask_image=m.resize((60, 40))),
             "`mask_image` is (60, 40) but `image` is (72, 48)",
@@ -282,3 +289,152 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_latents(pipe):
     assert [s for s, _ in steps] == list(range(len(steps))) and len(steps) >= 3
     assert steps[0][1] == {"latents", "mask"}
     assert out.abs().max() == 0
+
+
+# ----------------------------------------------------------------------------- lining up inputs with outputs
+
+
+def cutouts(n, size=(64, 48)):
+    """`n` RGBA cutouts of one size, each with its own pixels and its object in another place."""
+    images = []
+    for k in range(n):
+        photo, object_mask = make_photo(*size, seed=k)
+        cutout = photo.copy()
+        cutout.putalpha(Image.fromarray(np.roll(np.asarray(object_mask), 5 * k, axis=1)))
+        images.append(cutout)
+    return images
+
+
+def assert_objects_kept(outputs, inputs):
+    """Every output's opaque object pixels are its own input's."""
+    assert len(outputs) == len(inputs)
+    for out, cutout in zip(outputs, inputs):
+        rgba = np.asarray(cutout)
+        full = rgba[..., 3] == 255
+        np.testing.assert_array_equal(np.asarray(out)[full], rgba[..., :3][full])
+
+
+@pytest.mark.parametrize(
+    "prompts, per_prompt, n_images, own",
+    [
+        (1, 2, 1, [0, 0]),  # one image for all outputs
+        (1, 2, 2, [0, 1]),  # one per output of one prompt
+        (2, 2, 2, [0, 0, 1, 1]),  # one per prompt
+        (2, 2, 4, [0, 1, 2, 3]),  # one per output
+        (2, 1, 2, [0, 1]),
+        (3, 1, 1, [0, 0, 0]),
+    ],
+)
+def test_every_output_is_made_from_and_keeps_its_own_input(pipe, prompts, per_prompt, n_images, own):
+    images = cutouts(n_images)
+    prompt_list = ["a photo of a cat", "a dog on the table", "a bottle on the beach"][:prompts]
+    seeds = list(range(prompts * per_prompt))
+    batch = pipe(
+        prompt_list,
+        image=images if n_images > 1 else images[0],
+        num_images_per_prompt=per_prompt,
+        num_inference_steps=2,
+        generator=[generator(s) for s in seeds],
+    ).images
+    own = [images[i] for i in own]
+    assert_objects_kept(batch, own)
+    for k in (0, len(batch) - 1):  # the first and last outputs equal a call with only their own input
+        single = pipe(prompt_list[k // per_prompt], image=own[k], num_inference_steps=2, generator=generator(seeds[k]))
+        difference = np.abs(np.asarray(batch[k], dtype=int) - np.asarray(single.images[0], dtype=int))
+        assert difference.max() <= 1
+
+
+def test_object_masks_and_generators_line_up_on_their_own(pipe):
+    photo, _ = make_photo(64, 48)
+    masks = [np.asarray(c)[..., 3] for c in cutouts(2)]  # one object per prompt in the same photo
+    out = pipe(
+        ["a photo of a cat", "a dog on the table"],
+        image=photo,
+        object_mask=masks,
+        num_images_per_prompt=2,
+        num_inference_steps=2,
+        generator=[generator(0), generator(1)],  # one per prompt: that prompt's images draw from it in turn
+    ).images
+    for k, image in enumerate(out):
+        full = masks[k // 2] == 255
+        np.testing.assert_array_equal(np.asarray(image)[full], np.asarray(photo)[full])
+    assert not np.array_equal(np.asarray(out[0]), np.asarray(out[1]))
+
+
+@pytest.mark.parametrize(
+    "inputs, what, given",
+    [
+        (lambda c, m: dict(image=c[:3]), "image", 3),
+        (lambda c, m: dict(image=c[0].convert("RGB"), object_mask=[m] * 3), "object_mask", 3),
+        (lambda c, m: dict(image=c[0], generator=[generator(s) for s in range(3)]), "generator", 3),
+        (lambda c, m: dict(image=c[0].convert("RGB"), mask_image=[m] * 3), "mask_image", 3),
+        (lambda c, m: dict(image=c[0].convert("RGB"), mask_image=m, control_image=[m] * 3), "control_image", 3),
+    ],
+)
+def test_inputs_that_do_not_line_up_name_the_argument_and_both_counts(pipe, inputs, what, given):
+    images = cutouts(3)
+    mask = Image.fromarray(255 - np.asarray(images[0])[..., 3])
+    with pytest.raises(ValueError, match=_literal(f"Got {given} `{what}` for 4 outputs (2 prompts x 2 per prompt)")):
+        pipe(["a cat", "a dog"], num_images_per_prompt=2, num_inference_steps=1, **inputs(images, mask))
+
+
+def test_working_size_rounds_to_the_nearest_multiple_of_8_as_the_api_does(pipe):
+    from photobg.api import BackgroundGenerator
+    from photobg.pipeline_controlnet_inpaint import working_size
+
+    shapes = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[-2:])))
+    photo, object_mask = make_photo(70, 45)  # rounded down this would be 64x40
+    pipe(PROMPT, image=photo, object_mask=object_mask, num_inference_steps=1)
+    assert shapes[0] == (6, 9)  # latents of 72x48
+    api = BackgroundGenerator(pipe=pipe, segmenter=None)
+    for size in [(70, 45), (1000, 333), (333, 1000), (12, 4), (6000, 4000)]:
+        assert api.working_size(size, max(size)) == working_size(size, multiple=8)
+    assert working_size((1000, 333), 512) == (512, 168)
+
+
+# ----------------------------------------------------------------------------- soft control image
+
+
+def test_control_image_is_the_soft_mask_and_only_the_unets_mask_is_binary(pipe):
+    photo, object_mask = make_photo(64, 64)
+    soft = np.asarray(object_mask) / 255.0
+    assert ((soft > 0.05) & (soft < 0.95)).sum() > 50  # the photo's object has a soft edge
+    seen = record_first_inputs(pipe)
+    run(pipe, image=photo, object_mask=object_mask, num_inference_steps=1)
+    expected = torch.from_numpy(1 - soft).float().expand(3, -1, -1)
+    torch.testing.assert_close(seen["controlnet"][1][0], expected)  # soft: 1 - object mask, 3 channels
+    unet_mask = seen["unet"][0][:, 4]
+    assert set(unet_mask.unique().tolist()) == {0.0, 1.0}  # the UNet's mask is binarised (at 128)
+
+    # The original code's call (seed mode) without a control image: the same, from the soft `mask_image`.
+    seen.clear()
+    run(pipe, image=photo, mask_image=Image.fromarray(255 - np.asarray(object_mask)), num_inference_steps=1)
+    torch.testing.assert_close(seen["controlnet"][1][0], expected, atol=1e-6, rtol=0)
+    assert set(seen["unet"][0][:, 4].unique().tolist()) == {0.0, 1.0}
+
+
+def test_training_builds_the_same_soft_control_image(pipe):
+    from photobg.train import Models, encode_batch
+
+    photo, object_mask = make_photo(32, 32)
+    object_soft = torch.from_numpy(np.asarray(object_mask) / 255.0).float()[None, None]
+    models = Models(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        unet=pipe.unet,
+        noise_scheduler=pipe.scheduler,
+        controlnet=pipe.controlnet,
+        scheduler_config=dict(pipe.scheduler.config),
+        weight_dtype=torch.float32,
+        in_channels=9,
+    )
+    batch = {
+        "pixel_values": pipe.image_processor.preprocess(photo),
+        "object_mask": object_soft,
+        "input_ids": pipe.tokenizer([""], padding="max_length", return_tensors="pt").input_ids,
+    }
+    inputs = encode_batch(models, batch, generator(0))
+    torch.testing.assert_close(inputs["control_image"], (1 - object_soft).expand(-1, 3, -1, -1))
+    assert set(inputs["mask"].unique().tolist()) <= {0.0, 1.0}

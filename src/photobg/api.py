@@ -23,16 +23,19 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageDraw
 
+from . import recipe
 from .masks import (
     OBJECT_THRESHOLD,
     as_object_mask,
     canvas_size,
     fit_mask_to_image,
+    line_up,
     load_image,
     load_object_mask,
     object_coverage_problem,
     place_on_canvas,
     split_cutout,
+    working_size,
 )
 from .segment import SegmenterUnavailable, get_segmenter, segment_image
 
@@ -78,7 +81,8 @@ class BackgroundGenerator:
         model: Hub id or folder of a complete model (default: the published one), or a base model with
             `controlnet`; `tiny-inpainting` builds a random test model offline. See `models.load_pipeline`.
         controlnet: ControlNet (Hub id, folder or state-dict file) for a base `model`.
-        device, dtype, scheduler: as in `models.load_pipeline`.
+        device, dtype, scheduler: as in `models.load_pipeline` (scheduler None: the authors' recipe, UniPC;
+            "model": the checkpoint's own; or a diffusers scheduler class name).
         segmenter: name (see `photobg.segment.SEGMENTERS`) or callable `PIL image -> "L" mask` that finds
             the object in photos that come with neither an alpha channel nor a mask; None to require one.
             Built on first use, so a missing package only matters for photos that need it.
@@ -115,10 +119,9 @@ class BackgroundGenerator:
 
     def working_size(self, size, long_side=None):
         """The size to generate at for an output of `size` = (width, height): its aspect ratio with the long
-        side at `long_side` (default `native_size`), each side a multiple of the VAE's downscale factor."""
-        factor = self.pipe.vae_scale_factor
-        scale = (long_side or self.native_size) / max(size)
-        return tuple(max(factor, round(side * scale / factor) * factor) for side in size)
+        side at `long_side` (default `native_size`), each side rounded to the nearest multiple of the VAE's
+        downscale factor (the pipeline's own rule, `masks.working_size`)."""
+        return working_size(size, long_side or self.native_size, self.pipe.vae_scale_factor)
 
     def load_segmenter(self):
         """Build the named segmenter now, so that a missing package or model shows before a batch starts.
@@ -203,9 +206,9 @@ class BackgroundGenerator:
         jobs,
         *,
         negative_prompt=None,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        controlnet_conditioning_scale=1.0,
+        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
+        guidance_scale=recipe.GUIDANCE_SCALE,
+        controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         working_size=None,
         batch_size=1,
     ):
@@ -263,9 +266,9 @@ class BackgroundGenerator:
         negative_prompt=None,
         num_images_per_prompt=1,
         seed=None,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        controlnet_conditioning_scale=1.0,
+        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
+        guidance_scale=recipe.GUIDANCE_SCALE,
+        controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         size=None,
         aspect=None,
         object_scale=None,
@@ -276,9 +279,11 @@ class BackgroundGenerator:
         """New backgrounds around the object in `image`.
 
         Args:
-            image: file path, PIL image or array; an RGBA cutout's alpha is its object.
+            image: file path, PIL image or array; an RGBA cutout's alpha is its object. Or a list: one image
+                per prompt or one per output (`masks.line_up`).
             prompt: a prompt or a list of prompts.
-            object_mask: path, PIL image or array, white = object (when the image has no alpha channel).
+            object_mask: path, PIL image or array, white = object (when the image has no alpha channel); or a
+                list, lined up with the outputs like the images.
             negative_prompt: what to avoid, for every prompt.
             num_images_per_prompt: images per prompt; image k of every prompt uses seed `seed + k`.
             seed: int; default a random one. Each image's seed is in its `.info["seed"]`.
@@ -291,11 +296,25 @@ class BackgroundGenerator:
         Returns:
             list of RGB PIL images, prompt by prompt, at the canvas size (by default the input's), with
             the object's pixels exact; `.info` holds `prompt`, `prompt_index` and `seed`.
+
+        Raises:
+            ValueError: naming the argument and both counts when a list of images or masks does not line up
+                with the outputs; naming the input when it cannot be used.
         """
-        prepared = self.prepare(
-            image, object_mask, size=size, aspect=aspect, object_scale=object_scale, position=position
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        jobs = make_jobs(prompts, num_images_per_prompt, seed)
+        images, masks = _as_list(image), _as_list(object_mask)
+        rows = list(
+            zip(
+                line_up(len(images), len(prompts), num_images_per_prompt, "image"),
+                line_up(len(masks), len(prompts), num_images_per_prompt, "object_mask"),
+            )
         )
-        jobs = make_jobs([prompt] if isinstance(prompt, str) else prompt, num_images_per_prompt, seed)
+        pairs = list(dict.fromkeys(rows))  # each distinct (image, mask) is read and placed once
+        canvas = dict(size=size, aspect=aspect, object_scale=object_scale, position=position)
+        prepared = [self.prepare(images[i], masks[j], **canvas) for i, j in pairs]
+        for job, row in zip(jobs, rows, strict=True):
+            job.input_index = pairs.index(row)
         images = self.run(
             prepared,
             jobs,
@@ -319,18 +338,6 @@ def make_jobs(prompts, num_images_per_prompt=1, seed=None):
         raise ValueError(f"num_images_per_prompt must be at least 1, not {num_images_per_prompt}.")
     seed = secrets.randbelow(SEED_RANGE) if seed is None else int(seed)
     return [Job(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(num_images_per_prompt)]
-
-
-def _batches(jobs, batch_size, key):
-    """Consecutive jobs in groups of at most `batch_size` whose `key` is the same."""
-    batch = []
-    for job in jobs:
-        if batch and (len(batch) == batch_size or key(job) != key(batch[0])):
-            yield batch
-            batch = []
-        batch.append(job)
-    if batch:
-        yield batch
 
 
 def check_canvas_size(size, name="the canvas"):
@@ -374,6 +381,22 @@ def check_sampling(names=None, **values):
         test, rule = SAMPLING_RULES[key]
         if value is not None and not (math.isfinite(value) and test(value)):
             raise ValueError(f"{(names or {}).get(key, key)} must be {rule}, not {value}.")
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _batches(jobs, batch_size, key):
+    """Consecutive jobs in groups of at most `batch_size` whose `key` is the same."""
+    batch = []
+    for job in jobs:
+        if batch and (len(batch) == batch_size or key(job) != key(batch[0])):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
 
 
 def _check_object(object_mask):

@@ -63,6 +63,7 @@ FLAGS = {  # the flag of each sampling argument, for error messages
 
 
 def add_arguments(parser):
+    from . import recipe
     from .api import PHOTO_SEGMENTERS
     from .masks import POSITIONS
 
@@ -92,9 +93,18 @@ def add_arguments(parser):
     canvas.add_argument("--working-size", type=int, help="long side to generate at (default: the model's)")
     model = parser.add_argument_group("model and sampling")
     add_model_arguments(model)
-    model.add_argument("--controlnet-scale", type=float, default=1.0, help="0 = plain SD2-inpainting (default: 1)")
-    model.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
-    model.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
+    model.add_argument(
+        "--controlnet-scale",
+        type=float,
+        default=recipe.CONTROLNET_CONDITIONING_SCALE,
+        help="0 = plain SD2-inpainting (default: %(default)s)",
+    )
+    model.add_argument(
+        "--steps", type=int, default=recipe.NUM_INFERENCE_STEPS, help="denoising steps (default: %(default)s)"
+    )
+    model.add_argument(
+        "--guidance", type=float, default=recipe.GUIDANCE_SCALE, help="classifier-free guidance (default: %(default)s)"
+    )
     model.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
@@ -821,7 +831,11 @@ def add_model_arguments(parser):
         f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)",
     )
     parser.add_argument("--controlnet", help="ControlNet (Hub id, folder or .pth file) for a base --model")
-    parser.add_argument("--scheduler", help="diffusers scheduler class, e.g. UniPCMultistepScheduler")
+    parser.add_argument(
+        "--scheduler",
+        help="diffusers scheduler class (e.g. DDIMScheduler), or 'model' for the model's own "
+        "(default: the authors' recipe, UniPC as their notebook ran it)",
+    )
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument(

@@ -1,7 +1,8 @@
 """Images and object masks at the API edge: file loading and the object-mask conventions.
 
-The tensor-level conventions (object mask -> inpaint mask, control image, paste-back) live in the
-self-contained pipeline file so that it also works as a Hub custom pipeline; they are re-exported here.
+The tensor-level conventions (object mask -> inpaint mask, control image, paste-back, the lining-up of
+inputs with outputs, the working-size rounding) live in the self-contained pipeline file so that it also
+works as a Hub custom pipeline; they are re-exported here.
 """
 
 import math
@@ -14,14 +15,17 @@ import PIL.ImageOps
 from .pipeline_controlnet_inpaint import (  # noqa: F401  (re-exported conventions)
     OBJECT_THRESHOLD,
     as_object_mask,
+    estimate_foreground,
     has_alpha,
     inpaint_mask_from_object,
+    line_up,
     make_control_image,
     object_coverage_problem,
     object_mask_to_tensor,
     paste_object,
     split_cutout,
     split_object,
+    working_size,
 )
 
 

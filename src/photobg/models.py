@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import recipe
 from .backbones import BACKBONES, TEST_MODELS, TEXT_CLIP, backbone_for_config, detect_backbone
 from .configs import get_config
 
@@ -65,8 +66,9 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
             ControlNet trained on `model`'s UNet; overrides the model's own `controlnet/`.
         device: torch device or name; default CUDA when present, else CPU.
         dtype: `fp32`, `fp16`, `bf16` or a torch dtype; default fp16 on CUDA, fp32 on CPU.
-        scheduler: optional diffusers scheduler class name (e.g. `UniPCMultistepScheduler`) to use instead
-            of the model's own, configured from the model's scheduler config.
+        scheduler: None for the authors' recipe (`photobg.recipe`: UniPC as diffusers 0.27 ran it), "model" for
+            the checkpoint's own scheduler, or a diffusers scheduler class name (e.g. `DDIMScheduler`),
+            configured from the model's scheduler config. See `make_scheduler`.
 
     Returns:
         A `StableDiffusionControlNetInpaintPipeline` on `device` in `dtype`.
@@ -83,8 +85,7 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
     elif controlnet is not None:
         kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
     pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     return pipe.to(device)
 
 
@@ -102,7 +103,7 @@ def check_model(model=None, controlnet=None, scheduler=None):
     Raises:
         FileNotFoundError, OSError, ValueError: naming the model or ControlNet and what is wrong.
     """
-    if scheduler is not None:
+    if scheduler not in (None, recipe.MODEL_SCHEDULER):
         scheduler_class(scheduler)
     model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
     backbone = detect_backbone(model)
@@ -163,7 +164,20 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
 
 
 def make_scheduler(name, config):
-    """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
+    """A scheduler built from a checkpoint's scheduler `config`.
+
+    Args:
+        name: None for the authors' recipe (`photobg.recipe.SCHEDULER` with its `SCHEDULER_CONFIG`), "model" for
+            the checkpoint's own class, or a diffusers scheduler class name (with diffusers' defaults).
+        config: the checkpoint's scheduler config.
+
+    Returns:
+        The scheduler; unknown names are a `ValueError`.
+    """
+    if name is None:
+        return scheduler_class(recipe.SCHEDULER).from_config(config, **recipe.SCHEDULER_CONFIG)
+    if name == recipe.MODEL_SCHEDULER:
+        name = config["_class_name"]
     return scheduler_class(name).from_config(config)
 
 
@@ -173,7 +187,10 @@ def scheduler_class(name):
 
     cls = getattr(diffusers, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ValueError(f"Unknown scheduler {name!r}: expected a diffusers scheduler class name.")
+        raise ValueError(
+            f"Unknown scheduler {name!r}: expected a diffusers scheduler class name, or "
+            f"{recipe.MODEL_SCHEDULER!r} for the model's own."
+        )
     return cls
 
 

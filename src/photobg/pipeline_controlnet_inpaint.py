@@ -11,16 +11,22 @@ Models", CVPR 2024 GCV workshop): inpainting models tend to grow the object into
 
 - Inpaint variant (9-channel SD2-inpainting UNet): the ControlNet was initialised from the UNet, so it
   takes the UNet's own 9-channel input (noisy latents, latent-size mask, masked-image latents); its
-  `controlnet_cond` is the inpaint mask as a 3-channel image in [0, 1].
+  `controlnet_cond` is the soft inpaint mask as a 3-channel image in [0, 1].
 - Base variant (4-channel SD2-base UNet): the ControlNet sees the 4 noisy latents and, as
   `controlnet_cond`, the object's pixels on black in [0, 1]; the object region is kept by blending the
   known image's latents back after every step.
 
-Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed, binarised at
-128. `mask_image`/`control_image` (diffusers' and the original code's inputs) are white on the region to
-generate. The functions below are the only place these conventions are turned into tensors; training
+Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed: binarised at 128
+for the UNet, kept soft for the control image and the paste-back. `mask_image`/`control_image` (diffusers'
+and the original code's inputs) are white on the region to generate. The functions below are the only place
+these conventions (and the lining-up of inputs with outputs, `line_up`) are turned into tensors; training
 uses the same ones.
 """
+
+import json
+import math
+import os
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -28,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel
 from diffusers import StableDiffusionControlNetInpaintPipeline as _DiffusersControlNetInpaintPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
 OBJECT_THRESHOLD = 128  # object_mask >= 128 (of 255) is object
@@ -165,21 +173,26 @@ def object_mask_to_tensor(object_mask, size):
 
 
 def inpaint_mask_from_object(object_mask):
-    """Binary inpaint mask (1 = region to generate) from an object mask tensor in [0, 1] (>= 128/255 = object)."""
+    """The UNet's binary inpaint mask (1 = region to generate) from a soft object mask tensor in [0, 1]: object
+    where the mask is >= 128/255, as the authors binarise (only) the UNet's mask at 0.5."""
     return (object_mask < 0.5).to(object_mask.dtype)
 
 
 def make_control_image(image, inpaint_mask, unet_in_channels):
     """The ControlNet's conditioning image, the same in training and at inference.
 
+    The mask stays soft here, as in the authors' training (the inverted, resized soft matte) and notebook (a
+    soft map): only the UNet's mask is binarised (`inpaint_mask_from_object`).
+
     Args:
         image: (B, 3, H, W) in [-1, 1].
-        inpaint_mask: (B, 1, H, W), 1 = region to generate.
+        inpaint_mask: (B, 1, H, W) in [0, 1], 1 = region to generate; soft values are kept (pass
+            `1 - object_mask` for a soft object mask).
         unet_in_channels: 9 (inpaint variant) or 4 (base variant).
 
     Returns:
         (B, 3, H, W) in [0, 1]: the inpaint mask as 3 channels (inpaint variant), or the object's pixels on
-        black (base variant).
+        black, weighted by the soft object mask (base variant).
     """
     if unet_in_channels == 9:
         return inpaint_mask.expand(-1, 3, -1, -1).clone()
@@ -194,8 +207,152 @@ def unet_input(latents, mask, masked_image_latents):
     return torch.cat([latents, mask, masked_image_latents], dim=1)  # (B, 9, h, w)
 
 
+def working_size(size, long_side=None, multiple=8):
+    """The size to generate at for an image of `size` = (width, height): the same aspect ratio, the long side
+    scaled to `long_side` (default: kept), each side rounded to the nearest multiple of `multiple` (and at least
+    `multiple`). The one rounding rule of the pipeline's object mode and the API."""
+    scale = 1.0 if long_side is None else long_side / max(size)
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
+
+
+def line_up(n_given, batch_size, num_images_per_prompt, what):
+    """Which input serves each output: the one lining-up rule for images, masks, control images, generators
+    and the objects pasted back.
+
+    A call makes `batch_size * num_images_per_prompt` outputs, prompt by prompt. A list of inputs may hold one
+    item for every output, one per prompt (serving that prompt's images) or one per output.
+
+    Args:
+        n_given: how many items were given.
+        batch_size: the number of prompts.
+        num_images_per_prompt: images per prompt.
+        what: the argument's name, for the error message.
+
+    Returns:
+        list of `batch_size * num_images_per_prompt` indices into the given items, one per output.
+
+    Raises:
+        ValueError: naming the argument and both counts, when `n_given` is none of 1, `batch_size` and the
+            number of outputs.
+    """
+    total = batch_size * num_images_per_prompt
+    if n_given == 1:
+        return [0] * total
+    if n_given == batch_size:
+        return [k // num_images_per_prompt for k in range(total)]
+    if n_given == total:
+        return list(range(total))
+    raise ValueError(
+        f"Got {n_given} `{what}` for {total} output{'s' * (total != 1)} ({batch_size} prompt{'s' * (batch_size != 1)} "
+        f"x {num_images_per_prompt} per prompt): pass 1, one per prompt ({batch_size}) or one per output ({total})."
+    )
+
+
+# ----------------------------------------------------------------------------- paste-back
+
+PASTE_TILE = 256  # foreground colours are estimated in tiles of this size (plus a margin) around the soft edge
+PASTE_MARGIN = 32
+PASTE_ROWS = 256  # the full-size output is upscaled and composited this many rows at a time
+
+
+def estimate_foreground(image, object_mask, device=None):
+    """The object's own colour in its soft edge, where the photo mixes it with the old background.
+
+    Only pixels with 0 < mask < 255 change; they get the foreground colour F of the matting equation
+    image = alpha * F + (1 - alpha) * B, estimated by `_foreground_ml` (the multi-level method of Germer et
+    al., 2020, pymatting's `estimate_foreground_ml`) on tiles around the soft edge, so memory does not grow
+    with the photo's size beyond one uint8 copy.
+
+    Args:
+        image: (H, W, 3) uint8 array.
+        object_mask: (H, W) uint8 array, 255 = object.
+        device: where to compute (default CPU); tiles are moved there one at a time.
+
+    Returns:
+        (H, W, 3) uint8 array: `image`, with the estimated foreground colour where the mask is soft.
+    """
+    image, object_mask = np.asarray(image), np.asarray(object_mask)
+    foreground = image.copy()
+    height, width = object_mask.shape
+    for top in range(0, height, PASTE_TILE):
+        for left in range(0, width, PASTE_TILE):
+            core = object_mask[top : top + PASTE_TILE, left : left + PASTE_TILE]
+            soft = (core > 0) & (core < 255)
+            if not soft.any():
+                continue
+            y0, x0 = max(0, top - PASTE_MARGIN), max(0, left - PASTE_MARGIN)
+            y1, x1 = min(height, top + PASTE_TILE + PASTE_MARGIN), min(width, left + PASTE_TILE + PASTE_MARGIN)
+            pixels = torch.from_numpy(image[y0:y1, x0:x1].copy()).to(device).permute(2, 0, 1).float() / 255
+            alpha = torch.from_numpy(object_mask[y0:y1, x0:x1].copy()).to(device).float()[None] / 255
+            estimate = (_foreground_ml(pixels, alpha) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            estimate = estimate[top - y0 : top - y0 + core.shape[0], left - x0 : left - x0 + core.shape[1]]
+            foreground[top : top + core.shape[0], left : left + core.shape[1]][soft] = estimate[soft]
+    return foreground
+
+
+def _foreground_ml(image, alpha, regularization=1e-5, gradient_weight=1.0, small_size=32, iterations=(10, 2)):
+    """Multi-level foreground estimation (Germer, Uelwer, Conrad, Harmeling: "Fast Multi-Level Foreground
+    Estimation", ICPR 2020), with pymatting's defaults.
+
+    Minimises sum (alpha F + (1 - alpha) B - image)^2 + sum over 4-neighbours of (regularization +
+    gradient_weight |alpha_i - alpha_j|) (|F_i - F_j|^2 + |B_i - B_j|^2), from a 1-pixel image up to full
+    size, each level starting from the one before. Each sweep solves every pixel's 2x2 system given its
+    neighbours, on one colour of a checkerboard and then the other (as Gauss-Seidel does, but vectorised).
+
+    Args:
+        image: (3, H, W) in [0, 1]; alpha: (1, H, W) in [0, 1].
+        iterations: sweeps per level while the level has at most `small_size`^2 pixels, and after.
+
+    Returns:
+        (3, H, W) foreground colour in [0, 1].
+    """
+    height, width = image.shape[1:]
+    levels = max(1, math.ceil(math.log2(max(height, width))))
+    estimate = image.mean(dim=(1, 2), keepdim=True).repeat(2, 1, 1)  # (6, 1, 1): foreground, then background
+    for level in range(levels + 1):
+        size = (round(height ** (level / levels)), round(width ** (level / levels)))
+        level_image, level_alpha, estimate = (
+            F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, estimate)
+        )
+        system = _level_system(level_image, level_alpha, regularization, gradient_weight)
+        rows, columns = (torch.arange(n, device=image.device) for n in size)
+        rows, columns = torch.meshgrid(rows, columns, indexing="ij")
+        black = ((rows + columns) % 2 == 0)[None]
+        for _ in range(iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]):
+            for squares in (black, ~black):
+                estimate = torch.where(squares, _foreground_sweep(estimate, *system), estimate)
+    return estimate[:3]
+
+
+def _neighbours(x):
+    """x's up, down, left and right neighbours; outside the image a border pixel is its own neighbour."""
+    padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
+    return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
+
+
+def _level_system(image, alpha, regularization, gradient_weight):
+    """What stays fixed while one level is swept: the neighbours' weights, the inverse of each pixel's matrix
+    [[a^2 + W, a(1-a)], [a(1-a), (1-a)^2 + W]] (W: the sum of its weights), and the data terms (a I, (1-a) I)."""
+    weights = [regularization + gradient_weight * (alpha - a).abs() for a in _neighbours(alpha)]  # 4 x (1, h, w)
+    total = sum(weights)
+    a00, a01, a11 = alpha * alpha + total, alpha * (1 - alpha), (1 - alpha) ** 2 + total
+    det = a00 * a11 - a01 * a01
+    return weights, (a11 / det, -a01 / det, a00 / det), torch.cat([alpha * image, (1 - alpha) * image])
+
+
+def _foreground_sweep(estimate, weights, inverse, data):
+    """Every pixel's (F, B) minimising the energy of `_foreground_ml` with its neighbours held fixed."""
+    rhs = data + sum(w * n for w, n in zip(weights, _neighbours(estimate)))  # (6, h, w)
+    (i00, i01, i11), f, b = inverse, rhs[:3], rhs[3:]
+    return torch.cat([i00 * f + i01 * b, i01 * f + i11 * b]).clamp(0, 1)
+
+
 def paste_object(generated, original, object_mask):
     """Composite the original object over a generated image with the soft object mask.
+
+    Where the mask is 255 the result is the original exactly, where it is 0 the generated image; in the soft
+    edge between them the object's estimated foreground colour (`estimate_foreground`) is blended in, so the
+    photo's old background does not show as a halo around the object.
 
     Args:
         generated: (H, W, 3) float array in [0, 1].
@@ -205,8 +362,51 @@ def paste_object(generated, original, object_mask):
     Returns:
         (H, W, 3) float32 array; where the mask is 255 it equals `original / 255` exactly.
     """
+    return _composite(generated, estimate_foreground(original, object_mask), object_mask)
+
+
+def _composite(generated, foreground, object_mask):
+    """alpha * foreground + (1 - alpha) * generated, as float32 in [0, 1] (foreground and mask uint8)."""
     alpha = (np.asarray(object_mask, dtype=np.float32) / 255.0)[..., None]
-    return alpha * (np.asarray(original, dtype=np.float32) / 255.0) + (1 - alpha) * generated
+    return alpha * (np.asarray(foreground, dtype=np.float32) / 255.0) + (1 - alpha) * generated
+
+
+def restore_size(generated, size, foreground=None, object_mask=None, as_uint8=True):
+    """A generated image upscaled to `size` (bicubic, antialiased) and, with a foreground, the object pasted
+    back (`_composite`), `PASTE_ROWS` rows at a time: no full-size float copy when the result is uint8.
+
+    Args:
+        generated: (3, h, w) float tensor in [0, 1].
+        size: (width, height) of the result.
+        foreground: (H, W, 3) uint8 array from `estimate_foreground`, or None to paste nothing.
+        object_mask: (H, W) uint8 array, 255 = object (with `foreground`).
+        as_uint8: return uint8 (else float32 in [0, 1]).
+
+    Returns:
+        (H, W, 3) array.
+    """
+    width, height = size
+    generated = generated.float().cpu()
+    # The resize as one matrix per axis (F.interpolate on an identity), so each strip is two small matmuls.
+    rows = _resize_matrix(generated.shape[1], height)  # (H, h)
+    columns = _resize_matrix(generated.shape[2], width)  # (W, w)
+    result = np.empty((height, width, 3), np.uint8 if as_uint8 else np.float32)
+    for top in range(0, height, PASTE_ROWS):
+        strip = (rows[top : top + PASTE_ROWS] @ generated @ columns.T).clamp(0, 1)  # (3, rows, W)
+        strip = strip.permute(1, 2, 0).numpy()
+        if foreground is not None:
+            bottom = top + strip.shape[0]
+            strip = _composite(strip, foreground[top:bottom], object_mask[top:bottom])
+        result[top : top + strip.shape[0]] = np.round(strip * 255) if as_uint8 else strip
+    return result
+
+
+def _resize_matrix(size_in, size_out):
+    """(size_out, size_in): F.interpolate's antialiased bicubic resize along one axis, as a matrix."""
+    if size_in == size_out:
+        return torch.eye(size_in)
+    identity = torch.eye(size_in)[None, None]  # resized along one axis only: the other keeps its size
+    return F.interpolate(identity, size=(size_out, size_in), mode="bicubic", antialias=True)[0, 0]
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -215,10 +415,12 @@ def paste_object(generated, original, object_mask):
 class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeline):
     r"""Background generation around a salient object with SD2(-inpainting) and a salient-aware ControlNet.
 
-    Components and loading methods are those of diffusers' `StableDiffusionControlNetInpaintPipeline`
-    (same `model_index.json`); `__call__` differs: the ControlNet of a 9-channel UNet receives the UNet's
-    9-channel input, and an object-centric mode takes the object mask directly and keeps the object's
-    pixels exact.
+    Components and loading methods are those of diffusers' `StableDiffusionControlNetInpaintPipeline`;
+    `__call__` differs: the ControlNet of a 9-channel UNet receives the UNet's 9-channel input, and an
+    object-centric mode takes the object mask directly and keeps the object's pixels exact. `save_pretrained`
+    also writes this file into the folder and names it in `model_index.json`, so that plain diffusers
+    (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds this class rather than
+    diffusers' own of the same name, which cannot run the 9-channel ControlNet.
     """
 
     @torch.no_grad()
@@ -240,6 +442,8 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         latents=None,
         prompt_embeds=None,
         negative_prompt_embeds=None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
         output_type="pil",
         return_dict=True,
         cross_attention_kwargs=None,
@@ -257,41 +461,57 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
 
         Args:
             prompt (`str` or `list[str]`): what to generate; or pass `prompt_embeds`.
-            image (PIL image, array, tensor, or a list of one per prompt): the photo. An RGBA image (with
-                neither `mask_image` nor `object_mask`) is read as a cutout: its alpha is the object.
-            mask_image: region to generate, white = generate (the original code's and diffusers' convention).
-            control_image: the ControlNet's conditioning image; by default derived from the mask (inpaint
-                variant: the inpaint mask; base variant: the object on black).
-            height, width (`int`): working size, multiples of 8. Default: the image's size rounded down to a
-                multiple of 8. In object mode each result is returned at its input's own size, so the images of
-                one call may differ in size when `height` and `width` are given.
+            image (PIL image, array, tensor, or a list): the photo. An RGBA image (with neither `mask_image`
+                nor `object_mask`) is read as a cutout: its alpha is the object. A list holds one image for
+                every output, one per prompt or one per output (`line_up`); so do lists of `mask_image`,
+                `control_image`, `object_mask` and `generator`, each lined up on its own.
+            mask_image: region to generate, white = generate (the original code's and diffusers' convention);
+                binarised at 0.5 for the UNet.
+            control_image: the ControlNet's conditioning image; by default derived from the soft mask
+                (`make_control_image`: inpaint variant, the inpaint mask; base variant, the object on black).
+            height, width (`int`): working size, multiples of 8. Default: in object mode the image's size
+                rounded to the nearest multiple of 8 (`working_size`), and the result is returned at the input's
+                own size (so with `height` and `width` given, the images of one call may differ in size: each
+                comes back at its own, as PIL images); otherwise diffusers' rule (rounded down).
             strength, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt, eta,
             generator, latents, prompt_embeds, negative_prompt_embeds, cross_attention_kwargs, clip_skip:
                 as in diffusers' Stable Diffusion pipelines.
+            ip_adapter_image, ip_adapter_image_embeds: a reference image (or its embeddings) for an IP-Adapter
+                loaded with `load_ip_adapter`, as in diffusers; it conditions the UNet.
             output_type (`str`): "pil", "np" (float in [0, 1]), "pt" (tensor (B, 3, H, W) in [0, 1]) or "latent".
             controlnet_conditioning_scale (`float`): weight of the ControlNet's residuals; 0 is plain
                 SD2-inpainting (the ControlNet is then not run at all).
             guess_mode (`bool`): run the ControlNet on the conditional half of the guidance batch only.
             control_guidance_start, control_guidance_end (`float`): fraction of the steps during which the
                 ControlNet is applied; outside it the ControlNet is not run.
-            callback_on_step_end: `callback(pipe, step, timestep, tensors)` after each step; may return
-                replacements for the tensors named in `callback_on_step_end_tensor_inputs`.
-            object_mask: object mode: white (255) = the object to keep (soft values allowed; binarised at
-                128 for generation). Must have the image's size.
+            callback_on_step_end: `callback(pipe, step, timestep, tensors)` after each step, or one of
+                diffusers' `PipelineCallback`s (whose own `tensor_inputs` are used); may return replacements for
+                the tensors named in `callback_on_step_end_tensor_inputs`, and may switch guidance off
+                (`pipe._guidance_scale = 0`, as diffusers' `SDCFGCutoffCallback` does).
+            object_mask: object mode: white (255) = the object to keep (soft values allowed: the UNet's mask is
+                binarised at 128, the ControlNet's control image and the paste-back stay soft). Must have the
+                image's size.
             preserve_object (`bool`): object mode only (default True there): composite the original object
-                pixels back with the soft object mask, so the object is pixel-exact.
+                pixels back with the soft object mask (`paste_object`), so the object is pixel-exact and its
+                soft edge carries no halo of the photo's old background.
 
         Returns:
             `StableDiffusionPipelineOutput` with `.images` (or a tuple `(images, nsfw_flags)`).
         """
         # 1. Inputs: in object mode derive the region to generate from the object; check everything
-        objects = None
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        batch_size = _prompt_count(prompt, prompt_embeds)
+        total = batch_size * num_images_per_prompt
+        objects = outputs = None
         if object_mask is not None or (mask_image is None and _any_alpha(image)):
-            objects = self._load_objects(image, object_mask, mask_image, control_image)
+            objects, outputs = self._load_objects(
+                image, object_mask, mask_image, control_image, batch_size, num_images_per_prompt
+            )
             if (height is None or width is None) and any(rgb.size != objects[0][0].size for rgb, _ in objects):
                 raise ValueError("Images of different sizes in one call need `height` and `width` (the working size).")
-            height = height or objects[0][0].height // self.vae_scale_factor * self.vae_scale_factor
-            width = width or objects[0][0].width // self.vae_scale_factor * self.vae_scale_factor
+            default_width, default_height = working_size(objects[0][0].size, multiple=self.vae_scale_factor)
+            height, width = height or default_height, width or default_width
         else:
             self._check_seed_inputs(image, mask_image, preserve_object)
             height, width = self.image_processor.get_default_height_width(_first(image), height, width)
@@ -305,17 +525,18 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             control_guidance_end,
             output_type,
             callback_on_step_end_tensor_inputs,
+            ip_adapter_image,
+            ip_adapter_image_embeds,
         )
+        generator = _line_up_generators(generator, batch_size, num_images_per_prompt)
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else len(prompt_embeds)
-        total = batch_size * num_images_per_prompt
         device = self._execution_device
         guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
 
-        # 2. Encode the prompt (negative first, then positive, for classifier-free guidance)
+        # 2. Encode the prompt (negative first, then positive, for classifier-free guidance) and the IP-Adapter image
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt,
@@ -330,17 +551,15 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         )
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        image_embeds = self._ip_adapter_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total)
 
-        # 3. Image, inpaint mask and control image at the working size
+        # 3. Image, inpaint mask and control image at the working size, lined up with the outputs. Tensors
+        # that differ between the two halves of the guidance batch are kept single and doubled per step.
+        counts = (batch_size, num_images_per_prompt)
         init_image, mask_condition, control_image = self._prepare_images(
-            image, mask_image, control_image, objects, height, width
+            image, mask_image, control_image, objects, outputs, counts, (height, width), generator
         )
-        expand = dict(batch_size=batch_size, num_images_per_prompt=num_images_per_prompt, generator=generator)
-        init_image, mask_condition = (_expand(x, **expand) for x in (init_image, mask_condition))
-        control_image = _expand(control_image, batch_size, num_images_per_prompt, always=True)
         control_image = control_image.to(device=device, dtype=self.controlnet.dtype)
-        if self.do_classifier_free_guidance and not guess_mode:
-            control_image = torch.cat([control_image] * 2)
         masked_image = init_image * (mask_condition < 0.5)  # the region to generate zeroed
 
         # 4. Timesteps
@@ -368,17 +587,9 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             return_image_latents=in_channels == 4,
         )
 
-        # 6. Latent-size mask and masked-image latents (doubled for guidance)
+        # 6. Latent-size mask and masked-image latents
         mask, masked_image_latents = self.prepare_mask_latents(
-            mask_condition,
-            masked_image,
-            total,
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            self.do_classifier_free_guidance,
+            mask_condition, masked_image, total, height, width, prompt_embeds.dtype, device, generator, False
         )
 
         # 7. Denoising loop
@@ -397,6 +608,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                     mask if in_channels == 9 else None,
                     masked_image_latents,
                     control_image,
+                    image_embeds,
                     scales[i],
                     guess_mode,
                 )
@@ -413,19 +625,49 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
                         masked_image_latents=masked_image_latents,
                     )
                     inputs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    outputs = callback_on_step_end(self, i, t, inputs) or {}
-                    latents = outputs.pop("latents", latents)
-                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                    control_image = outputs.pop("control_image", control_image)
+                    returned = callback_on_step_end(self, i, t, inputs) or {}
+                    latents, prompt_embeds, negative_prompt_embeds, control_image, mask, masked_image_latents = (
+                        returned.get(name, value) for name, value in tensors.items()
+                    )
                 progress_bar.update()
 
         # 8. Decode; in object mode return the input's size with the original object pasted back
         preserve_object = preserve_object is None or preserve_object
-        images, nsfw = self._decode(latents, generator, output_type, objects, num_images_per_prompt, preserve_object)
+        images, nsfw = self._decode(latents, generator, output_type, objects, outputs, preserve_object)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, nsfw
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=nsfw)
+
+    # ------------------------------------------------------------------------- saving and loading
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained`, plus this pipeline file, named in `model_index.json` as
+        `["pipeline_controlnet_inpaint", "StableDiffusionControlNetInpaintPipeline"]`: plain
+        `DiffusionPipeline.from_pretrained(folder)` then asks for `trust_remote_code=True` and, given it, builds
+        this class instead of diffusers' namesake. This class and `photobg.load_pipeline` load such folders,
+        folders saved before, and the published model's layout alike.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        module = os.path.splitext(os.path.basename(__file__))[0]
+        shutil.copyfile(__file__, os.path.join(save_directory, module + ".py"))
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [module, type(self).__name__]
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # A folder saved by `save_pretrained` names this file and class as its custom pipeline; loaded through this
+        # class, that code is this class, so it is used directly (no remote code is run).
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, list) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return config
 
     # ------------------------------------------------------------------------- steps of __call__
 
@@ -440,6 +682,8 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         control_guidance_end,
         output_type,
         callback_on_step_end_tensor_inputs,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds=None,
     ):
         """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
         if not isinstance(getattr(self.controlnet, "_orig_mod", self.controlnet), ControlNetModel):  # maybe compiled
@@ -459,8 +703,7 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         factor = self.vae_scale_factor
         if height < factor or width < factor or height % factor or width % factor:
             raise ValueError(
-                f"The working size {width}x{height} must be multiples of {factor} (and at least {factor}); "
-                f"without height/width the image's size is rounded down to a multiple of {factor}."
+                f"The working size {width}x{height} must be multiples of {factor} (and at least {factor})."
             )
         if not 0 <= strength <= 1:
             raise ValueError(f"`strength` must be in [0, 1], not {strength}.")
@@ -474,6 +717,14 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"Unknown callback tensors {sorted(unknown)}; choose from {self._callback_tensor_inputs}.")
+        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
+            raise ValueError("Pass either `ip_adapter_image` or `ip_adapter_image_embeds`, not both.")
+        if (ip_adapter_image is not None or ip_adapter_image_embeds is not None) and not self._has_ip_adapter():
+            raise ValueError("`ip_adapter_image` needs an IP-Adapter: load one first with `pipe.load_ip_adapter(...)`.")
+
+    def _has_ip_adapter(self):
+        unet = getattr(self.unet, "_orig_mod", self.unet)
+        return unet.encoder_hid_proj is not None and unet.config.encoder_hid_dim_type == "ip_image_proj"
 
     def _check_seed_inputs(self, image, mask_image, preserve_object):
         if image is None:
@@ -489,66 +740,92 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             if _size(img) is not None and _size(msk) is not None and _size(img) != _size(msk):
                 raise ValueError(f"`mask_image` is {_size(msk)} but `image` is {_size(img)}: they must match.")
 
-    def _load_objects(self, image, object_mask, mask_image, control_image):
-        """Object mode: [(RGB image, object mask "L" image)] per input image, checked."""
+    def _load_objects(self, image, object_mask, mask_image, control_image, batch_size, num_images_per_prompt):
+        """Object mode: the call's distinct (RGB image, object mask "L" image) pairs, checked, and for each output
+        the index of its pair; images and masks are lined up with the outputs by `line_up`, each on its own."""
         if mask_image is not None or control_image is not None:
             raise ValueError(
                 "Pass either `object_mask` / an RGBA image (object mode) or `mask_image`/`control_image`, not both."
             )
         if image is None:
             raise ValueError("Pass the photo as `image`.")
-        images, masks = _as_list(image), _as_list(object_mask) if object_mask is not None else None
-        if masks is not None and len(masks) not in (1, len(images)):
-            raise ValueError(f"Got {len(masks)} object masks for {len(images)} images.")
-        objects = []
-        for k, img in enumerate(images):
-            rgb, obj = split_object(img, masks[min(k, len(masks) - 1)] if masks else None)
-            if obj is None:
-                raise ValueError(f"Image {k} has no alpha channel and no `object_mask` was given.")
-            if obj.size != rgb.size:
-                raise ValueError(
-                    f"The object mask is {obj.size[0]}x{obj.size[1]} but image {k} is {rgb.size[0]}x{rgb.size[1]}: "
-                    "they must have the same size."
-                )
-            problem = object_coverage_problem(obj)
-            if problem == "empty":
-                raise ValueError(f"The object mask of image {k} is empty (no pixel >= {OBJECT_THRESHOLD}).")
-            if problem == "full":
-                raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
-            objects.append((rgb, obj))
-        return objects
+        images, masks = _as_list(image), None if object_mask is None else _as_list(object_mask)
+        image_rows = line_up(len(images), batch_size, num_images_per_prompt, "image")
+        mask_rows = (
+            image_rows if masks is None else line_up(len(masks), batch_size, num_images_per_prompt, "object_mask")
+        )
+        pairs = list(dict.fromkeys(zip(image_rows, mask_rows)))
+        objects = [_load_object(images[i], None if masks is None else masks[j], i) for i, j in pairs]
+        return objects, [pairs.index(pair) for pair in zip(image_rows, mask_rows)]
 
-    def _prepare_images(self, image, mask_image, control_image, objects, height, width):
-        """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size."""
+    def _prepare_images(self, image, mask_image, control_image, objects, outputs, counts, size, generator):
+        """(image in [-1, 1], binary inpaint mask, control image in [0, 1]) at the working size `size` = (height,
+        width), one row per output of the call's `counts` = (prompts, images per prompt); one image and mask
+        serving every output stay a batch of 1 for the VAE (as in diffusers) unless each output has its own
+        generator. The control image is made from the soft mask."""
+        (batch_size, num_images_per_prompt), (height, width) = counts, size
         if objects is not None:
             init_image = self.image_processor.preprocess([rgb for rgb, _ in objects], height=height, width=width)
-            masks = [object_mask_to_tensor(obj, (width, height)) for _, obj in objects]
-            mask = inpaint_mask_from_object(torch.cat(masks))
+            object_soft = torch.cat([object_mask_to_tensor(obj, (width, height)) for _, obj in objects])
+            mask, soft_inpaint = inpaint_mask_from_object(object_soft), 1 - object_soft
+            image_rows = mask_rows = outputs
         else:
             init_image = self.image_processor.preprocess(_drop_alpha(image), height=height, width=width)
-            mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+            soft_inpaint = self._soft_mask_processor().preprocess(mask_image, height=height, width=width)
+            mask = (soft_inpaint >= 0.5).to(soft_inpaint.dtype)  # diffusers' binarisation of `mask_image`
+            image_rows = line_up(len(init_image), batch_size, num_images_per_prompt, "image")
+            mask_rows = line_up(len(mask), batch_size, num_images_per_prompt, "mask_image")
         init_image = init_image.to(dtype=torch.float32)
         if control_image is None:
-            control_image = make_control_image(init_image, mask, self.unet.config.in_channels)
+            control_image = make_control_image(
+                init_image[image_rows], soft_inpaint[mask_rows], self.unet.config.in_channels
+            )
         else:
             control_image = self.control_image_processor.preprocess(control_image, height=height, width=width)
-        return init_image, mask, control_image.to(dtype=torch.float32)
+            control_image = control_image[
+                line_up(len(control_image), batch_size, num_images_per_prompt, "control_image")
+            ]
+        if not isinstance(generator, list) and len(set(image_rows)) == len(set(mask_rows)) == 1:
+            image_rows, mask_rows = image_rows[:1], mask_rows[:1]
+        return init_image[image_rows], mask[mask_rows], control_image.to(dtype=torch.float32)
 
-    def _predict_noise(self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, scale, guess_mode):
-        """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step."""
+    def _soft_mask_processor(self):
+        """diffusers' `mask_processor` without its binarisation: the control image is made from the soft mask."""
+        return VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_convert_grayscale=True)
+
+    def _ip_adapter_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device, total):
+        """The IP-Adapter image embeddings per adapter as (negative or None, positive), or None without one."""
+        if ip_adapter_image is None and ip_adapter_image_embeds is None:
+            return None
         cfg = self.do_classifier_free_guidance
-        latent_model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+        embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device, total, cfg)
+        return [embed.chunk(2) if cfg else (None, embed) for embed in embeds]
+
+    def _predict_noise(
+        self, latents, t, prompt_embeds, mask, masked_image_latents, control_image, image_embeds, scale, guess_mode
+    ):
+        """One guided noise prediction; the ControlNet is skipped when its scale is 0 at this step. Guidance is
+        read at every step, since a callback may switch it off (diffusers' CFG cutoff callbacks)."""
+        cfg = self.do_classifier_free_guidance
+
+        def guided(x):  # the guidance batch: unconditional half, then conditional half
+            return torch.cat([x] * 2) if cfg else x
+
+        latent_model_input = self.scheduler.scale_model_input(guided(latents), t)
+        if mask is not None:
+            mask, masked_image_latents = guided(mask), guided(masked_image_latents)
         model_input = unet_input(latent_model_input, mask, masked_image_latents)  # (2B, 9 or 4, h, w)
         down_residuals = mid_residual = None
         if scale != 0:
-            control_input, control_embeds = model_input, prompt_embeds
+            control_input, control_embeds, control_cond = model_input, prompt_embeds, guided(control_image)
             if guess_mode and cfg:  # ControlNet on the conditional half only
                 control_input, control_embeds = model_input.chunk(2)[1], prompt_embeds.chunk(2)[1]
+                control_cond = control_image
             down_residuals, mid_residual = self.controlnet(
                 control_input,
                 t,
                 encoder_hidden_states=control_embeds,
-                controlnet_cond=control_image,
+                controlnet_cond=control_cond,
                 conditioning_scale=scale,
                 guess_mode=guess_mode,
                 return_dict=False,
@@ -556,11 +833,15 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
             if guess_mode and cfg:
                 down_residuals = [torch.cat([torch.zeros_like(d), d]) for d in down_residuals]
                 mid_residual = torch.cat([torch.zeros_like(mid_residual), mid_residual])
+        added_cond_kwargs = None
+        if image_embeds is not None:
+            added_cond_kwargs = {"image_embeds": [torch.cat([n, p]) if cfg else p for n, p in image_embeds]}
         noise_pred = self.unet(
             model_input,
             t,
             encoder_hidden_states=prompt_embeds,
             cross_attention_kwargs=self.cross_attention_kwargs,
+            added_cond_kwargs=added_cond_kwargs,
             down_block_additional_residuals=down_residuals,
             mid_block_additional_residual=mid_residual,
             return_dict=False,
@@ -572,13 +853,12 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
 
     def _keep_known_region(self, latents, image_latents, noise, mask, timesteps, i):
         """Base variant: put the known image back outside the region to generate, noised to the next step."""
-        init_mask = mask.chunk(2)[0] if self.do_classifier_free_guidance else mask
         known = image_latents
         if i < len(timesteps) - 1:
             known = self.scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
-        return (1 - init_mask) * known + init_mask * latents
+        return (1 - mask) * known + mask * latents
 
-    def _decode(self, latents, generator, output_type, objects, num_images_per_prompt, preserve_object):
+    def _decode(self, latents, generator, output_type, objects, outputs, preserve_object):
         if output_type == "latent":
             return latents, None
         scaled = latents / self.vae.config.scaling_factor
@@ -587,44 +867,61 @@ class StableDiffusionControlNetInpaintPipeline(_DiffusersControlNetInpaintPipeli
         if objects is None:
             return self.image_processor.postprocess(image, output_type=output_type), nsfw
         image = (image.float() / 2 + 0.5).clamp(0, 1)  # (N, 3, h, w) in [0, 1]
+        foregrounds = {}  # the soft edge's foreground colours, estimated once per input object
         restored = []
-        for k, generated in enumerate(image):
-            rgb, obj = objects[0] if len(objects) == 1 else objects[k // num_images_per_prompt]
-            if generated.shape[-2:] != (rgb.height, rgb.width):
-                generated = F.interpolate(generated[None], (rgb.height, rgb.width), mode="bicubic", antialias=True)
-                generated = generated[0].clamp(0, 1)
-            generated = generated.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-            restored.append(paste_object(generated, np.asarray(rgb), np.asarray(obj)) if preserve_object else generated)
-        if output_type == "pil":  # one by one: the inputs of one call may differ in size
-            return [self.numpy_to_pil(np.asarray(r, dtype=np.float32)[None])[0] for r in restored], nsfw
-        restored = np.stack(restored).astype(np.float32)
-        if output_type == "pt":
-            return torch.from_numpy(restored).permute(0, 3, 1, 2), nsfw
-        return restored, nsfw
+        for generated, k in zip(image, outputs):
+            rgb, obj = objects[k]
+            obj = np.asarray(obj)
+            if preserve_object and k not in foregrounds:
+                foregrounds[k] = estimate_foreground(np.asarray(rgb), obj, self._execution_device)
+            restored.append(restore_size(generated, rgb.size, foregrounds.get(k), obj, as_uint8=output_type == "pil"))
+        if output_type == "pil":
+            return [PIL.Image.fromarray(array) for array in restored], nsfw
+        restored = np.stack(restored)
+        return (torch.from_numpy(restored).permute(0, 3, 1, 2) if output_type == "pt" else restored), nsfw
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
+def _load_object(image, object_mask, k):
+    """(RGB image, object mask) of input image `k`, checked: the mask is there, fits, and leaves something to
+    keep and something to generate."""
+    rgb, obj = split_object(image, object_mask)
+    if obj is None:
+        raise ValueError(f"Image {k} has no alpha channel and no `object_mask` was given.")
+    if obj.size != rgb.size:
+        raise ValueError(
+            f"The object mask is {obj.size[0]}x{obj.size[1]} but image {k} is {rgb.size[0]}x{rgb.size[1]}: "
+            "they must have the same size."
+        )
+    problem = object_coverage_problem(obj)
+    if problem == "empty":
+        raise ValueError(f"The object mask of image {k} is empty (no pixel >= {OBJECT_THRESHOLD}).")
+    if problem == "full":
+        raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
+    return rgb, obj
+
+
+def _prompt_count(prompt, prompt_embeds):
+    """The call's batch size: its number of prompts (`check_inputs` says what is wrong with bad ones)."""
+    if isinstance(prompt, list):
+        return len(prompt)
+    if prompt is None and prompt_embeds is not None:
+        return len(prompt_embeds)
+    return 1
+
+
+def _line_up_generators(generator, batch_size, num_images_per_prompt):
+    """A list of generators lined up with the outputs (`line_up`); one generator or None as it is."""
+    if not isinstance(generator, list):
+        return generator
+    return [generator[k] for k in line_up(len(generator), batch_size, num_images_per_prompt, "generator")]
+
+
 def _controlnet_scales(num_steps, scale, start, end):
     """Per-step ControlNet scale: `scale` inside [start, end] of the schedule, 0 outside (diffusers' rule)."""
     return [0.0 if (i / num_steps < start or (i + 1) / num_steps > end) else float(scale) for i in range(num_steps)]
-
-
-def _expand(images, batch_size, num_images_per_prompt, generator=None, always=False):
-    """Line up a (n, C, H, W) batch of conditioning images with the (batch_size * num_images_per_prompt) outputs.
-
-    One image serves every output (left at batch 1 for the VAE, as diffusers does, unless each output has its
-    own generator or `always`); one image per prompt is repeated for that prompt's images.
-    """
-    n, total = images.shape[0], batch_size * num_images_per_prompt
-    if n == 1:
-        return images.repeat(total, 1, 1, 1) if always or isinstance(generator, list) else images
-    if n == batch_size:
-        return images.repeat_interleave(num_images_per_prompt, dim=0)
-    if n == total:
-        return images
-    raise ValueError(f"Got {n} images for {batch_size} prompts: pass one image, or one per prompt.")
 
 
 def _as_list(x):

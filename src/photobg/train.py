@@ -679,8 +679,8 @@ def encode_batch(models, batch, generator=None):
             pixel_values = batch["pixel_values"].to(device)
             latent_dist = vae.encode(pixel_values.to(dtype)).latent_dist
         latents = latent_dist.sample(generator) * scale  # (B, 4, h, w)
-        inpaint_mask = inpaint_mask_from_object(object_mask)  # (B, 1, H, W), 1 = generate
-        control_image = make_control_image(pixel_values, inpaint_mask, models.in_channels)  # (B, 3, H, W)
+        inpaint_mask = inpaint_mask_from_object(object_mask)  # (B, 1, H, W), 1 = generate, binary (the UNet's)
+        control_image = make_control_image(pixel_values, 1 - object_mask, models.in_channels)  # (B, 3, H, W), soft
         mask = masked_image_latents = None
         if models.in_channels == 9:
             # As diffusers' prepare_mask_latents: nearest resize of the binary mask to the latent size.
