@@ -182,6 +182,51 @@ def test_a_killed_process_leaves_nothing_a_rerun_keeps(inputs, tmp_path):
     assert_same_outputs(out, tmp_path / "one")
 
 
+SILENT = """
+import sys, time
+from photobg.distributed import LostProcess, current_processes
+
+processes = current_processes()
+if processes.index == 1:
+    time.sleep(120)  # alive, but it never makes the collective call: a machine that went silent
+start = time.time()
+try:
+    processes.sum([1])
+except LostProcess as lost:
+    print(f"lost after {time.time() - start:.1f} s: {lost}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_silent_process_does_not_hold_the_others_forever(tmp_path):
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    (tmp_path / "silent.py").write_text(SILENT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PHOTOBG_TIMEOUT": "3"}
+    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "silent.py")],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        printed, _ = processes[0].communicate(timeout=100)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert processes[0].returncode == 3, printed
+    assert "another process stopped or did not answer" in printed
+    assert 3 <= float(re.search(r"lost after ([\d.]+) s", printed).group(1)) < 30  # PHOTOBG_TIMEOUT, not forever
+
+
 class OtherMachine:
     """Stands for process 1 on a machine whose output folder is a local one: it never sees process 0's file."""
 
