@@ -23,6 +23,7 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageDraw
 
+from .defaults import DEFAULT_SEGMENTER, PHOTO_SEGMENTERS  # noqa: F401  (re-exported)
 from .masks import (
     OBJECT_THRESHOLD,
     as_object_mask,
@@ -36,10 +37,6 @@ from .masks import (
 )
 from .segment import get_segmenter, segment_image
 
-DEFAULT_SEGMENTER = "transparent-background"
-# Segmenters that find the object in a photo alone ('sam' needs the object as its prompt; 'given-masks' is
-# what --masks does), offered by the CLI and the app.
-PHOTO_SEGMENTERS = ("transparent-background", "threshold")
 SEED_RANGE = 2**31  # seeds drawn when none is given are below this, so they survive JSON and int32 tools
 
 

@@ -31,8 +31,7 @@ MANIFEST = "manifest.jsonl"
 
 
 def add_arguments(parser):
-    from .api import PHOTO_SEGMENTERS
-    from .masks import POSITIONS
+    from .defaults import PHOTO_SEGMENTERS, POSITIONS
 
     parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="photos: files, folders (their image files) or quoted globs")
@@ -269,7 +268,7 @@ def writable_folder(folder):
 
 def add_model_arguments(parser):
     """The options that choose and load the model, shared by `photobg generate` and `photobg app`."""
-    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
+    from .defaults import DEFAULT_MODEL, DTYPE_NAMES, TEST_MODELS
 
     parser.add_argument(
         "--model",
@@ -280,7 +279,7 @@ def add_model_arguments(parser):
     parser.add_argument("--controlnet", help="ControlNet (Hub id, folder or .pth file) for a base --model")
     parser.add_argument("--scheduler", help="diffusers scheduler class, e.g. UniPCMultistepScheduler")
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
     )

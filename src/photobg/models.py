@@ -18,15 +18,13 @@ from pathlib import Path
 import torch
 
 from .configs import get_config
+from .defaults import DEFAULT_MODEL, DTYPE_NAMES, TEST_MODELS
 
-DEFAULT_MODEL = "yahoo-inc/photo-background-generation"
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
-# Model names that are built locally on first use instead of being downloaded.
-TEST_MODELS = ("tiny-inpainting", "tiny-base")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _KEY_PREFIXES = ("module.", "controlnet.", "_orig_mod.")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 # ----------------------------------------------------------------------------- devices and dtypes

@@ -1,0 +1,27 @@
+"""Names and defaults that the command-line options offer, importable without torch or diffusers, so that
+`photobg COMMAND --help` answers at once. The modules that use them (`models`, `masks`, `api`) re-export them.
+"""
+
+DEFAULT_MODEL = "yahoo-inc/photo-background-generation"
+# Model names that are built locally on first use instead of being downloaded.
+TEST_MODELS = ("tiny-inpainting", "tiny-base")
+# Weight dtypes by the names the options take (`models.DTYPES` maps them to torch dtypes).
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+DEFAULT_SEGMENTER = "transparent-background"
+# Segmenters that find the object in a photo alone ('sam' needs the object as its prompt; 'given-masks' is
+# what --masks does), offered by the CLI and the app.
+PHOTO_SEGMENTERS = ("transparent-background", "threshold")
+
+# Where the content goes in the free space of the canvas: (fraction across, fraction down).
+POSITIONS = {
+    "center": (0.5, 0.5),
+    "top": (0.5, 0.0),
+    "bottom": (0.5, 1.0),
+    "left": (0.0, 0.5),
+    "right": (1.0, 0.5),
+    "top-left": (0.0, 0.0),
+    "top-right": (1.0, 0.0),
+    "bottom-left": (0.0, 1.0),
+    "bottom-right": (1.0, 1.0),
+}
