@@ -49,7 +49,9 @@ def main():
     print("| --- | --- | --- | --- |")
     for command in args.commands:
         seconds, torch_loaded, diffusers_loaded = time_help(command, args.repeats)
-        print(f"| {command} | {seconds:.2f} | {'yes' if torch_loaded else 'no'} | {'yes' if diffusers_loaded else 'no'} |")
+        print(
+            f"| {command} | {seconds:.2f} | {'yes' if torch_loaded else 'no'} | {'yes' if diffusers_loaded else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def fit_mask_to_image(mask, size, name="the object mask"):
 
 # ----------------------------------------------------------------------------- the output canvas
 
+
 def parse_size(text):
     """'1024x768' -> (1024, 768)."""
     try:
