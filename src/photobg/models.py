@@ -139,7 +139,7 @@ def resolve_model(spec, what="Model"):
     """
     spec = str(spec)
     if spec in TEST_MODELS:
-        folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / spec
+        folder = photobg_cache() / spec
         if not (folder / "model_index.json").exists():
             write_test_model(folder, spec)
         return str(folder)
@@ -148,6 +148,11 @@ def resolve_model(spec, what="Model"):
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.path.exists(spec):
         raise FileNotFoundError(f"{what} folder {spec!r} does not exist.")
     return spec
+
+
+def photobg_cache():
+    """Where test models named on the command line are built: `$PHOTOBG_CACHE`, default `~/.cache/photobg`."""
+    return Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser()
 
 
 def _from_pretrained(cls, spec, what, **kwargs):
