@@ -175,6 +175,7 @@ class BackgroundGenerator:
         controlnet_conditioning_scale=1.0,
         working_size=None,
         batch_size=1,
+        callback_on_step_end=None,
     ):
         """Generate one image per `Job` for a prepared input, `batch_size` jobs per pipeline call.
 
@@ -182,7 +183,8 @@ class BackgroundGenerator:
             prepared: `Prepared` from `prepare`.
             jobs: list of `Job`.
             working_size: long side to generate at (default: the model's native size).
-            The rest are the pipeline's arguments of the same names.
+            The rest are the pipeline's arguments of the same names (`callback_on_step_end` is called in
+            every pipeline call; setting `pipe._interrupt` there skips the call's remaining steps).
 
         Returns:
             list of RGB PIL images of the canvas size, in the order of `jobs`.
@@ -205,6 +207,7 @@ class BackgroundGenerator:
                 controlnet_conditioning_scale=controlnet_conditioning_scale,
                 # CPU generators: the same seed gives the same noise on every device.
                 generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                callback_on_step_end=callback_on_step_end,
             )
             images.extend(result.images)
         return images

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from .defaults import TEST_SAM_MODEL
+
 SEGMENTERS = {}
 
 
@@ -77,8 +79,6 @@ def threshold(level=128):
 
 
 DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
-# A random SamModel built locally on first use (tests, offline demos), like `models.TEST_MODELS`.
-TEST_SAM_MODEL = "tiny-sam"
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
