@@ -8,6 +8,7 @@ result with the input or with plain SD2-inpainting (SI2) on a slider; download f
 at a time. `/generate` is the API endpoint (see `App.api_generate`).
 """
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -122,17 +123,19 @@ class App:
 
     def open(self, photo, mask=None):
         """A `Selection` for uploaded files; errors name the uploaded files, not their temporary paths."""
+        import PIL.Image
+
         from .selection import open_selection
 
         try:
             return open_selection(self.generator, photo, mask, max_megapixels=self.max_megapixels)
-        except (OSError, ValueError) as err:
-            import PIL.Image
-
+        except ValueError as err:
             message = str(err)
-            if isinstance(err, (OSError, PIL.Image.DecompressionBombError)) and not isinstance(err, ValueError):
-                message = f"{photo}: not a readable image."
-            raise ValueError(_uploaded_names(message, photo, mask)) from None
+        except PIL.Image.DecompressionBombError:
+            message = f"{photo}: too many pixels; this app takes photos up to {self.max_megapixels:g} megapixels."
+        except OSError:
+            message = f"{photo}: not a readable image."
+        raise ValueError(_uploaded_names(message, photo, mask))
 
     def click(self, selection, x, y, label):
         """Add a clicked point (display coordinates; label 1 = on the object) and let SAM redo the mask."""
@@ -192,6 +195,7 @@ class App:
 
         from .api import make_jobs
         from .generate_cli import save_png
+        from .selection import cutout
 
         prepared = self.prepare(selection, canvas)
         jobs = make_jobs([prompt or ""], int(num_images), seed)
@@ -200,7 +204,7 @@ class App:
         object_file = None
         if selection.edited:  # the command reads the edited selection from this file
             object_file = str(Path(folder, f"{stem}_object.png"))
-            save_png(_cutout(selection), Path(object_file))
+            save_png(cutout(selection), Path(object_file))
         si2 = None  # the SI2 image of the current seed, which ours is compared with
         for index, (job, (name, scale)) in enumerate(itertools.product(jobs, runs)):
             label = f"{name}, seed {job.seed}"
@@ -234,10 +238,12 @@ class App:
         """Every setting of one image, and the `photobg generate` command that makes it again."""
         from pathlib import Path
 
+        from .selection import describe
+
         pipe = self.generator.pipe
         record = dict(
             photo=selection.name,
-            object=_describe_object(selection),
+            object=describe(selection),
             prompt=job.prompt,
             negative_prompt=options["negative_prompt"],
             seed=job.seed,
@@ -273,26 +279,36 @@ class App:
             "--controlnet-scale": options["controlnet_conditioning_scale"],
             **self.model_flags,
         }
-        command = ["photobg", "generate", *inputs]
-        for flag, value in flags.items():
-            if value is True:
-                command.append(flag)
-            elif value is not None:
-                command += [flag, str(value)]
-        record["command"] = shlex.join(command)
+        record["command"] = command_line(["photobg", "generate", *inputs], flags)
         return record
 
+    @contextlib.contextmanager
+    def stoppable(self, session):
+        """A `threading.Event` that `stop(session)` sets while the session's generation runs in this block."""
+        event = threading.Event()
+        self._stops[session] = event
+        try:
+            yield event
+        finally:
+            if self._stops.get(session) is event:
+                del self._stops[session]
+
     def stop(self, session):
-        """Ask the session's running generation to stop after its current step."""
+        """Ask the session's running generation to stop after its current step; False if none runs."""
         event = self._stops.get(session)
         if event is not None:
             event.set()
         return event is not None
 
-    def new_stop(self, session):
-        event = threading.Event()
-        self._stops[session] = event
-        return event
+
+def command_line(words, flags):
+    """A shell command: `words`, then each flag with its value (a flag whose value is True alone; None: left out)."""
+    for flag, value in flags.items():
+        if value is True:
+            words = [*words, flag]
+        elif value is not None:
+            words = [*words, flag, str(value)]
+    return shlex.join(words)
 
 
 def canvas_options(aspect, size, object_scale, position):
@@ -332,18 +348,6 @@ def _uploaded_names(message, *paths):
         if path is not None:
             message = message.replace(str(path), Path(path).name)
     return message
-
-
-def _cutout(selection):
-    from .selection import cutout
-
-    return cutout(selection)
-
-
-def _describe_object(selection):
-    from .selection import describe
-
-    return describe(selection)
 
 
 def _highlight(prepared):
@@ -608,10 +612,10 @@ def _wire_generation(app, ui):
         def on_step(fraction, text):
             progress(fraction, desc=text)
 
-        stop = app.new_stop(request.session_hash)
         seed = None if seed is None or seed < 0 else int(seed)
         run = (selection, prompt, num_images, seed, compare, options, canvas)
-        yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
+        with app.stoppable(request.session_hash) as stop:
+            yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
 
     def stop(request: gr.Request):
         return "Stopping after the current step…" if app.stop(request.session_hash) else gr.skip()
