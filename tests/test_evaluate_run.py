@@ -13,7 +13,7 @@ from photobg import cli
 from photobg.data import training_set_features
 from photobg.evaluate.data import Benchmark, parse_model_spec, parse_model_specs
 from photobg.evaluate.metrics import expansion_metrics
-from photobg.segment import SegmenterUnavailable, get_segmenter, sam_prompt, segment_image, write_test_sam
+from photobg.segment import SegmenterUnavailable, get_segmenter, sam_prompt, segment_image
 
 # ----------------------------------------------------------------------------- model specs
 
@@ -143,12 +143,6 @@ def test_prepared_dataset_benchmark(tmp_path):
 
 
 # ----------------------------------------------------------------------------- segmenters
-
-
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory):
-    """A random SamModel (64 px input, one-block decoder) and its processor, saved in the Hub layout."""
-    return write_test_sam(tmp_path_factory.mktemp("models") / "tiny-sam")
 
 
 def test_sam_segmenter(tiny_sam):

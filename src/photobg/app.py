@@ -224,10 +224,10 @@ class App:
         """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped."""
 
         def step_end(pipe, i, t, tensors):
-            if stop.is_set():
-                pipe._interrupt = True  # diffusers' convention: the loop skips the remaining steps
             if report is not None:
                 report(i + 1, len(pipe.scheduler.timesteps))
+            if stop.is_set():
+                pipe._interrupt = True  # diffusers' convention: the loop skips the remaining steps
             return {}
 
         with self._pipe_lock:
