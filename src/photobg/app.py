@@ -562,8 +562,13 @@ def _wire_object(app, ui):
     for upload in (ui.photo, ui.mask):
         upload.change(load, [ui.photo, ui.mask, *canvas], views, **private)
     ui.view.select(click, [ui.selection, ui.point_mode, ui.editor, *canvas], views, **private)
+    # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
     ui.editor.input(
-        brush, [ui.selection, ui.editor, *canvas], [ui.selection, ui.view, ui.preview, ui.object_status], **private
+        brush,
+        [ui.selection, ui.editor, *canvas],
+        [ui.selection, ui.view, ui.preview, ui.object_status],
+        trigger_mode="always_last",
+        **private,
     )
     ui.reset.click(reset, [ui.selection, *canvas], views, **private)
     for field in (ui.aspect, ui.object_scale, ui.position):
@@ -621,7 +626,10 @@ def _wire_generation(app, ui):
         return "Stopping after the current step…" if app.stop(request.session_hash) else gr.skip()
 
     def show(results, evt: gr.SelectData):
-        return _show_result(results[evt.index]) if results and 0 <= evt.index < len(results) else (gr.skip(),) * 4
+        if not results or not 0 <= evt.index < len(results):
+            return (gr.skip(),) * 3
+        slider, command, _, parameters = _show_result(results[evt.index])
+        return slider, command, parameters  # the object file is the generation's, shown already
 
     inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
@@ -629,9 +637,7 @@ def _wire_generation(app, ui):
     ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
     # Stop must not wait behind the generation it stops.
     ui.stop.click(stop, None, ui.status, concurrency_limit=None, api_visibility="private")
-    ui.gallery.select(
-        show, ui.results, [ui.slider, ui.command, ui.object_file, ui.parameters], api_visibility="private"
-    )
+    ui.gallery.select(show, ui.results, [ui.slider, ui.command, ui.parameters], api_visibility="private")
 
 
 def _stream(app, run, stop, on_step, wanted):
@@ -665,7 +671,7 @@ def _show_results(results):
 
 
 def _show_result(result):
-    """(slider, command, object file, parameters) of one result."""
+    """(slider, command, object file, parameters) of one result, while its files exist."""
     import gradio as gr
 
     object_file = gr.update(value=result.object_file, visible=result.object_file is not None)
