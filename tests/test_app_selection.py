@@ -188,3 +188,21 @@ def test_uploads_that_cannot_be_used_are_messages_naming_them(app, tmp_path):
     (uploads / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match=r"^notes.png: not a readable image.$"):
         app.open(str(uploads / "notes.png"))
+
+
+def test_sam_embeds_an_image_once_for_all_its_clicks(tiny_sam, monkeypatch):
+    from photobg.segment import Sam
+
+    sam = Sam(str(tiny_sam), device="cpu")
+    embedded = []
+    embed = sam.model.get_image_embeddings
+    monkeypatch.setattr(sam.model, "get_image_embeddings", lambda *a, **k: embedded.append(1) or embed(*a, **k))
+    photo = Image.fromarray(skimage.data.chelsea()).resize((90, 60))
+    first = sam(photo, [[40, 30]])
+    both = sam(photo, [[40, 30], [5, 5]], labels=[1, 0])
+    assert first.size == both.size == photo.size and first.mode == "L"
+    assert len(embedded) == 1  # the image encoder ran once; a new image runs it again
+    sam(photo.copy(), [[40, 30]])
+    assert len(embedded) == 2
+    with pytest.raises(ValueError, match="SAM needs a prompt"):
+        sam(photo)

@@ -22,6 +22,7 @@ from photobg.models import (
     read_controlnet_state_dict,
     resolve_dtype,
 )
+from photobg.segment import Sam, SegmenterUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +187,10 @@ def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
     message = str(error.value)
     assert "'someone/not-cached-model': there is no local folder of that name" in message
     assert "(ConnectError: " in message and "HF_HUB_OFFLINE=1" in message
+    start = time.monotonic()
+    with pytest.raises(SegmenterUnavailable, match="could not load 'someone/not-cached-sam' \\(ConnectError"):
+        Sam("someone/not-cached-sam")
+    assert time.monotonic() - start < 3
 
 
 def test_seed_import_path_from_repo_root():
