@@ -18,6 +18,10 @@ DEFAULT_SEGMENTER = "transparent-background"
 # what --masks does), offered by the CLI and the app.
 PHOTO_SEGMENTERS = ("transparent-background", "threshold")
 
+# `photobg evaluate`: the CLIP model of the CLIP score and FID's CLIP features, and FID's feature spaces.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+FID_FEATURES = ("inception", "clip")
+
 # Where the content goes in the free space of the canvas: (fraction across, fraction down).
 POSITIONS = {
     "center": (0.5, 0.5),
