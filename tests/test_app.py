@@ -5,6 +5,7 @@ messages; and the `/generate` API endpoint through `gradio_client`. Screenshots 
 test-artifacts/app-*.png."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -211,6 +212,7 @@ def test_select_place_generate_compare_download(page, tmp_path):
     kept = fetch(page, "#object-file a").getchannel("A")  # the selection the command reads: alpha = object
     ours = fetch(page, "#results img[alt='ours, seed 0']")
     assert ours.format == "PNG" and ours.size == (451, 300)  # the download is the full-resolution result
+    assert json.loads(ours.info["photobg"])["command"] == command  # and carries its parameters
     solid = np.asarray(kept) == 255
     photo = np.asarray(Image.open(photo_file))
     np.testing.assert_array_equal(np.asarray(ours.convert("RGB"))[solid], photo[solid])

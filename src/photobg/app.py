@@ -394,6 +394,7 @@ def _layout(default_steps):
     from .selection import ADD_COLOUR, REMOVE_COLOUR
 
     ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]))
+    shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
     gr.Markdown(
         "# photobg\nA new background around your object, which stays exactly as it is. **1.** Upload a photo "
         "(an RGBA cutout, or a photo and optionally its mask, white = object) and check the object, tinted blue: "
@@ -407,11 +408,7 @@ def _layout(default_steps):
             with gr.Tabs():
                 with gr.Tab("Click", id="click-tab"):
                     ui.view = gr.Image(
-                        label="Click to mark points (blue = the object kept)",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        elem_id="selection",
+                        label="Click to mark points (blue = the object kept)", elem_id="selection", **shown
                     )
                     with gr.Row():
                         ui.point_mode = gr.Radio(
@@ -441,13 +438,7 @@ def _layout(default_steps):
                     0, 1, value=0, step=0.05, label="Object scale (0 = keep the framing)", elem_id="object-scale"
                 )
                 ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", elem_id="position")
-            ui.preview = gr.Image(
-                label="Preview: the canvas with the object placed",
-                type="pil",
-                format="png",
-                interactive=False,
-                elem_id="preview",
-            )
+            ui.preview = gr.Image(label="Preview: the canvas with the object placed", elem_id="preview", **shown)
         with gr.Column(scale=1):
             ui.prompt = gr.Textbox(
                 label="Prompt", placeholder="a bottle of perfume on a marble table, soft light", elem_id="prompt"
