@@ -123,8 +123,12 @@ def fetch(page, selector):
 
 
 def set_number(page, elem_id, value):
-    page.fill(f"#{elem_id} input[type=number]", str(value))
-    page.press(f"#{elem_id} input[type=number]", "Enter")
+    """Type a slider's value, and wait until the slider has taken it."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.wait_for(state="visible")
+    field.fill(str(value))
+    field.press("Enter")
+    page.wait_for_function(f"document.querySelector('#{elem_id} input[type=range]').value == '{value}'")
 
 
 def cat_files(folder):
