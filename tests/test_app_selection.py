@@ -139,6 +139,8 @@ def test_placement_preview_uses_the_canvas_functions(app, cat):
         canvas_options(None, "10", 0, "center")
     with pytest.raises(ValueError, match="Aspect ratio 'wide' is not W:H"):
         canvas_options("wide", "", 0, "center")
+    with pytest.raises(ValueError, match="Guidance scale must be "):
+        sampling_options(None, 2, 0.5, 1.0)
 
 
 def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):

@@ -45,3 +45,17 @@ def test_training_measurement_runs_the_real_loop():
 
     row = measure_training("tiny-inpainting", 32, 2, 3, 4, cache_latents=True, gradient_checkpointing=False)
     assert row["samples_per_second"] > 0 and row["cache_latents"] and row["peak_mb"] > 0
+
+
+def test_bench_counts_sdxl_flops_and_refuses_to_time_sdxl_yet(tmp_path):
+    args = ["bench", "--config", "tiny-sdxl-inpainting", "--sizes", "128", "--steps", "2", "--flops-only"]
+    main([*args, "--output-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "flops.json").read_text())
+    assert result["inference"] == result["training"] == [] and result["peak_tflops"] is None
+    [row] = result["flops"]
+    assert (row["model"], row["size"], row["steps"]) == ("tiny-sdxl-inpainting", 128, 2)
+    assert row["photobg_tflop_per_image"] > row["si2_tflop_per_image"] > 2 * row["unet_tflop_per_step"]
+    assert "| tiny-sdxl-inpainting | 128 | 2 |" in (tmp_path / "flops.md").read_text()
+    with pytest.raises(SystemExit, match="--config tiny-sdxl-base: timing sdxl-base needs the SDXL pipeline"):
+        main(["bench", "--config", "tiny-sdxl-base", "--output-dir", str(tmp_path / "timed")])
+    assert not (tmp_path / "timed").exists()

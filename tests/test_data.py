@@ -144,3 +144,83 @@ def test_collate_tokenizes_like_the_pipeline(shapes, tmp_path):
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["object_mask"].shape == (2, 1, 32, 32)
     expected = tokenizer(batch["captions"], padding="max_length", max_length=77, truncation=True).input_ids
     assert batch["input_ids"].tolist() == expected
+
+
+# ----------------------------------------------------------------------------- one mask reader, one crop recipe
+
+
+def mask_files(folder):
+    """One object (a soft-edged square) drawn as each common kind of mask file; {kind: path}."""
+    object_mask = np.zeros((16, 16), np.uint8)
+    object_mask[4:12, 3:11] = 255
+    object_mask[4:12, 11] = 100  # a soft edge
+    inside = object_mask > 0
+    palette = Image.fromarray(inside.astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0])  # a red object on black
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = object_mask
+    masks = {
+        "opaque-rgba": Image.fromarray(
+            np.dstack([np.repeat(object_mask[..., None], 3, 2), np.full((16, 16), 255, np.uint8)])
+        ),
+        "transparent-rgba": Image.fromarray(np.dstack([np.full((16, 16, 3), 90, np.uint8), object_mask])),
+        "labels-0-1": Image.fromarray(inside.astype(np.uint8), "L"),
+        "16-bit": Image.fromarray(object_mask.astype(np.uint16) * 257),
+        "palette": palette,
+        "red-on-black": Image.fromarray(red),
+    }
+    paths = {}
+    for kind, mask in masks.items():
+        paths[kind] = folder / f"{kind}.png"
+        mask.save(paths[kind])
+    return paths
+
+
+def test_training_reads_every_kind_of_mask_file_as_inference_does(tmp_path):
+    from photobg.masks import load_object_mask, object_mask_to_tensor
+
+    paths = mask_files(tmp_path)
+    photo = png(Image.new("RGB", (16, 16), "gray"))
+    rows = {
+        "image": [{"bytes": photo, "path": None}] * len(paths),
+        "conditioning_image": [{"bytes": path.read_bytes(), "path": None} for path in paths.values()],
+        "text": ["an object"] * len(paths),
+    }
+    features = datasets.Features(
+        {"image": datasets.Image(), "conditioning_image": datasets.Image(), "text": datasets.Value("string")}
+    )
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "masks.parquet"))
+    examples = TrainExamples(load_train_dataset(dataset_name=str(tmp_path / "masks.parquet")), resolution=16)
+    assert Image.open(paths["16-bit"]).mode.startswith("I")
+    for k, (kind, path) in enumerate(paths.items()):
+        item = examples[k]
+        at_inference = object_mask_to_tensor(load_object_mask(path), (16, 16))[0]
+        assert torch.equal(item["object_mask"], at_inference), kind
+        assert item["bad"] == "", kind  # none is skipped as empty or full
+        outside = torch.ones(16, 16, dtype=torch.bool)
+        outside[4:12, 3:12] = False
+        assert (at_inference[0, 4:12, 3:11] == 1).all() and (at_inference[0, outside] == 0).all(), kind
+
+
+def test_the_authors_crop_recipe_averages_areas_and_exposes_the_crop():
+    from photobg.data import Crop, transform_pair
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    object_mask = Image.fromarray(rng.integers(0, 256, (60, 90), dtype=np.uint8))
+    # As 768 -> 512: the short side resized to 1.5 x the crop, then a random crop.
+    image, mask, crop = transform_pair(photo, object_mask, 32, np.random.default_rng(1), short_side=48)
+    assert isinstance(crop, Crop) and crop.original_size == (90, 60) and crop.resized_size == (72, 48)
+    left, top, right, bottom = crop.box
+    assert right - left == bottom - top == 32 and not crop.flipped
+    # Area averaging (Pillow's BOX filter, OpenCV's INTER_AREA), for the photo and the mask alike.
+    for original, cropped in ((photo, image), (object_mask, mask)):
+        expected = original.resize((72, 48), Image.BOX).crop(crop.box)
+        assert np.array_equal(np.asarray(cropped), np.asarray(expected))
+        assert not np.array_equal(
+            np.asarray(cropped), np.asarray(original.resize((72, 48), Image.BILINEAR).crop(crop.box))
+        )
+    positions = {
+        transform_pair(photo, object_mask, 32, np.random.default_rng(s), short_side=48)[2].box for s in range(20)
+    }
+    assert len(positions) > 5  # the crop moves over the whole resized photo

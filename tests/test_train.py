@@ -18,6 +18,7 @@ from accelerate.state import AcceleratorState
 from conftest import generator, make_photo
 from diffusers import ControlNetModel, DDPMScheduler
 from safetensors.torch import load_file
+from train_recorder import read_records, record_into
 
 from photobg import cli
 from photobg.checkpoints import list_checkpoints
@@ -70,6 +71,20 @@ def config(output_dir, data, variant="inpaint", **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
+def validation_settings(folder, **overrides):
+    """Validation flags for `config`, with `make_photo`'s photo and mask written to `folder`."""
+    photo, object_mask = make_photo(48, 40)
+    photo.save(folder / "photo.png")
+    object_mask.save(folder / "mask.png")
+    values = dict(
+        validation_prompt=["a red ellipse"],
+        validation_image=[str(folder / "mask.png")],
+        validation_inpainting_image=[str(folder / "photo.png")],
+        validation_num_inference_steps=2,
+    )
+    return {**values, **overrides}
+
+
 def controlnet_weights(folder):
     return load_file(Path(folder, "diffusion_pytorch_model.safetensors"))
 
@@ -86,18 +101,10 @@ def assert_same_weights(a, b, atol=1e-6):
 @pytest.mark.parametrize("variant", ["inpaint", "base"])
 def test_loss_falls_and_the_output_generates(variant, fixed_batch, tmp_path):
     photo, object_mask = make_photo(48, 40)
-    photo.save(tmp_path / "photo.png")
-    object_mask.save(tmp_path / "mask.png")
-    validation = dict(
-        validation_prompt=["a red ellipse"],
-        validation_image=[str(tmp_path / "mask.png")],
-        validation_inpainting_image=[str(tmp_path / "photo.png")],
-        num_validation_images=2,
-        validation_steps=60,
-        validation_num_inference_steps=2,
-        report_to="tensorboard",
-    )
-    result = main(config(tmp_path / "out", fixed_batch, variant, max_train_steps=60, **validation))
+    validation = validation_settings(tmp_path, num_validation_images=2, validation_steps=60, report_to="tensorboard")
+    # The crop spans the whole (32 px) photo, so every step sees the same batch.
+    settings = dict(max_train_steps=60, resize_short_side=32)
+    result = main(config(tmp_path / "out", fixed_batch, variant, **settings, **validation))
 
     losses = np.array(result.losses)
     assert len(losses) == 60 and np.isfinite(losses).all()
@@ -146,12 +153,12 @@ def test_training_and_inference_build_identical_controlnet_inputs(
     )
     import datasets
 
-    from photobg.data import Collate, decode_image, load_train_dataset
+    from photobg.data import Collate, load_train_dataset, read_object_mask
 
     dataset = load_train_dataset(train_data_dir=str(fixed_batch))
     example = TrainExamples(dataset, resolution=32)[0]
     row = datasets.load_dataset(str(fixed_batch))["train"][0]
-    photo, object_mask, caption = row["image"], decode_image(row["conditioning_image"], "L"), row["text"]
+    photo, object_mask, caption = row["image"], read_object_mask(row["conditioning_image"]), row["text"]
 
     calls = []
     pipe.controlnet.register_forward_pre_hook(lambda m, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
@@ -209,7 +216,7 @@ def test_cached_latents_train_like_uncached_ones(shapes, tmp_path):
     plain = main(config(tmp_path / "plain", shapes, **settings))
     AcceleratorState._reset_state(reset_partial_state=True)
     cached = main(config(tmp_path / "cached", shapes, cache_latents=True, **settings))
-    assert list((tmp_path / "cached" / "latent_cache").rglob("part-0-latent_params.npy"))
+    assert list((tmp_path / "cached" / "latent_cache").rglob("part-0-of-1-latent_params.npy"))
     np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-5)
     assert_same_weights(controlnet_weights(tmp_path / "cached"), controlnet_weights(tmp_path / "plain"))
 
@@ -291,7 +298,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(shapes, tmp_path
     load_pipeline(out / "pipeline", device="cpu")
 
 
-def test_two_processes_share_the_data_and_only_the_main_one_writes(shapes, tmp_path):
+def test_two_processes_share_the_data_and_only_the_main_one_writes(shapes, tmp_path, monkeypatch):
     out = tmp_path / "out"
     photo, object_mask = make_photo(48, 40)
     photo.save(tmp_path / "photo.png")
@@ -302,11 +309,17 @@ def test_two_processes_share_the_data_and_only_the_main_one_writes(shapes, tmp_p
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     validation = ["--validation_prompt", "a red ellipse", "--validation_image", str(tmp_path / "mask.png")]
     validation += ["--validation_inpainting_image", str(tmp_path / "photo.png"), "--num_validation_images", "1"]
-    validation += ["--validation_steps", "3", "--validation_num_inference_steps", "2"]
-    extra = ["--max_train_steps", "3", "--checkpointing_steps", "2", "--report_to", "tensorboard", *validation]
-    command = [sys.executable, *launch, *script_command(str(ROOT / "train_controlnet_inpaint.py"), out, shapes, *extra)]
+    validation += ["--validation_steps", "4", "--validation_num_inference_steps", "2"]
+    # A learning rate that changes every step, read back every step.
+    schedule = ["--lr_scheduler", "linear", "--lr_warmup_steps", "1", "--learning_rate", "1e-4", "--logging_steps", "1"]
+    steps = ["--max_train_steps", "4", "--checkpointing_steps", "2", *schedule]
+    flags = script_command("train_controlnet_inpaint.py", out, shapes, *steps, "--report_to", "tensorboard")[1:]
+    # The entry script's `cli_main`, recording each process's batches and learning rates.
+    command = [sys.executable, *launch, str(ROOT / "tests" / "train_recorder.py"), str(tmp_path / "two"), "inpaint"]
     env = {**script_env(), "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    result = subprocess.run(
+        command + flags + validation, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
     starts = dict(re.findall(r"Process (\d) starts with examples (\[.*?\])", result.stderr))
@@ -317,15 +330,57 @@ def test_two_processes_share_the_data_and_only_the_main_one_writes(shapes, tmp_p
     assert resolved["num_processes"] == 2 and resolved["total_batch_size"] == 4
     # One writer: one tracker log, one validation grid; each process only adds its own RNG states to checkpoints.
     assert len(list((out / "logs" / "train_controlnet").glob("events.out.tfevents*"))) == 1
-    assert [p.name for p in (out / "validation").iterdir()] == ["step-000003.png"]
+    assert [p.name for p in (out / "validation").iterdir()] == ["step-000004.png"]
     checkpoint = out / "checkpoint-2"
     assert sorted(p.name for p in checkpoint.glob("*_rng_*.pt")) == ["noise_rng_0.pt", "noise_rng_1.pt"]
     pipe = load_pipeline(out / "pipeline", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a cup", image=photo, object_mask=object_mask, num_inference_steps=2).images[0].size == (48, 40)
 
+    # Resumed from checkpoint-2 on one process with the same total batch (1 x 4 instead of 2 x 2): the same
+    # remaining examples at each step and the same learning rates as the uninterrupted two-process run.
+    record_into(str(tmp_path / "one"), monkeypatch.setattr)
+    resumed = script_command(
+        "train_controlnet_inpaint.py", tmp_path / "resumed", shapes, *steps, "--train_batch_size", "4"
+    )
+    assert cli_main("inpaint", [*resumed[1:], "--resume_from_checkpoint", str(checkpoint)]) == 0
+    (batches_0, lrs), (batches_1, _) = (read_records(tmp_path / "two", k) for k in (0, 1))
+    one_batches, one_lrs = read_records(tmp_path / "one", 0)
+    assert [set(b) for b in one_batches] == [set(batches_0[k]) | set(batches_1[k]) for k in (2, 3)]
+    assert one_lrs == {3: lrs[3], 4: lrs[4]} and len(set(lrs.values())) == 4
+
 
 # ----------------------------------------------------------------------------- entry points and flags
+
+
+def test_the_seed_scripts_default_to_the_authors_recipe():
+    from photobg.train_config import build_parser, config_from_args, short_side
+
+    for variant in ("inpaint", "base"):
+        parser = build_parser(variant)
+        defaults = config_from_args(parser.parse_args(["--pretrained_model_name_or_path", "x"]), variant)
+        assert defaults.proportion_empty_prompts == 0.1  # the method's 10% empty captions
+        assert defaults.resolution == 512 and short_side(defaults) == 768  # short side 768, random 512 crop
+        flags = ["--pretrained_model_name_or_path", "x", "--resolution", "64"]
+        assert short_side(config_from_args(parser.parse_args(flags), variant)) == 96  # 1.5 x the crop
+        flags += ["--resize_short_side", "64"]
+        assert short_side(config_from_args(parser.parse_args(flags), variant)) == 64
+
+
+def test_validation_images_use_the_runs_seed_even_when_it_was_drawn(fixed_batch, tmp_path, monkeypatch):
+    from photobg.pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+
+    seeds, call = [], StableDiffusionControlNetInpaintPipeline.__call__
+
+    def recording_call(self, *args, generator=None, **kwargs):
+        seeds.append(generator.initial_seed())
+        return call(self, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionControlNetInpaintPipeline, "__call__", recording_call)
+    validation = validation_settings(tmp_path, num_validation_images=1, validation_num_inference_steps=1)
+    main(config(tmp_path / "out", fixed_batch, seed=None, max_train_steps=1, **validation))
+    drawn = json.loads((tmp_path / "out" / "training_config.json").read_text())["seed"]
+    assert seeds == [drawn] and drawn != 0  # not `seed or 0`: no seed and seed 0 no longer give the same images
 
 
 def test_photobg_train_runs_the_base_variant(shapes, tmp_path):

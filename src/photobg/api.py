@@ -35,9 +35,16 @@ from .masks import (
     place_on_canvas,
     split_cutout,
 )
-from .segment import get_segmenter, segment_image
+from .segment import SegmenterUnavailable, get_segmenter, segment_image
 
 SEED_RANGE = 2**31  # seeds drawn when none is given are below this, so they survive JSON and int32 tools
+# Upper bounds, checked before anything is generated (and by `photobg generate` before the model loads).
+# A canvas is at most the largest image Pillow opens without refusing it as a decompression bomb (about 179
+# megapixels; a 150-megapixel camera's photo fits), so every output can be read back. The working size is at
+# most 8x SD2's native 512 px and 4x SDXL's 1024 px: beyond it the models make no usable image and their
+# memory runs into tens of GB.
+MAX_CANVAS_PIXELS = 2 * PIL.Image.MAX_IMAGE_PIXELS
+MAX_WORKING_SIZE = 4096
 
 
 @dataclass
@@ -92,7 +99,9 @@ class BackgroundGenerator:
         if pipe is None:
             pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler)
         self.pipe = optimize(pipe, compile=compile, vae_tiling=vae_tiling)
-        self.segmenter = segmenter
+        self.segmenter = segmenter  # as given: a name or a callable
+        self._segment = None if isinstance(segmenter, str) else segmenter  # a named one is built on first use
+        self._segmenter_error = None
 
     @property
     def native_size(self):
@@ -106,13 +115,31 @@ class BackgroundGenerator:
         scale = (long_side or self.native_size) / max(size)
         return tuple(max(factor, round(side * scale / factor) * factor) for side in size)
 
+    def load_segmenter(self):
+        """Build the named segmenter now, so that a missing package or model shows before a batch starts.
+
+        Returns:
+            The segmenter (a callable), or None when none is set.
+
+        Raises:
+            SegmenterUnavailable: its package or weights are missing; the failure is remembered, so later calls
+                (one per photo) raise it again at once instead of trying again.
+        """
+        if self._segment is None and self.segmenter is not None:
+            if self._segmenter_error is not None:
+                raise self._segmenter_error
+            try:
+                self._segment = get_segmenter(self.segmenter)
+            except SegmenterUnavailable as err:
+                self._segmenter_error = err
+                raise
+        return self._segment
+
     def find_object(self, image):
         """The segmenter's object mask ("L") for an RGB image."""
         if self.segmenter is None:
             raise ValueError("no segmenter is set.")
-        if isinstance(self.segmenter, str):
-            self.segmenter = get_segmenter(self.segmenter)
-        return segment_image(self.segmenter, image)
+        return segment_image(self.load_segmenter(), image)
 
     def prepare(self, image, object_mask=None, *, size=None, aspect=None, object_scale=None, position="center"):
         """Read a photo, find its object and place both on the output canvas.
@@ -139,6 +166,7 @@ class BackgroundGenerator:
         try:
             rgb, mask, source = self._find_object(photo, object_mask, name)
             size = canvas_size(rgb.size, size, aspect)
+            check_canvas_size(size)
             canvas, canvas_mask = place_on_canvas(rgb, mask, size, object_scale, position)
             _check_object(canvas_mask)
         except ValueError as err:
@@ -191,6 +219,12 @@ class BackgroundGenerator:
         """
         import torch
 
+        check_sampling(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            working_size=working_size,
+        )
         width, height = self.working_size(prepared.image.size, working_size)
         images = []
         for start in range(0, len(jobs), batch_size):
@@ -277,6 +311,49 @@ def make_jobs(prompts, num_images_per_prompt=1, seed=None):
         raise ValueError(f"num_images_per_prompt must be at least 1, not {num_images_per_prompt}.")
     seed = secrets.randbelow(SEED_RANGE) if seed is None else int(seed)
     return [Job(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(num_images_per_prompt)]
+
+
+def check_canvas_size(size, name="the canvas"):
+    """Raise a `ValueError` when an output canvas of `size` = (width, height) is above `MAX_CANVAS_PIXELS`."""
+    width, height = size
+    if width * height > MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above photobg's limit of "
+            f"{MAX_CANVAS_PIXELS / 1e6:.0f} megapixels: choose a smaller size or aspect ratio."
+        )
+
+
+# Classifier-free guidance in diffusers is on only for guidance_scale > 1: every value up to 1 gives the same
+# unguided image. 0 and 1 are accepted as "off" (few-step models are run at 0); a negative value or one between
+# 0 and 1 would suggest an effect it does not have, so it is refused.
+GUIDANCE_RULE = "0 or at least 1 (0 and 1 both turn classifier-free guidance off; diffusers applies it only above 1)"
+# What each sampling value must be: (test, the rule in words).
+SAMPLING_RULES = {
+    "num_inference_steps": (lambda v: v >= 1, "at least 1"),
+    "guidance_scale": (lambda v: v == 0 or v >= 1, GUIDANCE_RULE),
+    "controlnet_conditioning_scale": (lambda v: v >= 0, "at least 0 (0 = the base model alone, no ControlNet)"),
+    "working_size": (lambda v: 8 <= v <= MAX_WORKING_SIZE, f"between 8 and {MAX_WORKING_SIZE} pixels"),
+}
+
+
+def check_sampling(names=None, **values):
+    """Refuse sampling values that mean nothing (or not what they seem), by `SAMPLING_RULES`.
+
+    Args:
+        names: how the caller's user knows each argument, e.g. {"guidance_scale": "--guidance"}; by default
+            the pipeline's argument names.
+        **values: `num_inference_steps`, `guidance_scale`, `controlnet_conditioning_scale`, `working_size`;
+            None = not given.
+
+    Raises:
+        ValueError: naming the argument, its value and the values it accepts.
+    """
+    import math
+
+    for key, value in values.items():
+        test, rule = SAMPLING_RULES[key]
+        if value is not None and not (math.isfinite(value) and test(value)):
+            raise ValueError(f"{(names or {}).get(key, key)} must be {rule}, not {value}.")
 
 
 def _check_object(object_mask):

@@ -20,6 +20,12 @@ HELP = "A web app (Gradio): click or paint the object, place it, generate new ba
 ASPECTS = ["photo's own", "1:1", "4:5", "3:4", "2:3", "16:9", "9:16", "3:2", "4:3"]
 POINT_MODES = ["on the object (add)", "off the object (remove)"]
 MAX_IMAGES = 8
+# The app's names of the sampling settings, for messages.
+SAMPLING_FIELDS = {
+    "num_inference_steps": "Denoising steps",
+    "guidance_scale": "Guidance scale",
+    "controlnet_conditioning_scale": "ControlNet scale",
+}
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
@@ -194,7 +200,7 @@ class App:
         from pathlib import Path
 
         from .api import make_jobs
-        from .generate_cli import save_png
+        from .generate_cli import RECORD_CHUNK, save_png
         from .selection import cutout
 
         prepared = self.prepare(selection, canvas)
@@ -215,7 +221,7 @@ class App:
                 return
             parameters = self.parameters(selection, prepared, job, run_options, canvas, object_file)
             path = Path(folder, f"{stem}_s{job.seed}{'' if name == 'ours' else '_si2'}.png")
-            save_png(image, path, parameters)
+            save_png(image, path, {RECORD_CHUNK: parameters})
             before = si2 if name == "ours" and si2 is not None else prepared.image
             yield Result(str(path), image, label, before, parameters, object_file)
             si2 = image if name == "SI2" else None
@@ -326,13 +332,17 @@ def canvas_options(aspect, size, object_scale, position):
 
 
 def sampling_options(negative_prompt, steps, guidance, controlnet_scale):
-    """The pipeline's keyword arguments from the app's fields."""
-    return dict(
-        negative_prompt=negative_prompt or None,
+    """The pipeline's keyword arguments from the app's fields; values that mean nothing are a `ValueError`
+    naming the field (`api.check_sampling`)."""
+    from .api import check_sampling
+
+    options = dict(
         num_inference_steps=int(steps),
         guidance_scale=float(guidance),
         controlnet_conditioning_scale=float(controlnet_scale),
     )
+    check_sampling(SAMPLING_FIELDS, **options)
+    return dict(negative_prompt=negative_prompt or None, **options)
 
 
 def _report_step(on_step, index, count, label, step, steps):

@@ -13,6 +13,7 @@ FLOPs are counted with `torch.utils.flop_counter` on the meta device (no compute
 architectures). Results go to `bench/results/<name>.json` and a Markdown table; `bench/README.md` explains them.
 """
 
+import functools
 import json
 import os
 import platform
@@ -46,24 +47,29 @@ def count_flops(config_name, size, steps, guidance=True):
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    models = _meta_models(config_name)
+    models = meta_models(config_name)
     batch, latent = 2 if guidance else 1, size // 8
     unet_in, text_dim = models["unet"].config.in_channels, models["unet"].config.cross_attention_dim
 
-    def flops(fn):
+    def flops(fn, *args):
         with torch.device("meta"), FlopCounterMode(display=False) as counter:
-            fn()
+            fn(*args)
         return counter.get_total_flops()
 
     with torch.device("meta"):
         sample, timestep = torch.empty(batch, unet_in, latent, latent), torch.zeros(batch)
         embeds, control = torch.empty(batch, 77, text_dim), torch.empty(batch, 3, size, size)
+        added = _added_conditions(models, batch)  # (B, d) inputs of SDXL's added conditions; None for SD2
+        tokens = torch.zeros(batch, 77, dtype=torch.long)
+    text_encoders = [model for name, model in models.items() if name.startswith("text_encoder")]
     counts = {
-        "unet_step": flops(lambda: models["unet"](sample, timestep, embeds)),
-        "controlnet_step": flops(lambda: models["controlnet"](sample, timestep, embeds, controlnet_cond=control)),
+        "unet_step": flops(lambda: models["unet"](sample, timestep, embeds, added_cond_kwargs=added)),
+        "controlnet_step": flops(
+            lambda: models["controlnet"](sample, timestep, embeds, controlnet_cond=control, added_cond_kwargs=added)
+        ),
         "vae_encode": flops(lambda: models["vae"].encode(torch.empty(1, 3, size, size))),
         "vae_decode": flops(lambda: models["vae"].decode(torch.empty(1, 4, latent, latent))),
-        "text_encoder": flops(lambda: models["text_encoder"](torch.zeros(batch, 77, dtype=torch.long))),
+        "text_encoder": sum(flops(encoder, tokens) for encoder in text_encoders),
     }
     once = counts["vae_encode"] * (1 if unet_in == 9 else 2) + counts["vae_decode"] + counts["text_encoder"]
     counts["si2"] = steps * counts["unet_step"] + once
@@ -72,22 +78,72 @@ def count_flops(config_name, size, steps, guidance=True):
     return counts
 
 
-def _meta_models(config_name):
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+@functools.cache  # meta models hold no memory; building the real SDXL ones takes seconds
+def meta_models(config_name):
+    """The models of a `photobg.configs` architecture on the meta device (shapes, no weights), built once.
 
+    Returns:
+        dict with `unet`, `controlnet` (from the UNet, as training builds it), `vae` and the text encoders.
+    """
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    from .backbones import backbone_for_config
     from .configs import get_config
-    from .models import controlnet_config_from_unet
+    from .models import controlnet_config_from_unet, text_encoder_from_config
 
     config = get_config(config_name)
     control_config = controlnet_config_from_unet(config["unet"], embedding_channels=config["conditioning_channels"])
     with torch.device("meta"):
-        return {
+        models = {
             "unet": UNet2DConditionModel.from_config(config["unet"]),
             "controlnet": ControlNetModel.from_config(control_config),
             "vae": AutoencoderKL.from_config(config["vae"]),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**config["text_encoder"])),
         }
+        for name in backbone_for_config(config_name).text_encoders:
+            models[name] = text_encoder_from_config(config[name])
+    return models
+
+
+def _added_conditions(models, batch):
+    """SDXL's `added_cond_kwargs` for a batch (the second text encoder's pooled embedding and the time ids, sized
+    from the configs), or None for a UNet without added conditions."""
+    unet_config = models["unet"].config
+    if unet_config.addition_embed_type != "text_time":
+        return None
+    pooled = models["text_encoder_2"].config.projection_dim
+    time_ids = (unet_config.projection_class_embeddings_input_dim - pooled) // unet_config.addition_time_embed_dim
+    return {"text_embeds": torch.empty(batch, pooled), "time_ids": torch.empty(batch, time_ids)}
+
+
+def flop_rows(runs):
+    """FLOPs of every (config, size) of `runs` [(config, sizes, steps)], in TFLOP, with classifier-free guidance.
+
+    Returns:
+        one dict per (config, size) with the columns of `FLOP_COLUMNS`: per denoising step (a batch of 2), per
+        VAE call, per image, and the ControlNet's cost as a fraction of the UNet's.
+    """
+    rows = []
+    for config_name, sizes, steps in runs:
+        for size in sizes:
+            flops = count_flops(config_name, size, steps)
+            tflop = {key: value / 1e12 for key, value in flops.items()}
+            rows.append(
+                dict(
+                    model=config_name,
+                    size=size,
+                    steps=steps,
+                    unet_tflop_per_step=tflop["unet_step"],
+                    controlnet_tflop_per_step=tflop["controlnet_step"],
+                    controlnet_vs_unet=flops["controlnet_step"] / flops["unet_step"],
+                    vae_encode_tflop=tflop["vae_encode"],
+                    vae_decode_tflop=tflop["vae_decode"],
+                    text_encoders_tflop=tflop["text_encoder"],
+                    si2_tflop_per_image=tflop["si2"],
+                    photobg_tflop_per_image=tflop["photobg"],
+                    flop_ratio_vs_si2=flops["ratio"],
+                )
+            )
+    return rows
 
 
 # ----------------------------------------------------------------------------- timing
@@ -369,6 +425,9 @@ INFERENCE_COLUMNS = ["model", "size", "steps", "variant", "seconds_per_image", "
 INFERENCE_COLUMNS += ["flop_ratio_vs_si2", "gflops_per_image", "achieved_tflops"]
 TRAINING_COLUMNS = ["model", "resolution", "batch_size", "mixed_precision", "cache_latents", "gradient_checkpointing"]
 TRAINING_COLUMNS += ["samples_per_second", "speedup_vs_uncached", "peak_mb"]
+FLOP_COLUMNS = ["model", "size", "steps", "unet_tflop_per_step", "controlnet_tflop_per_step", "controlnet_vs_unet"]
+FLOP_COLUMNS += ["vae_encode_tflop", "vae_decode_tflop", "text_encoders_tflop", "si2_tflop_per_image"]
+FLOP_COLUMNS += ["photobg_tflop_per_image", "flop_ratio_vs_si2"]
 
 
 def markdown_table(rows, columns=INFERENCE_COLUMNS):
@@ -401,6 +460,7 @@ MODES = {
 
 
 def add_arguments(parser):
+    from .configs import MODEL_CONFIGS
     from .models import DTYPES
 
     parser.add_argument(
@@ -411,12 +471,22 @@ def add_arguments(parser):
     )
     parser.add_argument("--quick", dest="mode", action="store_const", const="quick", help="same as --mode quick")
     parser.add_argument("--full", dest="mode", action="store_const", const="full", help="same as --mode full")
-    parser.add_argument("--config", action="append", help="inference model config(s) instead of the mode's")
+    parser.add_argument(
+        "--config",
+        action="append",
+        choices=sorted(MODEL_CONFIGS),
+        help="inference model config(s) instead of the mode's",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", help="square working sizes in pixels")
     parser.add_argument("--steps", type=int, help="denoising steps")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per variant, best kept (default: 2)")
     parser.add_argument("--skip-training", action="store_true", help="inference only")
     parser.add_argument("--skip-inference", action="store_true", help="training only")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count the inference runs' FLOPs (meta device, any size, SDXL included) without timing anything",
+    )
     parser.add_argument("--device", help="default: CUDA if present, else CPU")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--output-dir", default="bench/results", help="where JSON + Markdown go (default: %(default)s)")
@@ -441,6 +511,10 @@ def run(args):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     inference_runs, training_runs = plan(args, device)
+    flops = flop_rows(inference_runs) if args.flops_only else []
+    if args.flops_only:
+        inference_runs, training_runs = [], []
+    _check_timeable(inference_runs)
     inference, training = [], []
     for config_name, sizes, steps in inference_runs:
         print(f"inference: {config_name} at {sizes} px, {steps} steps on {device} ({dtype})", flush=True)
@@ -451,21 +525,36 @@ def run(args):
         training += run_training_suite(*run_args, mixed_precision=precision)
     result = dict(
         machine=machine_info(device, dtype),
-        peak_tflops=measure_peak_tflops(device, dtype),
+        peak_tflops=None if args.flops_only else measure_peak_tflops(device, dtype),
         settings={k: v for k, v in vars(args).items() if k != "run"},
         inference=inference,
         training=training,
+        flops=flops,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    name = args.name or f"{args.mode or ('full' if device.type == 'cuda' else 'cpu')}-{device.type}"
+    mode = args.mode or ("full" if device.type == "cuda" else "cpu")
+    name = args.name or ("flops" if args.flops_only else f"{mode}-{device.type}")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tables = [
         markdown_table(rows, columns)
-        for rows, columns in ((inference, INFERENCE_COLUMNS), (training, TRAINING_COLUMNS))
+        for rows, columns in ((inference, INFERENCE_COLUMNS), (training, TRAINING_COLUMNS), (flops, FLOP_COLUMNS))
         if rows
     ]
     (output_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     (output_dir / f"{name}.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     print(f"wrote {output_dir / name}.json and .md")
+
+
+def _check_timeable(inference_runs):
+    """Timing runs our pipeline, which has no SDXL sibling yet: refuse SDXL configs before building anything."""
+    from .backbones import TEXT_CLIP, backbone_for_config
+
+    for config_name, _, _ in inference_runs:
+        backbone = backbone_for_config(config_name)
+        if backbone.text_conditioning != TEXT_CLIP:
+            raise SystemExit(
+                f"--config {config_name}: timing {backbone.name} needs the SDXL pipeline, which photobg does not "
+                "have yet; --flops-only counts its FLOPs."
+            )

@@ -1,10 +1,12 @@
 """Training data: load a `datasets` dataset, turn its examples into tensors, batch them.
 
 An example is a photo (`image`), its object mask (`conditioning_image`, white = object) and a caption
-(`text`, a string or a list of strings); the column names are flags of the training scripts. The photo
-and its mask go through one shared geometric transform (resize the short side, crop, optional flip), so
-they stay aligned; the tensors are made by the same functions the pipeline uses at inference
-(`VaeImageProcessor` for the image, `object_mask_to_tensor` for the mask).
+(`text`, a string or a list of strings); the column names are flags of the training scripts. Photos and
+masks are read by the rules inference uses (`masks.split_cutout`, `masks.as_object_mask`), so a mask file
+means the same object in training as in `photobg generate`. The photo and its mask go through one shared
+geometric transform (resize the short side, crop, optional flip), so they stay aligned; the tensors are made
+by the same functions the pipeline uses at inference (`VaeImageProcessor` for the image,
+`object_mask_to_tensor` for the mask).
 
 Randomness (crop position, flip, empty prompt, choice among captions) is drawn from a generator seeded
 by (seed, epoch, index): an example looks the same whichever worker or process loads it and whether or
@@ -12,8 +14,11 @@ not the run was resumed, which is what makes resuming exact.
 """
 
 import io
+import json
 import logging
 import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from .pipeline_controlnet_inpaint import OBJECT_THRESHOLD, object_mask_to_tensor
+from .masks import OBJECT_THRESHOLD, as_object_mask, object_coverage_problem, object_mask_to_tensor, split_cutout
+from .train_config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +36,27 @@ DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json"
 MAX_CONSECUTIVE_BAD = 100
 
 
+# What can be wrong with an example (`BadExample.kind`), as the run's summary of skipped examples names it.
+BAD_KINDS = {
+    "unreadable": "unreadable image",
+    "size": "mask of another size than its image",
+    "empty": "empty mask",
+    "full": "mask covering the whole image",
+    "caption": "caption that is not a string",
+}
+
+
 class BadExample(ValueError):
-    """An example that cannot be used (unreadable image, mask of another size, empty mask)."""
+    """An example that cannot be used; `kind` (a key of `BAD_KINDS`) says why, for the run's summary."""
+
+    def __init__(self, message, kind="unreadable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def describe_bad(counts):
+    """{kind: count} -> e.g. "mask covering the whole image: 3, unreadable image: 1"."""
+    return ", ".join(f"{BAD_KINDS.get(kind, kind)}: {n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -62,15 +87,18 @@ def load_train_dataset(
     Returns:
         A `datasets.Dataset` whose image columns are left undecoded (decoding happens per example, so that
         an unreadable file is a bad example and not a crash of the loader).
+
+    Raises:
+        ConfigError: naming the flag, when the dataset is not there, has no training split or lacks a column.
     """
     import datasets
 
     source = dataset_name or train_data_dir
     flag = "--dataset_name" if dataset_name else "--train_data_dir"
     try:
-        loaded = _load(source, dataset_config_name, cache_dir)
-    except FileNotFoundError as err:
-        raise ValueError(f"{flag} {source!r}: {err}") from err
+        loaded = _load(source, dataset_config_name, cache_dir, local_only=dataset_name is None)
+    except (FileNotFoundError, ConnectionError) as err:  # datasets' "not found" errors are FileNotFoundErrors
+        raise ConfigError(f"{flag} {source!r}: {err}") from err
     dataset = _train_split(loaded, source, flag)
     check_columns(dataset.column_names, columns, source)
     image_column, mask_column, _ = columns
@@ -80,11 +108,11 @@ def load_train_dataset(
     if max_train_samples is not None:
         dataset = dataset.shuffle(seed=seed).select(range(min(max_train_samples, len(dataset))))
     if len(dataset) == 0:
-        raise ValueError(f"{flag} {source!r}: the training split has no examples.")
+        raise ConfigError(f"{flag} {source!r}: the training split has no examples.")
     return dataset
 
 
-def _load(source, config_name, cache_dir):
+def _load(source, config_name, cache_dir, local_only=False):
     import datasets
 
     path = os.path.expanduser(source)
@@ -93,7 +121,7 @@ def _load(source, config_name, cache_dir):
     suffix = next((s for s in DATA_FILE_BUILDERS if path.endswith(s)), None)
     if suffix is not None:
         return datasets.load_dataset(DATA_FILE_BUILDERS[suffix], data_files=path, cache_dir=cache_dir)
-    if source.startswith(("/", ".", "~")) and not os.path.exists(path):
+    if (local_only or source.startswith(("/", ".", "~"))) and not os.path.exists(path):
         raise FileNotFoundError("no such folder")
     return datasets.load_dataset(path if os.path.isdir(path) else source, config_name, cache_dir=cache_dir)
 
@@ -107,15 +135,15 @@ def _train_split(loaded, source, flag):
         return loaded["train"]
     if len(loaded) == 1:
         return next(iter(loaded.values()))
-    raise ValueError(f"{flag} {source!r} has no 'train' split; its splits are: {', '.join(loaded)}.")
+    raise ConfigError(f"{flag} {source!r} has no 'train' split; its splits are: {', '.join(loaded)}.")
 
 
 def check_columns(column_names, columns, source="the dataset"):
-    """Raise a `ValueError` naming the flag when a column is missing; it lists the columns that exist."""
+    """Raise a `ConfigError` naming the flag when a column is missing; it lists the columns that exist."""
     flags = ("--image_column", "--conditioning_image_column", "--caption_column")
     for flag, column in zip(flags, columns):
         if column not in column_names:
-            raise ValueError(
+            raise ConfigError(
                 f"{flag} {column!r}: no such column in {source!r}; its columns are: {', '.join(column_names)}."
             )
 
@@ -123,9 +151,9 @@ def check_columns(column_names, columns, source="the dataset"):
 # ----------------------------------------------------------------------------- examples
 
 
-def decode_image(value, mode):
-    """An undecoded `datasets.Image` value (dict with bytes/path), encoded bytes, a path or a PIL image -> PIL image
-    in `mode`; raises `BadExample` saying what is wrong."""
+def decode_image(value):
+    """An undecoded `datasets.Image` value (dict with bytes/path), encoded bytes, a path or a PIL image -> the PIL
+    image as stored (any mode), its EXIF orientation applied; raises `BadExample` saying what is wrong."""
     if isinstance(value, dict):
         value = value["bytes"] if value.get("bytes") else value.get("path")
     if isinstance(value, bytes):
@@ -135,17 +163,61 @@ def decode_image(value, mode):
     try:
         image = value if isinstance(value, PIL.Image.Image) else PIL.Image.open(value)
         image.load()
-        image = PIL.ImageOps.exif_transpose(image)
+        return PIL.ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as err:
         raise BadExample(f"not a readable image ({err})") from err
-    if mode == "L" and image.mode in ("RGBA", "LA"):
-        return image.getchannel("A")  # a cutout's alpha is its object mask
-    return image.convert(mode)
+
+
+def read_photo(value):
+    """A stored photo -> RGB PIL image, converted as inference converts photos (`masks.split_cutout`: 16-bit
+    scaled, CMYK and palette converted; an alpha channel is not the object here, the mask column is)."""
+    return split_cutout(decode_image(value))[0]
+
+
+def read_object_mask(value):
+    """A stored object mask -> "L" PIL image, white = object, by inference's one rule (`masks.as_object_mask`:
+    transparency is the object, an opaque alpha is ignored, 0/1 label maps, 16-bit, palette and coloured masks)."""
+    return as_object_mask(decode_image(value))
+
+
+def resize(image, size):
+    """The training side's one resampling rule, for photos and masks alike: area averaging when shrinking
+    (Pillow's BOX filter, as OpenCV's INTER_AREA in the authors' training script), bilinear when enlarging
+    (there is no area to average)."""
+    size = tuple(size)
+    if size == image.size:
+        return image
+    shrinking = size[0] * size[1] < image.width * image.height
+    return image.resize(size, PIL.Image.BOX if shrinking else PIL.Image.BILINEAR)
+
+
+def short_side_size(size, short_side):
+    """(width, height) scaled so that the short side is `short_side`, the long side rounded, never below it."""
+    scale = short_side / min(size)
+    return max(short_side, round(size[0] * scale)), max(short_side, round(size[1] * scale))
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where a training example lies in its photo: what SDXL's added time ids are made of (as in diffusers'
+    SDXL training examples: the original size and the crop's top-left corner).
+
+    Attributes:
+        original_size: (width, height) of the photo as stored.
+        resized_size: (width, height) after resizing its short side.
+        box: (left, top, right, bottom) of the crop in the resized photo (before any flip).
+        flipped: whether the crop was then mirrored horizontally.
+    """
+
+    original_size: tuple
+    resized_size: tuple
+    box: tuple
+    flipped: bool
 
 
 def crop_box(size, resolution, rng, center_crop):
     """(left, top, right, bottom) of a `resolution` square in an image of `size` = (w, h) whose short side is
-    `resolution`: centred, or at a random position drawn from `rng`."""
+    at least `resolution`: centred, or at a random position drawn from `rng`."""
     width, height = size
     if center_crop:
         left, top = (width - resolution) // 2, (height - resolution) // 2
@@ -154,25 +226,33 @@ def crop_box(size, resolution, rng, center_crop):
     return left, top, left + resolution, top + resolution
 
 
-def transform_pair(image, object_mask, resolution, rng, center_crop=False, random_flip=False):
+def transform_pair(image, object_mask, resolution, rng, center_crop=False, random_flip=False, short_side=None):
     """The geometric transform shared by a photo and its object mask.
 
-    Resizes the short side to `resolution` (bilinear, like the pipeline resizes masks), crops a
-    `resolution` square (random or centred) and, with `random_flip`, flips both horizontally half the time.
+    Resizes the short side to `short_side` (by `resize`'s rule), crops a `resolution` square (random or
+    centred) and, with `random_flip`, flips both horizontally half the time. The authors' recipe is
+    `short_side` = 1.5 x `resolution` (768 for 512 crops): the crop then sees two thirds of the short side.
+
+    Args:
+        image, object_mask: PIL images of one size.
+        resolution: the crop's side.
+        rng: numpy generator for the crop position and the flip.
+        center_crop, random_flip: as the training flags.
+        short_side: the short side before cropping, >= `resolution` (default: `resolution`, i.e. the crop
+            spans the whole short side).
 
     Returns:
-        (RGB PIL image, "L" PIL object mask), both `resolution` x `resolution`.
+        (RGB PIL image, "L" PIL object mask, `Crop`), both images `resolution` x `resolution`.
     """
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    if size != image.size:
-        image = image.resize(size, PIL.Image.BILINEAR)
-        object_mask = object_mask.resize(size, PIL.Image.BILINEAR)
+    original_size = image.size
+    size = short_side_size(image.size, short_side or resolution)
+    image, object_mask = resize(image, size), resize(object_mask, size)
     box = crop_box(size, resolution, rng, center_crop)
     image, object_mask = image.crop(box), object_mask.crop(box)
-    if random_flip and rng.random() < 0.5:
+    flipped = bool(random_flip and rng.random() < 0.5)
+    if flipped:
         image, object_mask = PIL.ImageOps.mirror(image), PIL.ImageOps.mirror(object_mask)
-    return image, object_mask
+    return image, object_mask, Crop(original_size, size, box, flipped)
 
 
 def image_to_tensor(image):
@@ -189,7 +269,7 @@ def pick_caption(caption, rng, proportion_empty_prompts):
     if caption is None:
         caption = ""
     if not isinstance(caption, (str, list, tuple, np.ndarray)):
-        raise BadExample(f"the caption is a {type(caption).__name__}, not a string or a list of strings")
+        raise BadExample(f"the caption is a {type(caption).__name__}, not a string or a list of strings", "caption")
     if rng.random() < proportion_empty_prompts:
         return ""
     if isinstance(caption, str):
@@ -201,9 +281,11 @@ class TrainExamples(torch.utils.data.Dataset):
     """Examples of a `datasets.Dataset` as training tensors.
 
     Item `i` is a dict: `pixel_values` (3, R, R) in [-1, 1], `object_mask` (1, R, R) in [0, 1] (white =
-    object), `caption` (str) and `name` (the example's id, file or index, for messages). A bad example is
-    named in a warning and replaced by the next good one (`bad_examples="skip"`), or raises
-    `BadExample` naming it (`"fail"`).
+    object), `caption` (str), `name` (the example's id, file or index, for messages), `row` (the dataset row
+    used: `i`, or the one that replaced it) and `bad` (why example `i` itself could not be used, a key of
+    `BAD_KINDS`, or ""). A bad example is named in a warning and replaced by
+    the next good one (`bad_examples="skip"`), or raises `BadExample` naming it (`"fail"`); when no good one is
+    left (the whole dataset, or `MAX_CONSECUTIVE_BAD` in a row), `BadExample` says so and counts them by kind.
 
     Set `epoch` before each epoch: the example's random transform is drawn from (seed, epoch, index).
     """
@@ -218,10 +300,12 @@ class TrainExamples(torch.utils.data.Dataset):
         proportion_empty_prompts=0.0,
         seed=0,
         bad_examples="skip",
+        resize_short_side=None,
     ):
         self.dataset = dataset
         self.image_column, self.mask_column, self.caption_column = columns
         self.resolution = resolution
+        self.resize_short_side = resize_short_side
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.proportion_empty_prompts = proportion_empty_prompts
@@ -233,17 +317,30 @@ class TrainExamples(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        for offset in range(MAX_CONSECUTIVE_BAD):
+        tries = min(MAX_CONSECUTIVE_BAD, len(self.dataset))
+        kinds, own_kind = Counter(), ""
+        for offset in range(tries):
             k = (index + offset) % len(self.dataset)
             row = self.dataset[k]
             try:
-                return self.load(row, k)
+                item = self.load(row, k)
             except BadExample as err:
                 message = f"Bad training example {self.name(row, k)}: {err}"
                 if self.bad_examples == "fail":
-                    raise BadExample(f"{message} (--bad_examples skip would skip it)") from err
+                    raise BadExample(f"{message} (--bad_examples skip would skip it)", err.kind) from err
                 logger.warning("%s; skipped.", message)
-        raise BadExample(f"{MAX_CONSECUTIVE_BAD} bad training examples in a row from index {index}; stopping.")
+                kinds[err.kind] += 1
+                if offset == 0:
+                    own_kind = err.kind
+                continue
+            item["bad"] = own_kind
+            return item
+        if tries == len(self.dataset):
+            raise BadExample(f"No usable training example: all {tries} are bad ({describe_bad(kinds)}).")
+        raise BadExample(
+            f"{tries} bad training examples in a row from index {index} ({describe_bad(kinds)}): the data looks "
+            "broken rather than noisy; stopping."
+        )
 
     def name(self, row, index):
         """How messages name an example: its id, else its image file, else its index."""
@@ -257,21 +354,32 @@ class TrainExamples(torch.utils.data.Dataset):
     def load(self, row, index):
         """One row -> training tensors; raises `BadExample` saying what is wrong."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image = decode_image(row[self.image_column], "RGB")
-        object_mask = decode_image(row[self.mask_column], "L")
+        image = read_photo(row[self.image_column])
+        object_mask = read_object_mask(row[self.mask_column])
         if object_mask.size != image.size:
-            raise BadExample(f"its object mask is {object_mask.size} but its image is {image.size}")
-        if np.asarray(object_mask).max() < OBJECT_THRESHOLD:
-            raise BadExample(f"its object mask is empty (no pixel >= {OBJECT_THRESHOLD})")
+            raise BadExample(f"its object mask is {object_mask.size} but its image is {image.size}", "size")
+        # The rule of `photobg prepare` and of inference: a mask must leave something to keep and to generate.
+        problem = object_coverage_problem(object_mask)
+        if problem == "empty":
+            raise BadExample(f"its object mask is empty (no pixel >= {OBJECT_THRESHOLD})", "empty")
+        if problem == "full":
+            raise BadExample("its object mask covers the whole image (no background to learn)", "full")
         caption = pick_caption(row[self.caption_column], rng, self.proportion_empty_prompts)
-        image, object_mask = transform_pair(
-            image, object_mask, self.resolution, rng, center_crop=self.center_crop, random_flip=self.random_flip
+        image, object_mask, _ = transform_pair(
+            image,
+            object_mask,
+            self.resolution,
+            rng,
+            center_crop=self.center_crop,
+            random_flip=self.random_flip,
+            short_side=self.resize_short_side,
         )
         return {
             "pixel_values": image_to_tensor(image),
             "object_mask": object_mask_to_tensor(object_mask, object_mask.size)[0],
             "caption": caption,
             "name": self.name(row, index),
+            "row": index,
         }
 
 
@@ -305,7 +413,12 @@ class Collate:
         self.tokenizer = tokenizer
 
     def __call__(self, examples):
-        batch = {"names": [e["name"] for e in examples], "captions": [e["caption"] for e in examples]}
+        batch = {
+            "names": [e["name"] for e in examples],
+            "captions": [e["caption"] for e in examples],
+            "rows": [e["row"] for e in examples],
+            "bad": [e["bad"] for e in examples],  # why an example was replaced, counted by the training loop
+        }
         for key in examples[0]:
             if isinstance(examples[0][key], torch.Tensor):
                 batch[key] = torch.stack([e[key] for e in examples]).contiguous()
@@ -335,13 +448,15 @@ def uint8_to_pixels(pixels_uint8):
 
 class CachedExamples(torch.utils.data.Dataset):
     """Examples encoded once (`--cache_latents`): per example the arrays returned by an `encode` function,
-    kept in memory-mapped `.npy` files (one set per process share), plus the caption drawn per epoch when
-    prompts are not fixed. The crop and flip of each example are those of epoch 0."""
+    kept in memory-mapped `.npy` files (one set per process share), the dataset row they came from and why the
+    example was replaced if it was bad (a JSON file per share), plus the caption drawn per epoch when prompts
+    are not fixed. The crop and flip of each example are those of epoch 0."""
 
-    def __init__(self, examples, parts, bounds, fixed_prompts):
+    def __init__(self, examples, parts, sources, bounds, fixed_prompts):
         self.examples = examples
         self.captions = examples.dataset.select_columns([examples.caption_column])
         self.parts = parts  # [{key: memmap (count, ...)}] per process share
+        self.sources = sources  # [(row, bad)] per example, over all shares
         self.bounds = bounds  # share k holds indices bounds[k] .. bounds[k + 1] - 1
         self.fixed_prompts = fixed_prompts
         self.epoch = 0
@@ -374,12 +489,12 @@ class CachedExamples(torch.utils.data.Dataset):
             loader = torch.utils.data.DataLoader(
                 share, batch_size=batch_size, collate_fn=collate, num_workers=num_workers
             )
-            arrays, row = {}, 0
+            arrays, sources, row = {}, [], 0
             for batch in tqdm(loader, desc="Caching latents", disable=process_index != 0):
                 for key, tensor in encode(batch).items():
                     if key not in arrays:
                         arrays[key] = np.lib.format.open_memmap(
-                            folder / f"part-{process_index}-{key}.npy",
+                            folder / f"part-{process_index}-of-{num_processes}-{key}.npy",
                             mode="w+",
                             dtype=_numpy_dtype(tensor),
                             shape=(len(share), *tensor.shape[1:]),
@@ -387,16 +502,20 @@ class CachedExamples(torch.utils.data.Dataset):
                     arrays[key][row : row + len(tensor)] = (
                         tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
                     )
+                sources += zip(batch["rows"], batch["bad"])
                 row += len(batch["names"])
             for array in arrays.values():
                 array.flush()
+            (folder / f"sources-{process_index}-of-{num_processes}.json").write_text(json.dumps(sources))
             done.touch()
         barrier()
-        parts = []
+        parts, sources = [], []
         for k in range(num_processes):
-            files = sorted(folder.glob(f"part-{k}-*.npy"))
-            parts.append({f.stem.split("-", 2)[2]: np.load(f, mmap_mode="r") for f in files})
-        return cls(examples, parts, bounds, fixed_prompts)
+            prefix = f"part-{k}-of-{num_processes}-"  # shares of another process count are other files
+            files = sorted(folder.glob(f"{prefix}*.npy"))
+            parts.append({f.stem[len(prefix) :]: np.load(f, mmap_mode="r") for f in files})
+            sources += json.loads((folder / f"sources-{k}-of-{num_processes}.json").read_text())
+        return cls(examples, parts, sources, bounds, fixed_prompts)
 
     def __len__(self):
         return self.bounds[-1]
@@ -404,12 +523,14 @@ class CachedExamples(torch.utils.data.Dataset):
     def __getitem__(self, index):
         k = next(k for k in range(len(self.parts)) if index < self.bounds[k + 1])
         item = {key: torch.from_numpy(np.array(array[index - self.bounds[k]])) for key, array in self.parts[k].items()}
-        rng = np.random.default_rng([self.examples.seed, self.epoch, index])
-        caption = self.captions[index][self.examples.caption_column]
+        row, item["bad"] = self.sources[index]
+        # The caption of the row the cached pixels came from, drawn as `TrainExamples` draws it for that row.
+        rng = np.random.default_rng([self.examples.seed, self.epoch, row])
+        caption = self.captions[row][self.examples.caption_column]
         item["caption"] = (
             "" if self.fixed_prompts else pick_caption(caption, rng, self.examples.proportion_empty_prompts)
         )
-        item["name"] = f"at index {index}"
+        item["name"], item["row"] = f"at index {row}", row
         return item
 
 

@@ -3,14 +3,12 @@
 """
 
 DEFAULT_MODEL = "yahoo-inc/photo-background-generation"
-# Model names that are built locally on first use instead of being downloaded.
-TEST_MODELS = ("tiny-inpainting", "tiny-base")
 # Weight dtypes by the names the options take (`models.DTYPES` maps them to torch dtypes).
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 # SAM for the app's clicks: ViT-B answers a click in about a second on a CPU (evaluation uses ViT-H, as the paper).
 DEFAULT_APP_SAM_MODEL = "facebook/sam-vit-base"
-# A random SamModel built locally on first use (tests, offline demos), like TEST_MODELS.
+# A random SamModel built locally on first use (tests, offline demos), like `backbones.TEST_MODELS`.
 TEST_SAM_MODEL = "tiny-sam"
 
 DEFAULT_SEGMENTER = "transparent-background"

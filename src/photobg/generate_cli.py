@@ -1,7 +1,19 @@
 """`photobg generate`: new backgrounds around the objects in photos, for one photo or a folder of thousands.
 
+A run is a flat list of outputs (`OutputJob`: photo x prompt x image, each with its seed), each keyed by
+everything that determines its pixels (`output_key`). An output is written as one step: the PNG, with its
+record in the `photobg` text chunk, is renamed into place, then the record is appended to the manifest. The
+manifest is rewritten from the PNGs' own records at the end of every run (also after Ctrl-C or a fatal error),
+so it holds exactly one record per image and a rerun after a kill repairs it. `--skip-existing` keeps an
+existing image only when its record carries the same key. A photo that fails is reported and the batch goes
+on; a failure that would hit every photo (the output folder gone, a full disk, a lost device) stops it.
+
 (The module is not called `generate.py` because `photobg.generate` is the Python API's function.)
 """
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 HELP = "Generate new backgrounds around the objects in photos (RGBA cutouts, photo + mask, or a segmenter)."
 
@@ -18,7 +30,13 @@ canvas: by default the output has the photo's size and the object stays where it
 
 output: DIR/STEM_pPROMPT_sSEED.png per image and DIR/manifest.jsonl, one line per image with every
   parameter and the `command` that regenerates exactly that image (same device and dtype; images made
-  with --batch-size above 1 come back equal up to floating-point rounding).
+  with --batch-size above 1 come back equal up to floating-point rounding). --skip-existing keeps an
+  image only if it was made from the same photo, mask, prompt, seed, model and settings; others are
+  generated again.
+
+failures: a photo that cannot be used or fails is reported and skipped, the rest generated, and the exit
+  status is 1; a full disk, a vanished output folder or a lost device stop the batch. Ctrl-C stops it too
+  (exit status 130). The images written and the manifest stay consistent: rerun with --skip-existing.
 
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4
@@ -28,6 +46,14 @@ examples:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST = "manifest.jsonl"
+RECORD_CHUNK = "photobg"  # the PNG text chunk holding an output's record (its manifest line)
+GRID_CHUNK = "photobg-compare"  # a comparison grid's key (grids have no manifest line)
+FLAGS = {  # the flag of each sampling argument, for error messages
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "controlnet_conditioning_scale": "--controlnet-scale",
+    "working_size": "--working-size",
+}
 
 
 def add_arguments(parser):
@@ -67,16 +93,12 @@ def add_arguments(parser):
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
     out.add_argument("--skip-existing", action="store_true", help="keep images already in the output folder")
     out.add_argument("--compare", action="store_true", help="also write STEM_compare.png: input|mask|SI2|ours")
+    out.add_argument("--debug", action="store_true", help="print the traceback of errors and of Ctrl-C")
 
 
 def run(args):
-    """Generate for every input; a bad input is reported and skipped. Returns 1 if any input failed."""
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from .segment import SegmenterUnavailable
-
+    """Generate every output of the command. Returns the exit status: 0, 1 when any photo failed or the batch
+    had to stop, 130 when interrupted."""
     prompts = read_prompts(args.prompt, args.prompts_file)
     check_options(args)
     inputs = collect_inputs(args.images)
@@ -84,66 +106,240 @@ def run(args):
         raise SystemExit("--mask applies to a single input photo; use --masks DIR for many.")
     masks = index_masks(args.masks) if args.masks else {}
     output_dir = writable_folder(args.output_dir)
-    generator = load_generator(args)
-    manifest = output_dir / MANIFEST
-    done, skipped, failures = 0, 0, []
-    progress = tqdm(inputs, unit="photo", desc="generate")
-    for path in progress:
-        progress.set_postfix_str(path.name)
-        mask = Path(args.mask) if args.mask else masks.get(path.stem)
-        try:
-            written, kept = generate_one(generator, path, mask, prompts, args, output_dir, manifest)
-        except ValueError as err:
-            failures.append(str(err))
-            progress.write(f"skipped {err}")
-            continue
-        except SegmenterUnavailable as err:
-            raise SystemExit(f"{path}: {err}") from None
-        done, skipped = done + written, skipped + kept
-    summary = f"{done} images written to {output_dir} (manifest: {manifest})"
-    summary += f"; {skipped} were already there" if skipped else ""
-    summary += f"; {len(failures)} of {len(inputs)} photos failed:" if failures else "."
-    print("\n  ".join([summary, *failures]))
-    return 1 if failures else 0
+    outputs = plan_outputs(inputs, masks, prompts, args, output_dir)
+    return Batch(args, output_dir).run(outputs)
 
 
-def generate_one(generator, path, mask, prompts, args, output_dir, manifest):
-    """All images (and the comparison grid) of one input. Returns (images written, images kept)."""
+@dataclass
+class OutputJob:
+    """One output image: the photo, its mask file (if any), the prompt and seed (`api.Job`), and its file."""
+
+    photo: Path
+    mask: Path | None
+    job: object
+    output: Path
+
+
+def plan_outputs(inputs, masks, prompts, args, output_dir):
+    """The flat list of outputs, photo by photo, then prompt by prompt, then image by image.
+
+    Args:
+        inputs: photo paths; masks: {stem: mask path} (from --masks); prompts: list of str.
+        args: the parsed options (--mask, --num-images, --seed); output_dir: the output folder.
+
+    Returns:
+        list of `OutputJob`.
+    """
     from .api import make_jobs
 
     jobs = make_jobs(prompts, args.num_images, args.seed)
-    outputs = [output_dir / f"{path.stem}_p{job.prompt_index}_s{job.seed}.png" for job in jobs]
-    grid_path = output_dir / f"{path.stem}_compare.png"
-    todo = [k for k, out in enumerate(outputs) if not (args.skip_existing and out.exists())]
-    if not todo and not (args.compare and not (args.skip_existing and grid_path.exists())):
-        return 0, len(jobs)
-    prepared = generator.prepare(
-        path,
-        mask,
-        size=args.size,
-        aspect=args.aspect,
-        object_scale=args.object_scale,
-        position=args.position,
-    )
-    sampling = sampling_options(args)
-    images = generator.run(prepared, [jobs[k] for k in todo], **sampling)
-    for k, image in zip(todo, images, strict=True):
-        record = manifest_record(args, path, mask, prepared, jobs[k], outputs[k], generator)
-        save_png(image, outputs[k], record)
-        append_line(manifest, record)
-    if args.compare:
+    outputs = []
+    for photo in inputs:
+        mask = Path(args.mask) if args.mask else masks.get(photo.stem)
+        outputs += [OutputJob(photo, mask, job, output_dir / output_name(photo.stem, job)) for job in jobs]
+    return outputs
+
+
+def output_name(stem, job):
+    return f"{stem}_p{job.prompt_index}_s{job.seed}.png"
+
+
+class Stopped(Exception):
+    """A failure that would hit every photo after this one (the message says which), so the batch stops."""
+
+
+class Batch:
+    """One run over a flat list of `OutputJob`s: chooses what to make, makes it photo by photo, keeps count.
+
+    Args:
+        args: the parsed options; output_dir: the (writable) output folder.
+    """
+
+    def __init__(self, args, output_dir):
+        self.args, self.output_dir = args, output_dir
+        self.manifest = output_dir / MANIFEST
+        self.files = FileHashes()
+        self.generator = None
+        self.written, self.kept, self.replaced, self.failures = 0, 0, [], []
+        self.grids = {}  # photo -> all its outputs, for the photos whose comparison grid is (re)made
+
+    def run(self, outputs):
+        """Make the outputs, then rewrite the manifest and print what happened. Returns the exit status."""
+        interrupted, stopped = False, None
+        try:
+            todo = self.select(outputs)
+            self.generate(todo)
+        except KeyboardInterrupt:
+            interrupted = True
+            if self.args.debug:
+                raise
+        except Stopped as stop:
+            stopped = str(stop)
+            if self.args.debug:
+                raise stop.__cause__ from None
+        finally:
+            self.write_manifest()
+        self.report(len(outputs), len(_by_photo(outputs)), interrupted, stopped)
+        if interrupted:
+            return 130
+        return 1 if self.failures or stopped else 0
+
+    def select(self, outputs):
+        """The outputs to make: all, or with --skip-existing those whose file is missing or was made with other
+        parameters (counted in `replaced`). Also chooses the photos whose --compare grid is made."""
+        todo = []
+        for photo, group in _by_photo(outputs).items():
+            missing = [item for item in group if not self.is_done(item)]
+            todo += missing
+            if self.args.compare and (missing or not self.grid_is_done(group)):
+                self.grids[photo] = group
+        return todo
+
+    def is_done(self, item):
+        """Whether --skip-existing keeps the output (counted in `kept`): its file's record was made with the same
+        parameters."""
+        if not (self.args.skip_existing and item.output.exists()):
+            return False
+        record = read_record(item.output)
+        if record is not None:
+            self.files.learn(record)
+            if record.get("key") == self.key(item):
+                self.kept += 1
+                return True
+        self.replaced.append(item.output.name)
+        return False
+
+    def grid_is_done(self, group):
+        path = grid_path(group[0])
+        if not (self.args.skip_existing and path.exists()):
+            return False
+        return read_record(path, GRID_CHUNK) == {"key": self.grid_key(group)}
+
+    def key(self, item):
+        """`output_key` of an output; None when its photo or mask cannot be read (it fails later, with the reason)."""
+        try:
+            return output_key(self.args, item, self.files)
+        except OSError:
+            return None
+
+    def grid_key(self, group):
+        import hashlib
+
+        return hashlib.sha256(" ".join(str(self.key(item)) for item in group).encode()).hexdigest()
+
+    def generate(self, todo):
+        """Make the selected outputs (and grids) photo by photo; a photo's failure is reported and skipped."""
+        from tqdm.auto import tqdm
+
+        photos = _by_photo(todo)
+        photos.update({photo: [] for photo in self.grids if photo not in photos})  # only their grid is made
+        if not photos:
+            return
+        self.generator = load_generator(self.args)
+        self.check_segmenter({photo: (items or self.grids[photo])[0].mask for photo, items in photos.items()})
+        with tqdm(total=len(todo), unit="image", desc="generate") as bar:
+            for photo, items in photos.items():
+                bar.set_postfix_str(photo.name)
+                try:
+                    self.make_photo(photo, items, bar)
+                except Exception as err:  # anything one photo can cause; `fail` stops on what hits them all
+                    self.fail(photo, err, bar)
+
+    def check_segmenter(self, photos):
+        """Build the segmenter once before the batch when some photos need it (no alpha channel, no mask). When
+        it is unavailable, those photos are skipped with its message; when every photo needs it, nothing runs."""
+        from .segment import SegmenterUnavailable
+
+        needing = [photo for photo, mask in photos.items() if mask is None and not _may_have_alpha(photo)]
+        if not needing:
+            return
+        try:
+            self.generator.load_segmenter()
+        except SegmenterUnavailable as err:
+            what = f"{needing[0]}" + (f" and {len(needing) - 1} more photos" if len(needing) > 1 else "")
+            if len(needing) == len(photos):
+                raise SystemExit(f"{what} need the segmenter: {err}") from None
+            print(f"warning: {what} will be skipped, having neither alpha channel nor mask: {err}", file=sys.stderr)
+
+    def make_photo(self, photo, items, bar):
+        """Generate and write the outputs of one photo, `--batch-size` at a time, then its grid if chosen."""
+        args, generator = self.args, self.generator
+        mask = (items or self.grids[photo])[0].mask
+        prepared = generator.prepare(
+            photo, mask, size=args.size, aspect=args.aspect, object_scale=args.object_scale, position=args.position
+        )
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start : start + args.batch_size]
+            images = generator.run(prepared, [item.job for item in chunk], **sampling_options(args))
+            for item, image in zip(chunk, images, strict=True):
+                record = manifest_record(args, item, prepared, generator, self.files)
+                save_png(image, item.output, {RECORD_CHUNK: record})
+                append_line(self.manifest, record)
+                self.written += 1
+                bar.update()
+        if photo in self.grids:
+            self.make_grid(prepared, self.grids[photo])
+
+    def make_grid(self, prepared, group):
+        """STEM_compare.png: input | object mask | SI2 (ControlNet scale 0) | ours, one row per output."""
         from PIL import Image
 
         from .api import comparison_grid
 
-        ours = dict(zip(todo, images))
-        ours = [ours[k] if k in ours else Image.open(outputs[k]) for k in range(len(jobs))]
-        si2 = generator.run(prepared, jobs, **{**sampling, "controlnet_conditioning_scale": 0.0})
+        jobs = [item.job for item in group]
+        ours = [Image.open(item.output) for item in group]
+        si2 = self.generator.run(prepared, jobs, **{**sampling_options(self.args), "controlnet_conditioning_scale": 0})
         rows = [[prepared.image, prepared.object_mask, a, b] for a, b in zip(si2, ours, strict=True)]
         labels = ["input", "object mask", "SI2 (ControlNet scale 0)", "ours"]
         row_labels = [f"prompt {job.prompt_index}, seed {job.seed}" for job in jobs]
-        save_png(comparison_grid(rows, labels, row_labels), grid_path)
-    return len(todo), len(jobs) - len(todo)
+        grid = comparison_grid(rows, labels, row_labels)
+        save_png(grid, grid_path(group[0]), {GRID_CHUNK: {"key": self.grid_key(group)}})
+
+    def fail(self, photo, err, bar):
+        """Report a photo's failure and go on, or raise `Stopped` when the failure would hit every photo."""
+        import traceback
+
+        from .models import free_device_memory
+
+        if _out_of_memory(err):
+            free_device_memory()  # what the failed call held
+        device = self.generator.pipe.device if self.generator is not None else None
+        reason = fatal_problem(err, self.output_dir, device)
+        if reason:
+            raise Stopped(reason) from err
+        if self.args.debug:
+            traceback.print_exception(err)
+        message = describe_failure(photo, err)
+        self.failures.append(message)
+        bar.write(f"skipped {message}")
+
+    def write_manifest(self):
+        try:
+            write_manifest(self.output_dir)
+        except OSError as err:
+            print(f"Could not rewrite {self.manifest}: {err}", file=sys.stderr)
+
+    def report(self, total, photos, interrupted, stopped):
+        summary = f"{self.written} images written to {self.output_dir} (manifest: {self.manifest})"
+        summary += f"; {self.kept} of {total} were already there" if self.kept else ""
+        if self.replaced:
+            summary += f"; {len(self.replaced)} there were made with other parameters and generated again"
+        summary += f"; {len(self.failures)} of {photos} photos failed:" if self.failures else "."
+        print("\n  ".join([summary, *self.failures]))
+        left = total - self.kept - self.written
+        resume = f"{left} images are left: rerun with --skip-existing to make them"
+        if interrupted:
+            print(f"Interrupted. Every image written has its record in the manifest; {resume}.", file=sys.stderr)
+        if stopped:
+            print(f"Stopped: {stopped}. The images written are complete and recorded; {resume}.", file=sys.stderr)
+
+
+def _by_photo(outputs):
+    """{photo: its outputs}, in the order of `outputs`."""
+    groups = {}
+    for item in outputs:
+        groups.setdefault(item.photo, []).append(item)
+    return groups
 
 
 def sampling_options(args):
@@ -177,25 +373,42 @@ def read_prompts(prompts, prompts_file):
 
 def check_options(args):
     """Fail on bad option values before anything is loaded; errors name the flag."""
+    from .api import check_canvas_size, check_sampling
     from .masks import parse_aspect, parse_size
 
     checks = [
         (args.num_images >= 1, "--num-images must be at least 1"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
-        (args.steps >= 1, "--steps must be at least 1"),
         (args.object_scale is None or 0 < args.object_scale <= 1, "--object-scale must be in (0, 1]"),
-        (args.working_size is None or args.working_size >= 8, "--working-size must be at least 8"),
+        # torch takes seeds below 2**64 and wraps negative ones; -1 means "random" in other tools, not here.
+        (args.seed >= 0, "--seed must be at least 0 (photobg has no 'random' seed value)"),
+        (args.seed + args.num_images <= 2**63, "--seed plus --num-images must stay below 2**63"),
+        (
+            args.negative_prompt is None or args.guidance > 1,
+            "--negative-prompt works through classifier-free guidance: it needs --guidance above 1",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise SystemExit(f"{message}.")
     try:
+        check_sampling(
+            FLAGS,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            controlnet_conditioning_scale=args.controlnet_scale,
+            working_size=args.working_size,
+        )
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    try:
         if args.size:
-            parse_size(args.size)
+            check_canvas_size(parse_size(args.size), f"--size {args.size}")
         if args.aspect:
             parse_aspect(args.aspect)
     except ValueError as err:
-        raise SystemExit(f"--{'size' if args.size else 'aspect'}: {err}") from None
+        message = str(err) if str(err).startswith("--size") else f"--{'size' if args.size else 'aspect'}: {err}"
+        raise SystemExit(message) from None
 
 
 def collect_inputs(specs):
@@ -253,22 +466,27 @@ def index_masks(folder):
 
 def writable_folder(folder):
     """Create the output folder and check that files can be written to it."""
-    import tempfile
-    from pathlib import Path
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        _check_writable(folder)
     except OSError as err:
         raise SystemExit(f"--output-dir {folder}: cannot write there ({err.strerror or err}).") from None
     return folder
 
 
+def _check_writable(folder):
+    """Create and remove a file in `folder`; raises `OSError` when that fails (no folder, no permission)."""
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def add_model_arguments(parser):
     """The options that choose and load the model, shared by `photobg generate` and `photobg app`."""
-    from .defaults import DEFAULT_MODEL, DTYPE_NAMES, TEST_MODELS
+    from .backbones import TEST_MODELS
+    from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 
     parser.add_argument(
         "--model",
@@ -311,17 +529,22 @@ def load_generator(args):
 # ----------------------------------------------------------------------------- outputs
 
 
-def manifest_record(args, path, mask, prepared, job, output, generator):
-    """Every parameter of one output, and the command that regenerates exactly it."""
+def manifest_record(args, item, prepared, generator, files):
+    """Every parameter of one output, its key (see `output_key`), and the command that regenerates exactly it.
+
+    Args:
+        args: the parsed options; item: the `OutputJob`; prepared: its photo's `api.Prepared`;
+        generator: the `BackgroundGenerator`; files: the run's `FileHashes`.
+    """
     import shlex
 
     from . import __version__
     from .models import DTYPES
 
-    pipe = generator.pipe
+    pipe, job, path, mask = generator.pipe, item.job, item.photo, item.mask
     dtype = next(name for name, value in DTYPES.items() if value == pipe.unet.dtype)
     record = dict(
-        output=str(output),
+        output=str(item.output),
         input=str(path.resolve()),
         mask=str(mask.resolve()) if mask is not None and prepared.object_source == "mask" else None,
         object_source=prepared.object_source,
@@ -346,6 +569,8 @@ def manifest_record(args, path, mask, prepared, job, output, generator):
         compile=args.compile,
         vae_tiling=args.vae_tiling,
         photobg_version=__version__,
+        key=output_key(args, item, files),
+        input_files=files.describe([path] + ([mask] if mask is not None else [])),
     )
     command = ["photobg", "generate", record["input"], "--prompt", job.prompt, "--seed", str(job.seed)]
     options = {
@@ -365,7 +590,7 @@ def manifest_record(args, path, mask, prepared, job, output, generator):
         "--scheduler": args.scheduler,
         "--device": record["device"],
         "--dtype": dtype,
-        "--output-dir": str(output.parent.resolve()),
+        "--output-dir": str(item.output.parent.resolve()),
     }
     for flag, value in options.items():
         if value is not None:
@@ -375,16 +600,110 @@ def manifest_record(args, path, mask, prepared, job, output, generator):
     return record
 
 
-def save_png(image, path, record=None):
-    """Write a PNG atomically (a temporary name, then renamed), with `record` as a text chunk."""
+def output_key(args, item, files):
+    """The key of an output: a sha256 of everything that decides what it shows. That is the photo's and the
+    mask's content (so an edited photo counts as another), the segmenter (where no mask is given), the prompt,
+    negative prompt and seed, the model, ControlNet, scheduler, steps, guidance and ControlNet scale, and the
+    canvas and working size. How it is computed is left out: device, dtype, --batch-size, --compile and
+    --vae-tiling change only the numerical precision; they and photobg's version are in the record.
+
+    Args:
+        args: the parsed options; item: the `OutputJob`; files: the run's `FileHashes`.
+
+    Raises:
+        OSError: when the photo or mask file cannot be read.
+    """
+    import hashlib
+    import json
+
+    from .masks import parse_size
+
+    determining = dict(
+        photo=files.sha256(item.photo),
+        mask=files.sha256(item.mask) if item.mask is not None else None,
+        segmenter=args.segmenter if item.mask is None else None,
+        prompt=item.job.prompt,
+        negative_prompt=args.negative_prompt,
+        seed=item.job.seed,
+        model=_model_key(args.model),
+        controlnet=_model_key(args.controlnet),
+        scheduler=args.scheduler,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        controlnet_conditioning_scale=args.controlnet_scale,
+        size=list(parse_size(args.size)) if args.size else None,
+        aspect=args.aspect,
+        object_scale=args.object_scale,
+        position=args.position,
+        working_size=args.working_size,
+    )
+    return hashlib.sha256(json.dumps(determining, sort_keys=True).encode()).hexdigest()
+
+
+def _model_key(spec):
+    """A model as the key sees it: a local folder or file by its absolute path, a Hub id or test name as is."""
+    import os
+
+    from .models import TEST_MODELS
+
+    if spec is None or spec in TEST_MODELS or not os.path.exists(os.path.expanduser(spec)):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+class FileHashes:
+    """sha256 digests of the input files of a run, each file read at most once. A file whose size and
+    modification time are those an existing record saw is taken as unchanged (as make and rsync do), so that
+    resuming a large batch does not read every photo again."""
+
+    def __init__(self):
+        self.known = {}
+
+    def sha256(self, path):
+        import hashlib
+
+        path = str(Path(path).resolve())
+        if path not in self.known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self.known[path] = digest.hexdigest()
+        return self.known[path]
+
+    def describe(self, paths):
+        """{absolute path: [sha256, size, mtime_ns]} for a record."""
+        return {str(Path(p).resolve()): [self.sha256(p), *_size_and_mtime(p)] for p in paths}
+
+    def learn(self, record):
+        """Take the digests of a record's input files that have not changed since."""
+        for path, (digest, *stat) in (record.get("input_files") or {}).items():
+            if path not in self.known and _size_and_mtime(path) == stat:
+                self.known[path] = digest
+
+
+def _size_and_mtime(path):
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def grid_path(item):
+    return item.output.with_name(f"{item.photo.stem}_compare.png")
+
+
+def save_png(image, path, chunks=None):
+    """Write a PNG atomically (a temporary name, then renamed), with `chunks` ({name: JSON value}) as text."""
     import json
     import os
 
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    if record is not None:
-        info.add_text("photobg", json.dumps(record))
+    for name, value in (chunks or {}).items():
+        info.add_text(name, json.dumps(value))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         image.save(tmp, format="PNG", pnginfo=info)
@@ -393,8 +712,116 @@ def save_png(image, path, record=None):
         tmp.unlink(missing_ok=True)
 
 
+def read_record(path, chunk=RECORD_CHUNK):
+    """The JSON in a PNG's text chunk (read from the header, without decoding the image), or None."""
+    import json
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = json.loads(image.info[chunk])
+    except Exception:  # not a PNG, no such chunk, not JSON: not a photobg output
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def append_line(manifest, record):
     import json
 
     with open(manifest, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def write_manifest(folder):
+    """Rewrite `folder/manifest.jsonl` from the records inside the folder's PNGs: exactly one line per image,
+    sorted by input, prompt and seed, written to a temporary file and renamed (so never half-written). Reading
+    the records takes under a millisecond per image (0.5-0.8 ms measured on a busy 2-core CPU).
+
+    Returns:
+        The number of records.
+    """
+    import json
+    import os
+
+    records = []
+    for path in sorted(Path(folder).glob("*.png")):
+        record = read_record(path)
+        if record is not None and Path(str(record.get("output", ""))).name == path.name:
+            records.append(record)
+    records.sort(key=lambda r: (str(r.get("input")), r.get("prompt_index") or 0, r.get("seed") or 0, r["output"]))
+    manifest = Path(folder) / MANIFEST
+    tmp = manifest.with_name(f".{MANIFEST}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+        os.replace(tmp, manifest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(records)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def fatal_problem(err, output_dir, device=None):
+    """Why a photo's failure will hit every later photo, so the batch must stop; None when it is the photo's own.
+
+    Args:
+        err: the exception; output_dir: the output folder; device: the torch device generating (or None).
+
+    Returns:
+        str or None.
+    """
+    import errno
+
+    whole_disk = (errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC))  # every later write fails too
+    if isinstance(err, OSError) and err.errno in whole_disk:
+        return f"cannot write to {output_dir}: {err.strerror}"
+    try:
+        _check_writable(output_dir)
+    except OSError as problem:
+        return f"the output folder {output_dir} is gone or cannot be written ({problem.strerror or problem})"
+    if device is not None and not _device_works(device):
+        return f"the device {device} stopped working ({type(err).__name__}: {err})"
+    return None
+
+
+def _device_works(device):
+    """Whether a tiny computation still runs on `device` (a lost GPU fails every call after)."""
+    import torch
+
+    try:
+        return (torch.ones(1, device=device) + 1).item() == 2
+    except Exception:
+        return False
+
+
+def describe_failure(photo, err):
+    """One line for the summary: the photo and what went wrong (inputs' own errors already name the file)."""
+    from .segment import SegmenterUnavailable
+
+    if _out_of_memory(err):
+        text = "out of memory (a smaller canvas, --working-size or --batch-size needs less)"
+    elif isinstance(err, (ValueError, SegmenterUnavailable)):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return text if text.startswith(str(photo)) else f"{photo}: {text}"
+
+
+def _out_of_memory(err):
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError))
+
+
+def _may_have_alpha(path):
+    """Whether a photo's header shows an alpha channel or transparency (the pixels are not decoded); True when
+    it cannot be read, so that the reason is reported with the photo."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return bool({"A", "a"} & set(image.getbands())) or "transparency" in image.info
+    except Exception:
+        return True

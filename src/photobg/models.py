@@ -3,7 +3,7 @@
 - `load_pipeline`: a background-generation pipeline from a complete model (the published
   `yahoo-inc/photo-background-generation` layout: model_index.json + component folders including
   `controlnet/`), or from a base model (SD2-inpainting or SD2-base) plus a ControlNet given as a Hub id, a
-  folder, or a single state-dict file.
+  folder, or a single state-dict file. The backbone is detected from the folder (`photobg.backbones`).
 - `convert_controlnet`: a single `.pth`/`.safetensors` ControlNet state dict -> a diffusers ControlNet folder.
 - `build_components` / `write_test_model`: random-weight models from the configs in `photobg.configs`, in
   the exact folder layout of a Hub model (tiny ones for tests, real-size ones for benchmarks).
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from .backbones import BACKBONES, TEST_MODELS, TEXT_CLIP, backbone_for_config, detect_backbone
 from .configs import get_config
-from .defaults import DEFAULT_MODEL, DTYPE_NAMES, TEST_MODELS
+from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 
-DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+DEFAULT_BASE_MODEL = BACKBONES["sd2-inpainting"].hub_id
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _KEY_PREFIXES = ("module.", "controlnet.", "_orig_mod.")
@@ -57,7 +58,9 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
     Args:
         model: Hub id or local folder (Hub layout). Either a complete model with a `controlnet/` folder
             (default `yahoo-inc/photo-background-generation`), or a base model (SD2-inpainting, SD2-base)
-            when `controlnet` is given. `tiny-inpainting` / `tiny-base` name random test models built locally.
+            when `controlnet` is given. Its backbone is detected from the folder (`photobg.backbones`); SDXL
+            folders are recognised and refused with a clear error until the SDXL pipeline exists. The names
+            of `TEST_MODELS` (`tiny-inpainting`, `tiny-base`, ...) are random test models built locally.
         controlnet: Hub id, local folder, or a single state-dict file (`.pth`, `.safetensors`, ...) of a
             ControlNet trained on `model`'s UNet; overrides the model's own `controlnet/`.
         device: torch device or name; default CUDA when present, else CPU.
@@ -72,27 +75,65 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
 
     from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
-    model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
+    model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
-    unet_config = _load_component_config(model, "unet")
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if controlnet is not None and _is_state_dict_file(controlnet):
         kwargs["controlnet"] = controlnet_from_state_dict(controlnet, unet_config).to(dtype=dtype)
     elif controlnet is not None:
-        controlnet = resolve_model(controlnet, what="ControlNet")
-        _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, unet_config)
         kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype=dtype)
-    else:
+    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    return pipe.to(device)
+
+
+def check_model(model=None, controlnet=None, scheduler=None):
+    """Check, without loading any weights, that a model (and ControlNet) exist and fit together: the configs
+    are read (from the folder, or from the Hub or its cache) and the channel counts compared.
+
+    Args:
+        model, controlnet, scheduler: as in `load_pipeline`.
+
+    Returns:
+        (model, controlnet, unet_config): the model and ControlNet as `from_pretrained` takes them (test
+        models are built on first use) and the UNet's config.
+
+    Raises:
+        FileNotFoundError, OSError, ValueError: naming the model or ControlNet and what is wrong.
+    """
+    if scheduler is not None:
+        scheduler_class(scheduler)
+    model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
+    backbone = detect_backbone(model)
+    if backbone.text_conditioning != TEXT_CLIP:
+        supported = " or ".join(b.name for b in BACKBONES.values() if b.text_conditioning == TEXT_CLIP)
+        raise ValueError(
+            f"Model {model!r} is an {backbone.describe()} model: SDXL generation is not supported yet; "
+            f"photobg generates with {supported} models for now."
+        )
+    unet_config = _load_component_config(model, "unet")
+    if controlnet is not None and not _is_state_dict_file(controlnet):
+        controlnet = resolve_model(controlnet, what="ControlNet")
+        _check_channels(controlnet, _load_config(controlnet, None, "ControlNet"), model, backbone)
+    elif controlnet is None:
         if not _has_component(model, "controlnet"):
             raise ValueError(
                 f"Model {model!r} has no 'controlnet/' component: pass a ControlNet "
                 "(`controlnet=` / `--controlnet`) to use it as a base model."
             )
-        _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, unet_config)
-    pipe = _from_pretrained(StableDiffusionControlNetInpaintPipeline, model, "Model", **kwargs)
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    return pipe.to(device)
+        _check_channels(f"{model}/controlnet", _load_component_config(model, "controlnet"), model, backbone)
+    return model, controlnet, unet_config
+
+
+def free_device_memory():
+    """Return what Python and the CUDA allocator hold but no longer use (after a model is released, or after a
+    failure such as running out of memory)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
@@ -123,19 +164,24 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
 
 def make_scheduler(name, config):
     """Build the diffusers scheduler class `name` from another scheduler's config; fail on unknown names."""
+    return scheduler_class(name).from_config(config)
+
+
+def scheduler_class(name):
+    """The diffusers scheduler class called `name`; a `ValueError` when there is none."""
     import diffusers
 
     cls = getattr(diffusers, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise ValueError(f"Unknown scheduler {name!r}: expected a diffusers scheduler class name.")
-    return cls.from_config(config)
+    return cls
 
 
 def resolve_model(spec, what="Model"):
     """Turn a model spec into something `from_pretrained` takes: a local folder or a Hub id.
 
-    Test model names (`tiny-inpainting`, `tiny-base`) are written to `$PHOTOBG_CACHE` (default
-    `~/.cache/photobg`) on first use. A spec that is plainly a path (absolute, `./`, `~`) must exist.
+    Test model names (`TEST_MODELS`: `tiny-inpainting`, `tiny-sdxl-base`, ...) are written to `$PHOTOBG_CACHE`
+    (default `~/.cache/photobg`) on first use. A spec that is plainly a path (absolute, `./`, `~`) must exist.
     """
     spec = str(spec)
     if spec in TEST_MODELS:
@@ -230,13 +276,18 @@ def check_hub_file(repo_id, filename, subfolder=None):
     get_hf_file_metadata(hf_hub_url(repo_id, filename, subfolder=subfolder))
 
 
-def _check_channels(controlnet_name, controlnet_config, model, unet_config):
-    got, want = controlnet_config["in_channels"], unet_config["in_channels"]
+def _check_channels(controlnet_name, controlnet_config, model, backbone):
+    got, want = controlnet_config["in_channels"], backbone.unet_in_channels
     if got != want:
+        fits = [
+            b.name
+            for b in BACKBONES.values()
+            if (b.unet_in_channels, b.text_conditioning) == (got, backbone.text_conditioning)
+        ]
         raise ValueError(
-            f"ControlNet {controlnet_name!r} takes {got} input channels but the UNet of {model!r} takes "
-            f"{want}: an inpaint-variant ControlNet (9 channels) needs an SD2-inpainting base model and a "
-            "base-variant ControlNet (4 channels) an SD2-base one."
+            f"ControlNet {controlnet_name!r} takes {got} input channels but the UNet of {model!r} "
+            f"({backbone.name}) takes {want}: a ControlNet runs on the backbone it was trained on "
+            f"({' or '.join(fits) or 'none supported'} for {got} channels)."
         )
 
 
@@ -381,26 +432,35 @@ def build_components(config_name="tiny-inpainting", seed=0, with_controlnet=True
     The ControlNet is built with `ControlNetModel.from_unet` like in training; its zero-initialised output
     layers then get small random weights so that, unlike a fresh ControlNet, it changes the UNet's output.
 
+    Args:
+        config_name: a `photobg.configs` name: a backbone's real architecture or its tiny test version.
+        seed: seed of the random weights.
+        with_controlnet: also build a ControlNet from the UNet.
+
     Returns:
-        dict with `unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler` and (optionally) `controlnet`.
+        dict with `unet`, `vae`, the text encoders and tokenizers of the backbone (`text_encoder`, `tokenizer`;
+        SDXL adds `text_encoder_2`, `tokenizer_2`), `scheduler` and (optionally) `controlnet`.
     """
     import diffusers
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     config = get_config(config_name)
+    backbone = backbone_for_config(config_name)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(config["unet"])
-    vae = AutoencoderKL.from_config(config["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+    components = {
+        "unet": UNet2DConditionModel.from_config(config["unet"]),
+        "vae": AutoencoderKL.from_config(config["vae"]),
+    }
+    for name in backbone.text_encoders:
+        components[name] = text_encoder_from_config(config[name])
     scheduler_config = dict(config["scheduler"])
-    scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
-    components = dict(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+    components["scheduler"] = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
     with tempfile.TemporaryDirectory() as folder:
-        components["tokenizer"] = _write_tokenizer(folder)
+        for name in backbone.tokenizers:
+            components[name] = _write_tokenizer(Path(folder, name), **config[name])
     if with_controlnet:
         controlnet = ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=config["conditioning_channels"]
+            components["unet"], conditioning_embedding_out_channels=config["conditioning_channels"]
         )
         zero_initialised = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
         for layer in [*zero_initialised, controlnet.controlnet_cond_embedding.conv_out]:
@@ -409,33 +469,52 @@ def build_components(config_name="tiny-inpainting", seed=0, with_controlnet=True
     return components
 
 
+def text_encoder_from_config(config):
+    """A random-weight text encoder from its Hub `config.json` contents: the class its `architectures` names
+    (`CLIPTextModel`, or `CLIPTextModelWithProjection` for SDXL's second encoder)."""
+    import transformers
+
+    cls = getattr(transformers, config["architectures"][0])
+    return cls(transformers.CLIPTextConfig(**config))
+
+
 def write_test_model(path, config_name="tiny-inpainting", seed=0, with_controlnet=True):
     """Write random-weight models in the folder layout of a Hub model.
 
-    With `with_controlnet=True` the layout is the published photobg model's (model_index.json of our
-    pipeline plus `controlnet/`); without, it is the base model's (SD2-inpainting or SD2-base layout).
-    The tokenizer folder holds `vocab.json`/`merges.txt` written by the factory, like SD2's.
+    With `with_controlnet=True` the layout is a complete photobg model's (model_index.json of the backbone's
+    ControlNet pipeline plus `controlnet/`); without, it is the base model's (e.g. SD2-inpainting's, or
+    SDXL-inpainting's with two tokenizers and text encoders). Each tokenizer folder holds
+    `vocab.json`/`merges.txt` written by the factory, like the real models'.
+
+    Args:
+        path: the folder to write; replaced if it exists (written next to it first, then moved into place).
+        config_name, seed, with_controlnet: as in `build_components`.
 
     Returns:
         The folder as a `Path`.
     """
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    import diffusers
 
     from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
+    backbone = backbone_for_config(config_name)
+    config = get_config(config_name)
     components = build_components(config_name, seed, with_controlnet)
-    if with_controlnet:
-        cls = StableDiffusionControlNetInpaintPipeline
+    if not with_controlnet:
+        cls = getattr(diffusers, backbone.pipeline_class)
+    elif backbone.text_conditioning == TEXT_CLIP:
+        cls = StableDiffusionControlNetInpaintPipeline  # ours: the published model's layout
     else:
-        cls = StableDiffusionInpaintPipeline if components["unet"].config.in_channels == 9 else StableDiffusionPipeline
-    pipe = cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        cls = getattr(diffusers, backbone.controlnet_pipeline_class)
+    pipe = _pipeline(cls, components, config["pipeline"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=path.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "tokenizer")
-        _write_tokenizer(tmp / "tokenizer")
+        for name in backbone.tokenizers:
+            shutil.rmtree(tmp / name)
+            _write_tokenizer(tmp / name, **config[name])
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
     finally:
@@ -443,8 +522,26 @@ def write_test_model(path, config_name="tiny-inpainting", seed=0, with_controlne
     return path
 
 
-def _write_tokenizer(folder):
-    """Write a small byte-level BPE CLIP tokenizer (vocab.json, merges.txt, configs) and load it."""
+def _pipeline(cls, components, attributes):
+    """`cls(**components)` with no safety checker, feature extractor or image encoder, and those of the
+    `model_index.json` `attributes` that `cls` takes (e.g. `force_zeros_for_empty_prompt`)."""
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    absent = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in accepted}
+    return cls(**components, **absent, **{key: value for key, value in attributes.items() if key in accepted})
+
+
+def _write_tokenizer(folder, pad_token="!"):
+    """Write a small byte-level BPE CLIP tokenizer (vocab.json, merges.txt, configs) and load it.
+
+    Args:
+        folder: where to write it.
+        pad_token: `!` like SD2's tokenizer and SDXL's second, `<|endoftext|>` like SDXL's first.
+
+    Returns:
+        The `CLIPTokenizer`.
+    """
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -474,7 +571,7 @@ def _write_tokenizer(folder):
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    special["pad_token"] = "!"  # SD2's tokenizer pads with "!"
+    special["pad_token"] = pad_token
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(special))

@@ -26,11 +26,13 @@ from pathlib import Path
 
 from .checkpoints import (
     CONFIG_FILE,
+    CheckpointError,
     TrainState,
+    checkpoint_to_resume,
     latest_checkpoint,
-    resolve_checkpoint,
     resume,
     save_checkpoint,
+    saved_config,
     write_json,
 )
 from .train_config import (
@@ -39,9 +41,12 @@ from .train_config import (
     build_parser,
     check_config,
     config_from_args,
+    short_side,
 )
 
 HELP = "Train the salient-aware ControlNet (inpaint or base variant) with accelerate."
+# Where the final save is staged, and where the previous pipeline waits while the new one is renamed in.
+FINAL_TMP, PIPELINE_OLD = ".final.tmp", ".pipeline.old"
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +57,13 @@ logger = logging.getLogger(__name__)
 def cli_main(variant, argv=None):
     """Entry scripts: parse flags (bad flags exit with a usage error naming them), then train."""
     parser = build_parser(variant)
-    config = config_from_args(parser.parse_args(argv), variant)
+    args = parser.parse_args(argv)
+    config = config_from_args(args, variant)
     try:
         check_config(config)
     except ConfigError as err:
         parser.error(str(err))
-    main(config)
-    return 0
+    return main_reporting_errors(config, parser.prog, args.debug)
 
 
 def run(args):
@@ -68,7 +73,25 @@ def run(args):
         check_config(config)
     except ConfigError as err:
         raise SystemExit(f"photobg train: error: {err}") from None
-    main(config)
+    return main_reporting_errors(config, "photobg train", args.debug)
+
+
+# Failures that a user's data, flags or files cause: reported in one line (the traceback with --debug).
+EXPECTED_ERRORS = (ConfigError, CheckpointError, FloatingPointError)
+
+
+def main_reporting_errors(config, prog, debug=False):
+    """`main(config)`; an expected failure prints `PROG: error: MESSAGE` and exits with status 2 (a bad flag)
+    or 1, unless `debug` asks for the traceback."""
+    from .data import BadExample
+
+    try:
+        main(config)
+    except (*EXPECTED_ERRORS, BadExample) as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {err} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
     return 0
 
 
@@ -78,12 +101,14 @@ def run(args):
 @dataclass
 class TrainResult:
     """What `main` returns: the output folder, the last step, the loss of every optimisation step of this run and
-    when each ended (`time.perf_counter()`), for throughput measurements."""
+    when each ended (`time.perf_counter()`, for throughput measurements), and how many bad examples were
+    replaced, by kind (summed over the processes)."""
 
     output_dir: str
     step: int
     losses: list
     step_times: list
+    bad_examples: dict = dataclasses.field(default_factory=dict)
 
 
 def main(config):
@@ -92,7 +117,8 @@ def main(config):
 
     check_config(config)
     accelerator = make_accelerator(config)
-    seed = resolve_seed(config, accelerator)
+    checkpoint = checkpoint_to_resume(config, accelerator.num_processes, log=accelerator.is_main_process)
+    seed = resolve_seed(config, checkpoint)
     prepare_output_dir(config, accelerator)
     examples = make_examples(config, seed)  # columns checked before any model loads
     models = load_models(config, accelerator)
@@ -110,9 +136,12 @@ def main(config):
     state = TrainState(
         seed=seed, noise=torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
     )
-    resume(config, accelerator, state)
+    if checkpoint is not None:
+        resume(checkpoint, accelerator, state, lr_scheduler)
+    elif config.resume_from_checkpoint:
+        logger.info(f"No checkpoint in {config.output_dir!r} yet: starting a new run.")
     log_plan(accelerator, len(examples), steps, resolved)
-    losses, step_times = train(
+    losses, step_times, bad = train(
         config,
         accelerator,
         models,
@@ -126,23 +155,28 @@ def main(config):
         steps,
         resolved,
     )
+    bad = report_bad_examples(accelerator, bad)
     save_outputs(config, accelerator, models, controlnet, resolved)
     accelerator.end_training()
-    return TrainResult(output_dir=config.output_dir, step=state.step, losses=losses, step_times=step_times)
+    return TrainResult(
+        output_dir=config.output_dir, step=state.step, losses=losses, step_times=step_times, bad_examples=bad
+    )
 
 
 def train(
     config, accelerator, models, controlnet, optimizer, lr_scheduler, loader, sampler, examples, state, steps, resolved
 ):
-    """The optimisation loop from `state.step` to `max_train_steps`; returns the loss and end time of each step."""
+    """The optimisation loop from `state.step` to `max_train_steps`; returns the loss and end time of each step,
+    and this process's count of bad examples that were replaced, by kind."""
     import time
+    from collections import Counter
 
     import torch
     from tqdm.auto import tqdm
 
     max_steps, per_epoch = steps["max_train_steps"], steps["updates_per_epoch"]
     progress = tqdm(total=max_steps, initial=state.step, desc="Steps", disable=not accelerator.is_local_main_process)
-    losses, step_times, micro_losses, pending, validated = [], [], [], [], None
+    losses, step_times, micro_losses, pending, validated, bad = [], [], [], [], None, Counter()
     while state.step < max_steps:
         epoch = state.step // per_epoch
         sampler.epoch = examples.epoch = epoch
@@ -152,6 +186,7 @@ def train(
         for k, batch in enumerate(batches):
             if k == 0 and epoch == 0 and not done:
                 logger.info(f"Process {accelerator.process_index} starts with examples {batch['names']}")
+            bad.update(kind for kind in batch["bad"] if kind)
             with accelerator.accumulate(controlnet):
                 loss = training_loss(models, controlnet, batch, state.noise, accelerator)
                 accelerator.backward(loss)
@@ -179,13 +214,32 @@ def train(
             if checkpoint:
                 save_checkpoint(config, accelerator, state, resolved)
             if validation:
-                validated = validate(config, accelerator, models, controlnet, state.step)
+                validated = validate(config, accelerator, models, controlnet, state)
             if state.step >= max_steps:
                 break
     progress.close()
     if config.validation_prompt and validated != state.step:
-        validate(config, accelerator, models, controlnet, state.step)
-    return losses, step_times
+        validate(config, accelerator, models, controlnet, state)
+    return losses, step_times, bad
+
+
+def report_bad_examples(accelerator, bad):
+    """Sum every process's count of replaced bad examples and log it once; returns the sum ({kind: count})."""
+    from collections import Counter
+
+    from accelerate.utils import gather_object
+
+    from .data import describe_bad
+
+    total = Counter()
+    for counts in gather_object([dict(bad)]):
+        total.update(counts)
+    if total and accelerator.is_main_process:
+        logger.warning(
+            f"{sum(total.values())} bad training examples were skipped (each replaced by the next good one): "
+            f"{describe_bad(total)}; the warnings above name them."
+        )
+    return dict(total)
 
 
 def read_losses(config, accelerator, pending, step, lr):
@@ -247,15 +301,14 @@ def make_accelerator(config):
     return accelerator
 
 
-def resolve_seed(config, accelerator):
-    """The run's seed: --seed, else the resumed run's, else one drawn by the main process and shared."""
+def resolve_seed(config, checkpoint=None):
+    """The run's seed: --seed, else the resumed run's (from `checkpoint`), else one drawn by the main process
+    and shared."""
     from accelerate.utils import broadcast_object_list, set_seed
 
     seed = config.seed
-    if seed is None and config.resume_from_checkpoint:
-        path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
-        if path is not None and (path / CONFIG_FILE).exists():
-            seed = json.loads((path / CONFIG_FILE).read_text()).get("seed")
+    if seed is None and checkpoint is not None:
+        seed = saved_config(checkpoint).get("seed")
     if seed is None:
         seed = broadcast_object_list([random.SystemRandom().randrange(2**31)])[0]
     set_seed(seed)
@@ -263,12 +316,19 @@ def resolve_seed(config, accelerator):
 
 
 def prepare_output_dir(config, accelerator):
-    """Create --output_dir, remove checkpoints left half-written by a killed run, create the Hub repo."""
+    """Create --output_dir, clean up after a run killed while writing (a half-written checkpoint or final
+    model is removed; a pipeline caught between its two renames is put back), create the Hub repo."""
     if accelerator.is_main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        for stale in Path(config.output_dir).glob(".checkpoint-*.tmp"):
-            logger.warning(f"Removing {stale}, a checkpoint whose writing was interrupted.")
-            shutil.rmtree(stale)
+        output_dir = Path(config.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*output_dir.glob(".checkpoint-*.tmp"), output_dir / FINAL_TMP, output_dir / ".pipeline.tmp"]:
+            if stale.exists():
+                logger.warning(f"Removing {stale}, left by a run killed while writing it.")
+                shutil.rmtree(stale)
+        old, pipeline = output_dir / PIPELINE_OLD, output_dir / "pipeline"
+        if old.exists() and not pipeline.exists():
+            os.replace(old, pipeline)
+        shutil.rmtree(old, ignore_errors=True)
         if config.push_to_hub:
             from huggingface_hub import create_repo
 
@@ -402,16 +462,19 @@ def make_examples(config, seed):
         max_train_samples=config.max_train_samples,
         seed=seed,
     )
-    return TrainExamples(
+    examples = TrainExamples(
         dataset,
         columns=columns,
         resolution=config.resolution,
+        resize_short_side=short_side(config),
         center_crop=config.center_crop,
         random_flip=config.random_flip,
         proportion_empty_prompts=config.proportion_empty_prompts,
         seed=seed,
         bad_examples=config.bad_examples,
     )
+    examples[0]  # fails now, before any model loads, when the data has no usable example
+    return examples
 
 
 def make_loader(config, examples, tokenizer, seed):
@@ -487,6 +550,7 @@ def resolved_config(config, accelerator, seed, steps, optimizer):
     resolved.update(
         seed=seed,
         learning_rate=optimizer.param_groups[0]["lr"],
+        resize_short_side=short_side(config),
         max_train_steps=steps["max_train_steps"],
         num_train_epochs=steps["num_train_epochs"],
         num_processes=accelerator.num_processes,
@@ -533,6 +597,7 @@ def cache_latents(config, examples, models, accelerator):
             config.revision,
             config.variant,
             config.resolution,
+            examples.resize_short_side,
             config.center_crop,
             config.random_flip,
             examples.seed,
@@ -719,11 +784,13 @@ def validation_pairs(config):
     return pairs
 
 
-def validate(config, accelerator, models, controlnet, step):
-    """Generate with the real pipeline on the validation pairs; log to the trackers and save a PNG grid."""
+def validate(config, accelerator, models, controlnet, state):
+    """Generate with the real pipeline on the validation pairs, seeded with the run's seed (the drawn one when
+    --seed is not given); log to the trackers and save a PNG grid. Returns the step validated."""
     import torch
     from accelerate.utils import DistributedType
 
+    step = state.step
     if not accelerator.is_main_process:
         return step
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -745,7 +812,7 @@ def validate(config, accelerator, models, controlnet, step):
         else:
             photo, object_mask = split_object(load_image(photo_file), load_image(mask_file))
         photo, object_mask = _validation_size(photo, object_mask, config.resolution)
-        generator = torch.Generator(accelerator.device).manual_seed(config.seed or 0)
+        generator = torch.Generator(accelerator.device).manual_seed(state.seed)
         with accelerator.autocast():
             images = pipe(
                 [prompt] * config.num_validation_images,
@@ -760,12 +827,12 @@ def validate(config, accelerator, models, controlnet, step):
 
 
 def _validation_size(photo, object_mask, resolution):
-    """Resize so that the short side is `resolution` (and both sides multiples of 8)."""
-    import PIL.Image
+    """Resize so that the short side is `resolution` (and both sides multiples of 8), by training's rule."""
+    from .data import resize
 
     scale = resolution / min(photo.size)
     size = tuple(max(8, round(s * scale) // 8 * 8) for s in photo.size)
-    return photo.resize(size, PIL.Image.BICUBIC), object_mask.resize(size, PIL.Image.BILINEAR)
+    return resize(photo, size), resize(object_mask, size)
 
 
 def log_validation_images(config, accelerator, rows, step):
@@ -795,21 +862,32 @@ def log_validation_images(config, accelerator, rows, step):
 
 def save_outputs(config, accelerator, models, controlnet, resolved):
     """The ControlNet in diffusers format in --output_dir, and `OUTPUT_DIR/pipeline`, a complete model that
-    `photobg.models.load_pipeline` opens; both with the resolved configuration. Pushed with --push_to_hub."""
+    `photobg.models.load_pipeline` opens; both with the resolved configuration. Pushed with --push_to_hub.
+
+    Everything is written to a hidden temporary folder first and then moved into place by renames, so a run
+    killed while saving leaves the previous model (if any) loadable, never a half-written one."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(controlnet)  # gathers shards under DeepSpeed/FSDP
     if not accelerator.is_main_process:
         return
     output_dir = Path(config.output_dir)
     controlnet = accelerator.unwrap_model(controlnet)
-    controlnet.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+    staging = output_dir / FINAL_TMP
+    shutil.rmtree(staging, ignore_errors=True)
+    controlnet.save_pretrained(staging / "controlnet", state_dict=state_dict, safe_serialization=True)
+    make_pipeline(models, controlnet).save_pretrained(staging / "pipeline", safe_serialization=True)
+    write_json(staging / "pipeline" / CONFIG_FILE, resolved)
+    # One rename per file, the weights first: a kill between the renames (a moment) leaves the new weights
+    # beside the previous run's config (if any), which describes the same architecture.
+    for name in (*sorted(p.name for p in (staging / "controlnet").glob("*.safetensors")), "config.json"):
+        os.replace(staging / "controlnet" / name, output_dir / name)
+    final, old = output_dir / "pipeline", output_dir / PIPELINE_OLD
+    if final.exists():
+        os.replace(final, old)  # put back by `prepare_output_dir` if a kill comes before the next rename
+    os.replace(staging / "pipeline", final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging)
     write_json(output_dir / CONFIG_FILE, resolved)
-    tmp, final = output_dir / ".pipeline.tmp", output_dir / "pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_pipeline(models, controlnet).save_pretrained(tmp, safe_serialization=True)
-    write_json(tmp / CONFIG_FILE, resolved)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     logger.info(f"Saved the ControlNet to {output_dir} and the complete pipeline to {final}")
     if config.push_to_hub:
         from huggingface_hub import upload_folder
@@ -819,7 +897,14 @@ def save_outputs(config, accelerator, models, controlnet, resolved):
             folder_path=str(output_dir),
             token=config.hub_token,
             commit_message="End of training",
-            ignore_patterns=["checkpoint-*", ".checkpoint-*", "latent_cache/*", "logs/*"],
+            ignore_patterns=[
+                "checkpoint-*",
+                ".checkpoint-*",
+                "latent_cache/*",
+                "logs/*",
+                f"{FINAL_TMP}/*",
+                f"{PIPELINE_OLD}/*",
+            ],
         )
 
 

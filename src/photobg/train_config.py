@@ -9,10 +9,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .checkpoints import resolve_checkpoint
+from .checkpoints import CheckpointError, named_checkpoint
 
 VARIANTS = {"inpaint": 9, "base": 4}  # variant -> the UNet input channels it needs
 SCRIPTS = {"inpaint": "train_controlnet_inpaint.py", "base": "train_controlnet.py"}
+# The authors' crop recipe: the short side resized to 768 for 512 crops, i.e. 1.5 x the crop size.
+AUTHORS_SHORT_SIDE_FACTOR = 1.5
+# The method's share of empty captions (the paper trains with 10% empty prompts).
+METHOD_EMPTY_PROMPTS = 0.1
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "all", "none")
 
@@ -70,8 +74,18 @@ class TrainConfig:
     conditioning_image_column: str = arg("conditioning_image", "column of the object masks (white = object)")
     caption_column: str = arg("text", "column of the captions (a string or a list of strings)")
     max_train_samples: int = arg(None, "train on this many examples (a seeded random subset)", type=int)
-    proportion_empty_prompts: float = arg(0.0, "fraction of captions replaced by the empty prompt", type=float)
-    resolution: int = arg(512, "training size: the short side is resized to it, then a square crop", type=int)
+    proportion_empty_prompts: float = arg(
+        METHOD_EMPTY_PROMPTS,
+        "fraction of captions replaced by the empty prompt (the method's share; 0 trains on every caption)",
+        type=float,
+    )
+    resolution: int = arg(512, "training size: the side of the square crop", type=int)
+    resize_short_side: int = arg(
+        None,
+        "short side of each photo before the crop, resized with area averaging (default: 1.5 x --resolution, "
+        "the authors' recipe: 768 for 512; give --resolution's value to crop the whole short side)",
+        type=int,
+    )
     center_crop: bool = arg(False, "crop the centre instead of a random square")
     random_flip: bool = arg(False, "flip photo and mask horizontally half the time")
     dataloader_num_workers: int = arg(0, "data loading worker processes (0 = in the main process)", type=int)
@@ -123,6 +137,11 @@ class TrainConfig:
     validation_num_inference_steps: int = arg(20, "denoising steps of validation images", type=int)
 
 
+def short_side(config):
+    """The short side photos are resized to before the crop: --resize_short_side, else the authors' recipe."""
+    return config.resize_short_side or round(config.resolution * AUTHORS_SHORT_SIDE_FACTOR)
+
+
 def add_arguments(parser, variant=None):
     """Add every `TrainConfig` field as a flag. Without `variant`, `--variant inpaint|base` chooses the
     variant and the model-file variant is `--weights_variant`; an entry script fixes the variant and keeps
@@ -142,6 +161,9 @@ def add_arguments(parser, variant=None):
         if f.default is not None and f.type is not bool:
             meta["help"] += " (default: %(default)s)"
         parser.add_argument(*names, dest=f.name, default=f.default, **meta)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (by default: one line)"
+    )
     return parser
 
 
@@ -179,6 +201,13 @@ def check_config(config):
         raise ConfigError(f"--proportion_empty_prompts must be in [0, 1], not {c.proportion_empty_prompts}.")
     if c.resolution <= 0 or c.resolution % 8:
         raise ConfigError(f"--resolution must be a positive multiple of 8, not {c.resolution}.")
+    if c.resize_short_side is not None and c.resize_short_side < c.resolution:
+        raise ConfigError(
+            f"--resize_short_side {c.resize_short_side} is smaller than --resolution {c.resolution}: the crop "
+            "would not fit."
+        )
+    if c.train_data_dir is not None and not os.path.exists(os.path.expanduser(c.train_data_dir)):
+        raise ConfigError(f"--train_data_dir {c.train_data_dir!r}: no such folder.")
     positive = (
         "train_batch_size",
         "num_train_epochs",
@@ -254,12 +283,10 @@ def _check_optional_packages(c):
 def _check_resume(c):
     if c.resume_from_checkpoint in (None, "latest"):
         return
-    path = resolve_checkpoint(c.output_dir, c.resume_from_checkpoint)
-    if path is None:
-        raise ConfigError(
-            f"--resume_from_checkpoint: no checkpoint {c.resume_from_checkpoint!r} (as a path or in "
-            f"{c.output_dir!r}); use `latest` to take the newest one if any."
-        )
+    try:
+        named_checkpoint(c.output_dir, c.resume_from_checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(f"--resume_from_checkpoint: {err}") from None
 
 
 def _check_base_model(c):

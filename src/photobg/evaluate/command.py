@@ -1,5 +1,7 @@
 """`photobg evaluate`: the argument parser and `run(args)`; heavy imports happen inside `run`."""
 
+import sys
+
 METRIC_NAMES = ("expansion", "fid", "clip", "lpips")
 
 EPILOG = """\
@@ -61,20 +63,31 @@ def add_arguments(parser):
     parser.add_argument("--worst", type=int, default=6, help="worst cases in the grid (default: %(default)s)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="weights dtype (default: fp16 on CUDA)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of errors and of Ctrl-C")
 
 
 def check_arguments(args):
     """Check everything that needs no model, so mistakes surface before anything loads. Returns the metrics."""
+    from ..api import check_sampling
+
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(METRIC_NAMES))
     if unknown:
         raise SystemExit(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}.")
     if "lpips" in metrics and len(set(args.seeds)) < 2:
         raise SystemExit("--metrics lpips measures diversity across seeds: give at least two --seeds.")
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        raise SystemExit("--seeds must be distinct non-negative integers.")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0 or max(args.seeds) >= 2**63:
+        raise SystemExit("--seeds must be distinct integers from 0 to 2**63 - 1.")
     if args.steps < 1 or args.resolution < 0 or (args.limit is not None and args.limit < 1) or args.worst < 0:
         raise SystemExit("--steps and --limit must be >= 1, --resolution and --worst >= 0.")
+    try:
+        check_sampling(
+            {"guidance_scale": "--guidance", "working_size": "--resolution"},
+            guidance_scale=args.guidance,
+            working_size=args.resolution or None,  # 0 = the samples' own sizes
+        )
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if not 0 <= args.tolerance < 1:
         raise SystemExit("--tolerance is a share of the image: 0 <= tolerance < 1.")
     if args.segmenter == "given-masks" and not args.given_masks:
@@ -83,6 +96,21 @@ def check_arguments(args):
 
 
 def run(args):
+    """Run the evaluation; Ctrl-C ends it with one line (and exit status 130) unless --debug."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            "photobg evaluate: interrupted. Every image and mask written so far is complete and is kept: "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(args):
     from ..segment import SegmenterUnavailable, get_segmenter
     from .data import Benchmark, parse_model_specs
     from .quality import QualityMetricUnavailable

@@ -59,10 +59,21 @@ def output_name(file_name, seed):
     return f"{file_name}_s{seed}.png"
 
 
-def check_settings(folder, settings, what):
-    """Record `settings` in `folder/settings.json`, or check that a resumed run uses the same ones."""
+def check_settings(folder, settings, what, record=True):
+    """Check that a resumed run uses the settings in `folder/settings.json`, and record them there.
+
+    Settings count only once the folder holds what they describe (a PNG, at any depth): those left by a run that
+    made nothing are replaced.
+
+    Args:
+        folder: the output folder; settings: JSON-able dict; what: how messages name the folder's files.
+        record: write the settings now; False leaves it to `record_settings`, called with the first file.
+
+    Raises:
+        ValueError: the folder holds files made with other settings.
+    """
     path = folder / "settings.json"
-    if path.exists():
+    if path.exists() and any(folder.rglob("*.png")):
         saved = json.loads(path.read_text())
         if saved != settings:
             changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
@@ -71,8 +82,16 @@ def check_settings(folder, settings, what):
                 "Use another --output-dir, give the model another name (@name=...), or delete that folder."
             )
         return
+    if record:
+        record_settings(folder, settings)
+
+
+def record_settings(folder, settings):
+    """Write `folder/settings.json` (creating the folder), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1))
+    tmp = folder / ".settings.json.tmp"
+    tmp.write_text(json.dumps(settings, indent=1))
+    os.replace(tmp, folder / "settings.json")
 
 
 def save_atomically(image, path):
@@ -104,8 +123,10 @@ class PipelineCache:
         return self.pipe
 
     def release(self):
+        from ..models import free_device_memory
+
         self.key = self.pipe = None
-        _free_device_memory()
+        free_device_memory()
 
 
 def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
@@ -119,7 +140,7 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
         "benchmark": str(benchmark.path.resolve()),
         "resolution": benchmark.resolution,
     }
-    check_settings(folder, run_settings, "generated images")
+    check_settings(folder, run_settings, "generated images", record=False)  # recorded with the first image
     todo = {
         i: [s for s in settings.seeds if not (folder / output_name(benchmark.file_names[i], s)).exists()]
         for i in indices
@@ -133,18 +154,10 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
             sample = benchmark[i]
             for seed in seeds:
                 image = generate_image(pipe, sample, spec, seed, settings.steps, settings.guidance)
+                if bar.n == 0:
+                    record_settings(folder, run_settings)
                 save_atomically(image, folder / output_name(benchmark.file_names[i], seed))
                 bar.update()
-
-
-def _free_device_memory():
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def segmented_mask(segmenter, path, load_image_fn, object_mask, key):
@@ -177,6 +190,7 @@ def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_
         `skipped` ((id, reason) pairs), `baseline`, `notes`.
     """
     output_dir = Path(output_dir)
+    check_models(specs)
     indices, skipped = [], []
     for i in tqdm(range(len(benchmark)), desc="check samples", unit="sample"):
         reason = usable(benchmark[i])
@@ -215,6 +229,22 @@ def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_
         base = summary[baseline]["expansion_mean"] if baseline and name != INPUT_ROW else math.nan
         values["expansion_vs_baseline"] = base / values["expansion_mean"] if values["expansion_mean"] > 0 else math.nan
     return {"rows": rows, "summary": summary, "skipped": skipped, "baseline": baseline, "notes": notes}
+
+
+def check_models(specs):
+    """Check every model spec (folder or Hub id, configs, ControlNet fit, scheduler) before anything is generated,
+    so that a mistake in the last one does not wait for the first ones to finish.
+
+    Raises:
+        ValueError: naming the spec and what is wrong.
+    """
+    from ..models import check_model
+
+    for spec in specs:
+        try:
+            check_model(spec.model, spec.controlnet, spec.scheduler)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--model {spec.name}: {err}") from err
 
 
 def _pick_baseline(specs, baseline):
