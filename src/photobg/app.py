@@ -624,7 +624,7 @@ def _wire_generation(app, ui):
             yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
 
     def stop(request: gr.Request):
-        return "Stopping after the current step…" if app.stop(request.session_hash) else gr.skip()
+        app.stop(request.session_hash)  # the generation itself says when it has stopped
 
     def show(results, evt: gr.SelectData):
         if not results or not 0 <= evt.index < len(results):
@@ -637,7 +637,7 @@ def _wire_generation(app, ui):
     outputs = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
     ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
     # Stop must not wait behind the generation it stops.
-    ui.stop.click(stop, None, ui.status, concurrency_limit=None, api_visibility="private")
+    ui.stop.click(stop, None, None, concurrency_limit=None, api_visibility="private")
     ui.gallery.select(show, ui.results, [ui.slider, ui.command, ui.parameters], api_visibility="private")
 
 
