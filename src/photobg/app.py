@@ -488,7 +488,7 @@ def _selection_views(app, selection, canvas_fields, layer=None):
     """What the page shows for a selection: (selection, click view, editor value, preview, object status).
 
     The editor gets the photo with the object before brush strokes tinted, and `layer` (its strokes) kept."""
-    from .selection import object_mask, overlay
+    from .selection import overlay
 
     if selection is None:
         return None, None, None, None, "Upload a photo (or an RGBA cutout) to start."
@@ -498,10 +498,7 @@ def _selection_views(app, selection, canvas_fields, layer=None):
         "layers": [layer] if layer else [],
         "composite": None,
     }
-    preview, status = _preview(app, selection, canvas_fields)
-    if object_mask(selection).getbbox() is None:
-        status = f"⚠ {selection.name}: the object mask is empty: click on the object, paint it, or reset."
-    return selection, overlay(selection), editor, preview, status
+    return selection, overlay(selection), editor, *_preview(app, selection, canvas_fields)
 
 
 def _preview(app, selection, canvas_fields):
@@ -539,15 +536,12 @@ def _wire_object(app, ui):
         return _selection_views(app, selection, canvas_fields, _layer(editor))
 
     def brush(selection, editor, *canvas_fields):
-        from .selection import apply_strokes, object_mask, overlay
+        from .selection import apply_strokes, overlay
 
         if selection is None:
             return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first."
         selection = apply_strokes(selection, _layer(editor))
-        preview, status = _preview(app, selection, canvas_fields)
-        if object_mask(selection).getbbox() is None:
-            status = f"⚠ {selection.name}: the object mask is empty: paint the object, take strokes back, or reset."
-        return selection, overlay(selection), preview, status
+        return selection, overlay(selection), *_preview(app, selection, canvas_fields)
 
     def reset(selection, *canvas_fields):
         from .selection import reset
