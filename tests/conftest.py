@@ -45,6 +45,14 @@ def inpaint_base_model(tmp_path_factory):
     return write_test_model(path, "tiny-inpainting", with_controlnet=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory):
+    """A random SamModel (64 px input, one-block decoder) and its processor, saved in the Hub layout."""
+    from photobg.segment import write_test_sam
+
+    return write_test_sam(tmp_path_factory.mktemp("models") / "tiny-sam")
+
+
 @pytest.fixture()
 def pipe(inpaint_model):
     pipe = load_pipeline(inpaint_model, device="cpu")

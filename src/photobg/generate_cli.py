@@ -64,8 +64,7 @@ FLAGS = {  # the flag of each sampling argument, for error messages
 
 def add_arguments(parser):
     from . import recipe
-    from .api import PHOTO_SEGMENTERS
-    from .masks import POSITIONS
+    from .defaults import PHOTO_SEGMENTERS, POSITIONS
 
     parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="photos: files, folders (their image files) or quoted globs")
@@ -822,7 +821,8 @@ def _check_writable(folder):
 
 def add_model_arguments(parser):
     """The options that choose and load the model, shared by `photobg generate` and `photobg app`."""
-    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
+    from .backbones import TEST_MODELS
+    from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 
     parser.add_argument(
         "--model",
@@ -837,7 +837,7 @@ def add_model_arguments(parser):
         "(default: the authors' recipe, UniPC as their notebook ran it)",
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
     )

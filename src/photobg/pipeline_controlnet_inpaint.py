@@ -27,16 +27,40 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel
-from diffusers import StableDiffusionControlNetInpaintPipeline as _DiffusersControlNetInpaintPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+import transformers
+from transformers.utils import is_torchvision_available
+
+
+def _prefer_pil_image_processors():
+    """Bind `CLIPImageProcessor` and `SiglipImageProcessor` to their PIL classes when torchvision is missing.
+
+    diffusers imports both names at import time (the safety checker's feature extractor, IP-Adapter's image
+    encoder). In transformers 5 they name the torchvision backend; without torchvision, transformers falls
+    back to the PIL classes and warns on every run. This pipeline needs no image processor, so it asks for the
+    PIL classes directly: the same classes, without the warning.
+    """
+    if is_torchvision_available():
+        return
+    for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
+        pil_class = getattr(transformers, f"{name}Pil", None)
+        if pil_class is not None:
+            # Loading a class can put a fresh lazy module in sys.modules; `from transformers import` reads that one.
+            setattr(sys.modules["transformers"], name, pil_class)
+
+
+_prefer_pil_image_processors()  # before diffusers binds the names
+
+from diffusers import ControlNetModel  # noqa: E402
+from diffusers import StableDiffusionControlNetInpaintPipeline as _DiffusersControlNetInpaintPipeline  # noqa: E402
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput  # noqa: E402
 
 OBJECT_THRESHOLD = 128  # object_mask >= 128 (of 255) is object
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

@@ -23,9 +23,9 @@ Example (tiny random model, runs on a CPU in about a minute):
 
 
 def add_arguments(parser):
+    from ..defaults import DEFAULT_CLIP_MODEL, FID_FEATURES
     from ..segment import DEFAULT_SAM_MODEL, SEGMENTERS
     from .data import SPEC_HELP
-    from .quality import DEFAULT_CLIP_MODEL, FID_FEATURES
 
     parser.epilog = EPILOG.format(specs=SPEC_HELP)
     parser.add_argument("--data", required=True, help="benchmark folder: a prepared dataset or images/ + masks/")

@@ -17,8 +17,7 @@ import math
 import numpy as np
 import torch
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-FID_FEATURES = ("inception", "clip")
+from ..defaults import DEFAULT_CLIP_MODEL, FID_FEATURES
 
 
 class QualityMetricUnavailable(RuntimeError):
