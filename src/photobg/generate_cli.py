@@ -8,6 +8,12 @@ so it holds exactly one record per image and a rerun after a kill repairs it. `-
 existing image only when its record carries the same key. A photo that fails is reported and the batch goes
 on; a failure that would hit every photo (the output folder gone, a full disk, a lost device) stops it.
 
+The outputs are made in model calls of one working size (`plan_batches`); the photos of the next call are read in
+a worker thread and the PNGs written in another while the model runs (`Batch.make_batches`). Under `accelerate
+launch` every process plans the same outputs and calls and makes its contiguous share of the calls
+(`photobg.distributed`), so the images do not depend on the number of processes; the processes add up their
+counts after each call (one progress bar, a stop reaches all), and the main process merges their manifest parts.
+
 (The module is not called `generate.py` because `photobg.generate` is the Python API's function.)
 """
 
@@ -42,6 +48,9 @@ output: DIR/STEM_pPROMPT_sSEED.png per image and DIR/manifest.jsonl, one line pe
 failures: a photo that cannot be used or fails is reported and skipped, the rest generated, and the exit
   status is 1; a full disk, a vanished output folder or a lost device stop the batch. Ctrl-C stops it too
   (exit status 130). The images written and the manifest stay consistent: rerun with --skip-existing.
+
+many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
+  each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
 
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4

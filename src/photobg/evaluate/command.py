@@ -15,6 +15,9 @@ object mask, text, id), or DIR/images/ + DIR/masks/ (same file stems; white = ob
 Output (--output-dir): generated/MODEL/ID_sSEED.png (a rerun skips what exists), segmented/SEGMENTER/...,
 report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt).
 
+Many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg evaluate ... splits the samples between
+the processes; the report is the one a single process writes.
+
 Example (tiny random model, runs on a CPU in about a minute):
   photobg evaluate --data outputs/bench --model tiny-inpainting@name=SI2,scale=0 \\
       --model tiny-inpainting@name=Ours --steps 2 --resolution 64 --segmenter threshold \\
