@@ -79,3 +79,22 @@ def make_photo(width=72, height=48, seed=0):
 
 def generator(seed=0):
     return torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def shared_pipe(inpaint_model):
+    """The tiny inpaint model, loaded once per test module."""
+    pipe = load_pipeline(inpaint_model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def fast(monkeypatch, shared_pipe):
+    """`photobg generate` on one already loaded tiny model, whatever --model says (the key still sees it)."""
+    from photobg import generate_cli
+    from photobg.api import BackgroundGenerator
+
+    monkeypatch.setattr(
+        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
+    )

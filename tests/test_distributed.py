@@ -40,7 +40,6 @@ from photobg import generate_cli
 from photobg.api import BackgroundGenerator
 from photobg.cli import main
 from photobg.distributed import check_shared_folder
-from photobg.models import load_pipeline
 from photobg.pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,21 +241,6 @@ def test_a_folder_that_is_not_shared_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one process: feeding the model
-
-
-@pytest.fixture(scope="module")
-def shared_pipe(inpaint_model):
-    pipe = load_pipeline(inpaint_model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture()
-def fast(monkeypatch, shared_pipe):
-    """`photobg generate` on one already loaded tiny model."""
-    monkeypatch.setattr(
-        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
-    )
 
 
 def cutouts(folder, sizes):

@@ -70,24 +70,8 @@ from photobg import generate_cli
 from photobg.api import MAX_CANVAS_PIXELS, MAX_WORKING_SIZE, BackgroundGenerator
 from photobg.cli import main
 from photobg.evaluate import runner
-from photobg.models import load_pipeline
 
 FAST = ["--steps", "1", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def shared_pipe(inpaint_model):
-    pipe = load_pipeline(inpaint_model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture()
-def fast(monkeypatch, shared_pipe):
-    """`photobg generate` on one already loaded tiny model, whatever --model says (the key still sees it)."""
-    monkeypatch.setattr(
-        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
-    )
 
 
 def cutouts(folder, count=3, size=(64, 48)):

@@ -404,15 +404,7 @@ class Batch:
 
     def prepare(self, item):
         """Read an output's photo, find its object and place both on the canvas (`api.Prepared`)."""
-        args = self.args
-        return self.generator.prepare(
-            item.photo,
-            item.mask,
-            size=args.size,
-            aspect=args.aspect,
-            object_scale=args.object_scale,
-            position=args.position,
-        )
+        return self.generator.prepare(item.photo, item.mask, **canvas_options(self.args))
 
     def make_batch(self, batch, prepared, writer):
         """Generate one batch and queue its images for writing. A photo that could not be prepared, or whose
@@ -685,6 +677,10 @@ def _by_photo(outputs):
     for item in outputs:
         groups.setdefault(item.photo, []).append(item)
     return groups
+
+
+def canvas_options(args):
+    return dict(size=args.size, aspect=args.aspect, object_scale=args.object_scale, position=args.position)
 
 
 def sampling_options(args):
