@@ -287,9 +287,9 @@ class Batch:
         self.kept = sum(state == "kept" for state in found.values())
         self.replaced = [item.output.name for i, item in enumerate(outputs) if found[i] == "replaced"]
         todo = [item for i, item in enumerate(outputs) if found[i] != "kept"]
-        if self.args.compare:
-            missing = {item.photo for item in todo}
-            self.grids = {p: group for p, group in photos.items() if p in missing or p not in set(grids_done)}
+        if args.compare:
+            keep = set(grids_done) - {item.photo for item in todo}  # a grid is made again with any of its images
+            self.grids = {photo: group for photo, group in photos.items() if photo not in keep}
         return todo
 
     def existing(self, item):
