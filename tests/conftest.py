@@ -47,6 +47,14 @@ def inpaint_base_model(tmp_path_factory):
     return write_test_model(path, "tiny-inpainting", with_controlnet=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory):
+    """A random SamModel (64 px input, one-block decoder) and its processor, saved in the Hub layout."""
+    from photobg.segment import write_test_sam
+
+    return write_test_sam(tmp_path_factory.mktemp("models") / "tiny-sam")
+
+
 @pytest.fixture()
 def pipe(inpaint_model):
     pipe = load_pipeline(inpaint_model, device="cpu")
@@ -81,6 +89,25 @@ def make_photo(width=72, height=48, seed=0):
 
 def generator(seed=0):
     return torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def shared_pipe(inpaint_model):
+    """The tiny inpaint model, loaded once per test module."""
+    pipe = load_pipeline(inpaint_model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def fast(monkeypatch, shared_pipe):
+    """`photobg generate` on one already loaded tiny model, whatever --model says (the key still sees it)."""
+    from photobg import generate_cli
+    from photobg.api import BackgroundGenerator
+
+    monkeypatch.setattr(
+        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
+    )
 
 
 def cutouts(n, size=(64, 48)):

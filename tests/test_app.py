@@ -1,9 +1,13 @@
-"""`photobg app` in a real headless Chromium (Playwright driving Debian's `chromium`) on the tiny model:
-upload, generate, results appear at full resolution with the object exact; bad uploads get clear messages.
-A screenshot is saved to test-artifacts/app.png."""
+"""`photobg app` in a real headless Chromium (Playwright driving Debian's `chromium`) on the tiny models, as a
+photographer uses it: upload, see the object, click a point (SAM), paint with the brush, place the object,
+generate with per-step progress, compare, download the full-resolution PNG, stop a long run; bad uploads get
+messages; and the `/generate` API endpoint through `gradio_client`. Screenshots of each state are saved to
+test-artifacts/app-*.png."""
 
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,12 +56,13 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def app_url(inpaint_model, tmp_path_factory):
-    """`photobg app` on the tiny model, in its own process, with a 1 MB upload limit."""
+def app_url(inpaint_model, tiny_sam, tmp_path_factory):
+    """`photobg app` on the tiny models, in its own process, with a 1 MB upload limit."""
     port, log = free_port(), tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "gradio"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "photobg", "app", "--model", str(inpaint_model), "--device", "cpu"]
     command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1", "--segmenter", "threshold"]
+    command += ["--sam-model", str(tiny_sam)]
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}/"
@@ -102,58 +107,188 @@ def page(app_url):
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_upload_generate_and_download_full_resolution(page, tmp_path):
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"), full_page=True)
+
+
+def fetch(page, selector):
+    """The image an <img> shows or a link points at, as a PIL image (what a download gets)."""
+    element = page.locator(selector).first
+    url = element.get_attribute("src") or element.get_attribute("href")
+    return Image.open(io.BytesIO(page.request.get(url).body()))
+
+
+def set_number(page, elem_id, value):
+    """Type a slider's value, and wait until the slider has taken it."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.wait_for(state="visible")
+    field.fill(str(value))
+    field.press("Enter")
+    page.wait_for_function(f"document.querySelector('#{elem_id} input[type=range]').value == '{value}'")
+
+
+def cat_files(folder):
+    """cat.png (skimage's chelsea, 451x300) and cat_mask.png (an ellipse around its head)."""
     photo = Image.fromarray(skimage.data.chelsea())
     mask = Image.new("L", photo.size)
     ImageDraw.Draw(mask).ellipse((120, 20, 360, 290), fill=255)
-    photo.save(tmp_path / "cat.png")
-    mask.save(tmp_path / "cat_mask.png")
-    page.set_input_files("#photo input[type=file]", str(tmp_path / "cat.png"))
-    page.set_input_files("#mask input[type=file]", str(tmp_path / "cat_mask.png"))
-    page.get_by_label("Prompt").fill("a cat on a sofa")
+    photo.save(folder / "cat.png")
+    mask.save(folder / "cat_mask.png")
+    return folder / "cat.png", folder / "cat_mask.png"
+
+
+def paint(page, selector, start, end):
+    """A brush stroke on the editor's canvas, from `start` to `end` (fractions of the canvas)."""
+    box = page.locator(selector).first.bounding_box()
+    (x0, y0), (x1, y1) = [(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy) for fx, fy in (start, end)]
+    page.mouse.move(x0, y0, steps=5)
+    page.wait_for_timeout(300)
+    page.mouse.down()
+    page.wait_for_timeout(300)
+    page.mouse.move(x1, y1, steps=4)  # few events: every one redraws the canvas (in software, headless)
+    page.mouse.up()
+
+
+STEP_PROGRESS = re.compile(r"step \d+ of \d+")
+# Records every text the results' progress bar shows (a short run may be over before a poll would see it).
+RECORD_PROGRESS = """() => {
+    window.progressShown = [];
+    const results = document.querySelector('#results');
+    new MutationObserver(() => {
+        const bar = results.querySelector('.progress-level-inner');
+        if (bar && bar.innerText) window.progressShown.push(bar.innerText);
+    }).observe(results, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_select_place_generate_compare_download(page, tmp_path):
+    photo_file, mask_file = cat_files(tmp_path)
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(mask_file))
+    status = page.locator("#object-status")
+    status.get_by_text("Object from the mask cat_mask.png. Output 451x300").wait_for(timeout=60_000)
+    assert fetch(page, "#selection img").size == (451, 300)  # the photo itself, the object tinted
+    shot(page, "1-object")
+
+    preview = np.asarray(fetch(page, "#preview img"))
+    view = page.locator("#selection img").bounding_box()
+    page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
+    status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
+    clicked = np.asarray(fetch(page, "#preview img"))
+    assert not np.array_equal(clicked, preview)  # SAM's mask replaced the uploaded one
+    shot(page, "2-click")
+
+    page.get_by_role("tab", name="Brush").click()
+    page.wait_for_selector("#editor canvas", timeout=30_000)
+    page.wait_for_timeout(1000)
+    paint(page, "#editor canvas", (0.3, 0.85), (0.6, 0.85))  # the first colour: adds to the object
+    status.get_by_text("and brush strokes").wait_for(timeout=60_000)
+    assert not np.array_equal(np.asarray(fetch(page, "#preview img")), clicked)
+    shot(page, "3-brush")
+
+    before = page.locator("#preview img").get_attribute("src")
+    set_number(page, "object-scale", 0.5)
+    page.wait_for_function(f"document.querySelector('#preview img').src != {before!r}", timeout=60_000)
+    assert fetch(page, "#preview img").size == (451, 300)
+    shot(page, "4-placement")
+    set_number(page, "object-scale", 0)  # back to the photo's framing: the result is compared pixel by pixel
+
+    page.fill("#prompt textarea", "a cat on a sofa")
     page.get_by_label("Compare with plain SD2-inpainting").check()
-    page.fill("#num-images input[type=number]", "2")
-    page.press("#num-images input[type=number]", "Enter")
+    page.get_by_text("Sampling").click()
+    set_number(page, "steps", 25)
+    page.evaluate(RECORD_PROGRESS)
     page.click("#generate")
-    page.wait_for_function("document.querySelectorAll('#results img').length >= 4", timeout=60_000)
-    status = page.inner_text("#status")
-    assert "Object from the uploaded mask" in status and "Output 451x300" in status and "Seeds 0–1" in status
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    page.screenshot(path=str(artifacts / "app.png"), full_page=True)
+    page.locator("#status").get_by_text("Done: 2 image(s).").wait_for(timeout=300_000)
+    shown = page.evaluate("window.progressShown")  # the progress bar's texts while it ran: one per step shown
+    assert any(re.fullmatch(r"(SI2|ours), seed 0: step \d+ of 2\d.*", text, re.S) for text in shown), shown
+    shot(page, "5-results")
+
     captions = page.inner_text("#results")
-    assert "ours, seed 0" in captions and "SI2, seed 1" in captions
-    source = page.locator("#results img").first.get_attribute("src")
-    result = Image.open(io.BytesIO(page.request.get(source).body()))
-    assert result.format == "PNG" and result.size == photo.size  # the download is the full result
-    solid = np.asarray(mask) == 255
-    np.testing.assert_array_equal(np.asarray(result.convert("RGB"))[solid], np.asarray(photo)[solid])
+    assert "SI2, seed 0" in captions and "ours, seed 0" in captions
+    command = page.input_value("#command textarea")
+    assert command.startswith("photobg generate cat_object.png --prompt 'a cat on a sofa' --seed 0 ")
+    assert page.locator("#slider img").count() >= 2  # before (SI2) | after (ours)
+    kept = fetch(page, "#object-file a").getchannel("A")  # the selection the command reads: alpha = object
+    ours = fetch(page, "#results img[alt='ours, seed 0']")
+    assert ours.format == "PNG" and ours.size == (451, 300)  # the download is the full-resolution result
+    assert json.loads(ours.info["photobg"])["command"] == command  # and carries its parameters
+    solid = np.asarray(kept) == 255
+    photo = np.asarray(Image.open(photo_file))
+    np.testing.assert_array_equal(np.asarray(ours.convert("RGB"))[solid], photo[solid])
+
+    page.locator("#results button:has(img[alt='SI2, seed 0'])").first.click()  # SI2's details
+    page.wait_for_function(
+        "document.querySelector('#command textarea').value.includes('--controlnet-scale 0.0')", timeout=60_000
+    )
+    assert page.locator("#object-file a").count() == 1
 
 
-def test_photo_size_limit_and_messages_name_the_uploaded_file(inpaint_model, tmp_path):
-    import gradio as gr
+def test_stop_a_long_run_and_generate_again(page):
+    page.set_input_files("#photo input[type=file]", str(REPO / "assets/coffee_cutout.png"))
+    page.locator("#object-status").get_by_text("Object from its alpha channel").wait_for(timeout=60_000)
+    set_number(page, "num-images", 8)
+    page.get_by_text("Sampling").click()
+    set_number(page, "steps", 100)
+    page.click("#generate")
+    page.locator("#results").get_by_text(STEP_PROGRESS).wait_for(timeout=120_000)
+    shot(page, "6-progress")
+    page.click("#stop")
+    page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done.")).wait_for(timeout=60_000)
+    shot(page, "7-stopped")
+    set_number(page, "num-images", 1)
+    set_number(page, "steps", 2)
+    page.click("#generate")
+    page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
 
-    from photobg.api import BackgroundGenerator
-    from photobg.app import _prepare
 
-    generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
-    photo = tmp_path / "upload-cache" / "big.png"
-    photo.parent.mkdir()
-    Image.new("RGB", (2000, 1000)).save(photo)
-    with pytest.raises(gr.Error) as error:
-        _prepare(generator, str(photo), None, "photo's own", 0, "center", max_megapixels=1.5)
-    assert error.value.message == "big.png: 2 megapixels; this app takes photos up to 1.5."
-    (tmp_path / "mask.png").write_text("text")
-    with pytest.raises(gr.Error) as error:
-        _prepare(generator, str(photo), str(tmp_path / "mask.png"), "1:1", 0, "center", max_megapixels=5)
-    assert error.value.message.startswith("big.png: mask.png: not a readable image")
-
-
-def test_bad_uploads_get_clear_messages(page, tmp_path):
+def test_bad_input_gets_messages_and_the_app_stays_usable(page, tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "huge.png")  # about 2 MB, over the app's 1 MB limit
     page.set_input_files("#photo input[type=file]", str(tmp_path / "huge.png"))
     page.get_by_text("exceed the maximum allowed size of 1.0 Mb").wait_for(timeout=30_000)
     (tmp_path / "notes.png").write_text("not an image")
     page.set_input_files("#photo input[type=file]", str(tmp_path / "notes.png"))
-    page.get_by_text("notes.png: not a readable image").wait_for(timeout=30_000)
+    page.locator("#object-status").get_by_text("notes.png: not a readable image.").wait_for(timeout=30_000)
+    # A mask that leaves nothing to generate, then room on the canvas for it.
+    photo_file, _ = cat_files(tmp_path)
+    Image.new("L", (451, 300), 255).save(tmp_path / "everything.png")
+    page.locator("#photo button[aria-label='Clear']").click()
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(tmp_path / "everything.png"))
+    page.locator("#object-status").get_by_text("the object fills the whole image").wait_for(timeout=60_000)
+    shot(page, "8-full-mask")
+    page.fill("#aspect input", "1:1")
+    page.press("#aspect input", "Enter")
+    page.locator("#object-status").get_by_text("Output 451x451").wait_for(timeout=60_000)
+
+
+def test_generate_endpoint_through_gradio_client(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    photo_file, mask_file = cat_files(tmp_path)
+    client = Client(app_url, verbose=False, download_files=str(tmp_path / "downloads"))
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/generate"]
+    files, parameters = client.predict(
+        handle_file(str(photo_file)),
+        "a cat",
+        mask=handle_file(str(mask_file)),
+        num_images=2,
+        steps=2,
+        api_name="/generate",
+    )
+    assert [p["seed"] for p in parameters] == [0, 1]
+    assert parameters[1]["command"].startswith("photobg generate cat.png --mask cat_mask.png --prompt 'a cat' --seed 1")
+    solid = np.asarray(Image.open(mask_file)) == 255
+    photo = np.asarray(Image.open(photo_file))
+    for path in files:
+        image = Image.open(path)
+        assert image.format == "PNG" and image.size == (451, 300)
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[solid], photo[solid])
+    with pytest.raises(AppError, match="Size '10' is not WIDTHxHEIGHT"):
+        client.predict(handle_file(str(photo_file)), "a cat", size="10", api_name="/generate")

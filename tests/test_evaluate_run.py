@@ -145,48 +145,6 @@ def test_prepared_dataset_benchmark(tmp_path):
 # ----------------------------------------------------------------------------- segmenters
 
 
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory):
-    """A random SamModel (64 px input, one-block decoder) and its processor, saved in the Hub layout."""
-    import torch
-    from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
-    from transformers.models.sam.configuration_sam import (
-        SamMaskDecoderConfig,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    size = 64
-    vision = SamVisionConfig(
-        hidden_size=16,
-        output_channels=8,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=size,
-        patch_size=8,
-        window_size=4,
-        global_attn_indexes=[1],
-        num_pos_feats=4,
-        mlp_dim=32,
-    )
-    prompt = SamPromptEncoderConfig(hidden_size=8, image_size=size, patch_size=8, mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(
-        hidden_size=8, mlp_dim=16, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=8
-    )
-    torch.manual_seed(0)
-    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
-    image_processor = SamImageProcessorPil(
-        size={"longest_edge": size},
-        pad_size={"height": size, "width": size},
-        mask_size={"longest_edge": size // 4},
-        mask_pad_size={"height": size // 4, "width": size // 4},
-    )
-    folder = tmp_path_factory.mktemp("models") / "tiny-sam"
-    model.save_pretrained(folder)
-    SamProcessor(image_processor=image_processor).save_pretrained(folder)
-    return folder
-
-
 def test_sam_segmenter(tiny_sam):
     segmenter = get_segmenter("sam", model=str(tiny_sam), device="cpu")
     photo, mask = bright_object_photo(0)

@@ -70,24 +70,8 @@ from photobg import generate_cli
 from photobg.api import MAX_CANVAS_PIXELS, MAX_WORKING_SIZE, BackgroundGenerator
 from photobg.cli import main
 from photobg.evaluate import runner
-from photobg.models import load_pipeline
 
 FAST = ["--steps", "1", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def shared_pipe(inpaint_model):
-    pipe = load_pipeline(inpaint_model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture()
-def fast(monkeypatch, shared_pipe):
-    """`photobg generate` on one already loaded tiny model, whatever --model says (the key still sees it)."""
-    monkeypatch.setattr(
-        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
-    )
 
 
 def cutouts(folder, count=3, size=(64, 48)):
@@ -387,7 +371,7 @@ def test_a_kill_between_png_and_manifest_is_repaired_on_resume(tmp_path, fast, m
         raise Killed
 
     with monkeypatch.context() as m:  # SIGKILL: nothing after it runs, the manifest is not rewritten either
-        m.setattr(generate_cli, "write_manifest", lambda folder: None, raising=False)
+        m.setattr(generate_cli, "write_manifest", lambda *args: None, raising=False)
         m.setattr(Image.Image, "save", killed_while_writing)
         with pytest.raises(Killed):
             generate(*args)

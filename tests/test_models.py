@@ -2,8 +2,10 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from photobg.models import (
     read_controlnet_state_dict,
     resolve_dtype,
 )
+from photobg.segment import Sam, SegmenterUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,6 +170,29 @@ def test_loader_errors_name_the_path(inpaint_model, inpaint_base_model, base_var
 def test_hub_ids_fail_clearly_offline():
     with pytest.raises(OSError, match="no local folder of that name"):
         load_pipeline("someone/not-cached-model")
+
+
+def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    # huggingface_hub retries a file that is not cached five times with backoff (~25 s); one try tells the same.
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(OSError) as error:
+        load_pipeline("someone/not-cached-model")
+    assert time.monotonic() - start < 3
+    message = str(error.value)
+    assert "'someone/not-cached-model': there is no local folder of that name" in message
+    assert "(ConnectError: " in message and "HF_HUB_OFFLINE=1" in message
+    start = time.monotonic()
+    with pytest.raises(SegmenterUnavailable, match="could not load 'someone/not-cached-sam' \\(ConnectError"):
+        Sam("someone/not-cached-sam")
+    assert time.monotonic() - start < 3
 
 
 def test_seed_import_path_from_repo_root():

@@ -24,6 +24,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from . import recipe
+from .defaults import DEFAULT_SEGMENTER, PHOTO_SEGMENTERS  # noqa: F401  (re-exported)
 from .masks import (
     OBJECT_THRESHOLD,
     as_object_mask,
@@ -39,10 +40,6 @@ from .masks import (
 )
 from .segment import SegmenterUnavailable, get_segmenter, segment_image
 
-DEFAULT_SEGMENTER = "transparent-background"
-# Segmenters that find the object in a photo alone ('sam' needs the object as its prompt; 'given-masks' is
-# what --masks does), offered by the CLI and the app.
-PHOTO_SEGMENTERS = ("transparent-background", "threshold")
 SEED_RANGE = 2**31  # seeds drawn when none is given are below this, so they survive JSON and int32 tools
 # Upper bounds, checked before anything is generated (and by `photobg generate` before the model loads).
 # A canvas is at most the largest image Pillow opens without refusing it as a decompression bomb (about 179
@@ -219,15 +216,18 @@ class BackgroundGenerator:
         controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         working_size=None,
         batch_size=1,
+        callback_on_step_end=None,
     ):
-        """Generate one image per `Job`, up to `batch_size` jobs per pipeline call.
+        """Generate one image per `Job`, up to `batch_size` jobs of one working size per pipeline call.
 
         Args:
             prepared: a `Prepared` from `prepare`, or a list of them that each job's `input_index` picks from.
-                Jobs whose inputs have one canvas size share a call (one image and mask per output).
+                Jobs whose inputs have one working size share a call (one image and mask per output); each
+                image comes back at its own input's canvas size.
             jobs: list of `Job`.
             working_size: long side to generate at (default: the model's native size).
-            The rest are the pipeline's arguments of the same names.
+            The rest are the pipeline's arguments of the same names (`callback_on_step_end` is called in
+            every pipeline call; setting `pipe._interrupt` there skips the call's remaining steps).
 
         Returns:
             list of RGB PIL images of their input's canvas size, in the order of `jobs`.
@@ -242,7 +242,9 @@ class BackgroundGenerator:
         )
         inputs = prepared if isinstance(prepared, list) else [prepared]
         images = []
-        for batch in _batches(jobs, batch_size, key=lambda job: inputs[job.input_index].image.size):
+        for batch in _batches(
+            jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
+        ):
             chosen = [inputs[job.input_index] for job in batch]
             shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
             width, height = self.working_size(chosen[0].image.size, working_size)
@@ -258,6 +260,7 @@ class BackgroundGenerator:
                 controlnet_conditioning_scale=controlnet_conditioning_scale,
                 # CPU generators: the same seed gives the same noise on every device.
                 generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                callback_on_step_end=callback_on_step_end,
             )
             images.extend(result.images)
         return images

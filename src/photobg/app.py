@@ -1,22 +1,43 @@
 """`photobg app`: a Gradio web app on the one pipeline (through `BackgroundGenerator`).
 
-Upload a photo (an RGBA cutout, or a photo with an optional mask; else the segmenter finds the object),
-type a prompt, and download new backgrounds; optionally next to plain SD2-inpainting (SI2) with the same
-seeds. The model is loaded once at start; requests are served one at a time.
+The flow a product photographer expects: upload a photo (or a cutout, or a photo and its mask); see the object
+the app found, tinted on the photo; click points on it or off it (SAM) and touch it up with a brush; choose
+the canvas and see the object placed on it; generate, with per-step progress and a Stop button; compare each
+result with the input or with plain SD2-inpainting (SI2) on a slider; download full-resolution PNGs; copy the
+`photobg generate` command that makes the same image. The model is loaded once at start; generations run one
+at a time. `/generate` is the API endpoint (see `App.api_generate`).
 """
 
-from pathlib import Path
+import contextlib
+import dataclasses
+import functools
+import itertools
+import shlex
+import threading
 
-HELP = "A web app (Gradio): upload a photo or cutout, type a prompt, download new backgrounds."
+HELP = "A web app (Gradio): click or paint the object, place it, generate new backgrounds, compare, download."
 
 ASPECTS = ["photo's own", "1:1", "4:5", "3:4", "2:3", "16:9", "9:16", "3:2", "4:3"]
+POINT_MODES = ["on the object (add)", "off the object (remove)"]
 MAX_IMAGES = 8
+# The app's names of the sampling settings, for messages.
+SAMPLING_FIELDS = {
+    "num_inference_steps": "Denoising steps",
+    "guidance_scale": "Guidance scale",
+    "controlnet_conditioning_scale": "ControlNet scale",
+}
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
+alpha is its object), prompt, mask (optional object mask file, white = object; without one and without alpha
+the app's segmenter finds the object), negative_prompt, num_images, seed (image k uses seed + k), steps,
+guidance, controlnet_scale (0 = plain SD2-inpainting), aspect ('W:H' or ''), size ('WxH' or ''), object_scale
+(0 = keep the framing), position. Returns the full-resolution PNGs and, per image, its parameters and the
+`photobg generate` command that makes it again."""
 
 
 def add_arguments(parser):
-    from .api import PHOTO_SEGMENTERS
+    from .defaults import DEFAULT_APP_SAM_MODEL, PHOTO_SEGMENTERS, TEST_SAM_MODEL
     from .generate_cli import add_model_arguments
 
     add_model_arguments(parser)
@@ -25,6 +46,12 @@ def add_arguments(parser):
         default="transparent-background",
         choices=PHOTO_SEGMENTERS,
         help="finds the object in photos uploaded without alpha or mask (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sam-model",
+        default=DEFAULT_APP_SAM_MODEL,
+        help=f"SAM for clicked points: Hub id or folder with a SamModel and its SamProcessor; {TEST_SAM_MODEL} "
+        "builds a random one offline (default: %(default)s)",
     )
     parser.add_argument("--steps", type=int, default=20, help="default denoising steps (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
@@ -44,7 +71,8 @@ def run(args):
     from .generate_cli import load_generator
 
     generator = load_generator(args)
-    demo = build_app(generator, default_steps=args.steps, max_megapixels=args.max_megapixels)
+    app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, model_flags=model_flags(args))
+    demo = build_app(app, default_steps=args.steps)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host,
         server_port=args.port,
@@ -54,126 +82,286 @@ def run(args):
     )
 
 
-def build_app(generator, default_steps=20, max_megapixels=40):
-    """The Gradio Blocks of the app, serving `generator` (a `BackgroundGenerator`).
+def model_flags(args):
+    """The `photobg generate` flags that load the model the app serves (for the commands it shows)."""
+    flags = {"--model": args.model, "--controlnet": args.controlnet, "--scheduler": args.scheduler}
+    flags.update({"--compile": args.compile or None, "--vae-tiling": args.vae_tiling or None})
+    return {flag: value for flag, value in flags.items() if value is not None}
+
+
+@dataclasses.dataclass
+class Result:
+    """One generated image, what it is compared with, and how to make it again."""
+
+    path: str  # the full-resolution PNG (with `parameters` in its text chunk), until the request ends
+    image: object  # the same image (PIL), for the slider
+    label: str  # "ours, seed 0"
+    before: object  # PIL image for the slider's left side: the SI2 image of the same seed, or the input
+    parameters: dict  # every setting, and the `photobg generate` command
+    object_file: str | None  # the selection as an RGBA cutout, when the command needs it
+
+
+class App:
+    """The app's behaviour, apart from its layout: every handler takes and returns plain values (and raises
+    `ValueError` with a message for the user), so it is tested without a browser.
 
     Args:
         generator: the loaded `BackgroundGenerator`.
-        default_steps: initial value of the steps slider.
-        max_megapixels: photos larger than this are refused with a message.
-
-    Returns:
-        `gradio.Blocks`, ready to `.launch()`.
+        sam_model: SAM for clicked points (loaded on the first click).
+        max_megapixels: larger photos are refused.
+        model_flags: the `photobg generate` flags that load this model (see `model_flags`).
     """
-    import gradio as gr
 
-    def show_object(photo, mask, aspect, object_scale, position):
-        if photo is None:
-            return None, "Upload a photo (or an RGBA cutout) to start."
-        prepared = _prepare(generator, photo, mask, aspect, object_scale, position, max_megapixels)
-        return _highlight(prepared), _describe(generator, prepared)
+    def __init__(self, generator, *, sam_model=None, max_megapixels=40, model_flags=None):
+        from .models import DTYPES
 
-    def make_backgrounds(photo, mask, prompt, num_images, seed, compare, *advanced, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-        from .api import make_jobs
+        self.generator = generator
+        self.sam_model = sam_model
+        self.max_megapixels = max_megapixels
+        pipe = generator.pipe
+        dtype = next(name for name, value in DTYPES.items() if value == pipe.unet.dtype)
+        self.model_flags = {**(model_flags or {}), "--device": str(pipe.device), "--dtype": dtype}
+        self._sam = None
+        self._pipe_lock = threading.Lock()  # one pipeline call at a time, whatever the queue does
+        self._stops = {}  # session -> threading.Event of its running generation
 
-        negative_prompt, steps, guidance, controlnet_scale, aspect, object_scale, position = advanced
-        if photo is None:
-            raise gr.Error("Upload a photo (or an RGBA cutout) first.")
-        prepared = _prepare(generator, photo, mask, aspect, object_scale, position, max_megapixels)
-        jobs = make_jobs([prompt or ""], int(num_images), None if seed is None or seed < 0 else int(seed))
-        options = dict(
-            negative_prompt=negative_prompt or None,
-            num_inference_steps=int(steps),
-            guidance_scale=guidance,
-            controlnet_conditioning_scale=controlnet_scale,
-        )
-        runs = [("ours", controlnet_scale)] + ([("SI2", 0.0)] if compare else [])
-        results = []
-        for job in jobs:
-            for name, scale in runs:
-                progress((len(results), len(jobs) * len(runs)), desc=f"{name}, seed {job.seed}")
-                (image,) = generator.run(prepared, [job], **{**options, "controlnet_conditioning_scale": scale})
-                results.append((image, f"{name}, seed {job.seed}"))
-        seeds = f"Seed {jobs[0].seed}." if len(jobs) == 1 else f"Seeds {jobs[0].seed}–{jobs[-1].seed}."
-        return results, f"{_describe(generator, prepared)} {seeds}"
+    # ------------------------------------------------------------------------- the object
 
-    # Uploads and results are cached on disk; an hourly sweep removes those older than an hour.
-    with gr.Blocks(title="photobg", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            "# photobg\nA new background around your object, which stays exactly as it is. Upload an RGBA cutout, "
-            "or a photo with (optionally) its object mask — white = object; without one, a segmenter finds it."
-        )
-        with gr.Row():
-            with gr.Column():
-                photo = gr.File(label="Photo or RGBA cutout", file_types=["image"], elem_id="photo")
-                mask = gr.File(label="Object mask (optional, white = object)", file_types=["image"], elem_id="mask")
-                preview = gr.Image(label="Object to keep", type="pil", format="png", interactive=False)
-                prompt = gr.Textbox(label="Prompt", placeholder="a bottle of perfume on a marble table, soft light")
-                with gr.Row():
-                    num_images = gr.Slider(
-                        1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images"
-                    )
-                    seed = gr.Number(value=0, precision=0, label="Seed (-1: random)")
-                compare = gr.Checkbox(label="Compare with plain SD2-inpainting (SI2, ControlNet off)")
-                with gr.Accordion("Advanced settings", open=False):
-                    negative_prompt = gr.Textbox(label="Negative prompt")
-                    steps = gr.Slider(1, 100, value=default_steps, step=1, label="Denoising steps")
-                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
-                    controlnet_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale (0 = SI2)")
-                    aspect = gr.Dropdown(ASPECTS, value=ASPECTS[0], label="Aspect ratio (the photo is padded to it)")
-                    object_scale = gr.Slider(0, 1, value=0, step=0.05, label="Object scale (0 = keep the framing)")
-                    position = gr.Dropdown(list(_positions()), value="center", label="Position")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column():
-                gallery = gr.Gallery(
-                    label="Results", format="png", columns=2, buttons=["download", "fullscreen"], elem_id="results"
-                )
-                status = gr.Markdown(elem_id="status")
-        canvas = [aspect, object_scale, position]
-        for trigger in [photo.change, mask.change] + [c.change for c in canvas]:
-            trigger(show_object, [photo, mask, *canvas], [preview, status])
-        advanced = [negative_prompt, steps, guidance, controlnet_scale, *canvas]
-        button.click(make_backgrounds, [photo, mask, prompt, num_images, seed, compare, *advanced], [gallery, status])
-    return demo
+    def open(self, photo, mask=None):
+        """A `Selection` for uploaded files; errors name the uploaded files, not their temporary paths."""
+        import PIL.Image
 
+        from .selection import open_selection
 
-def _positions():
-    from .masks import POSITIONS
-
-    return POSITIONS
-
-
-def _prepare(generator, photo, mask, aspect, object_scale, position, max_megapixels):
-    """`generator.prepare` for uploaded files; every problem becomes a message naming the uploaded file."""
-    import gradio as gr
-    import PIL.Image
-
-    from .segment import SegmenterUnavailable
-
-    names = {str(p): Path(p).name for p in (photo, mask) if p is not None}
-    try:
-        with PIL.Image.open(photo) as image:  # reads the header only
-            megapixels = image.width * image.height / 1e6
-        if megapixels > max_megapixels:
-            raise ValueError(f"{photo}: {megapixels:.0f} megapixels; this app takes photos up to {max_megapixels:g}.")
-        return generator.prepare(
-            photo,
-            mask,
-            aspect=None if aspect in (None, ASPECTS[0]) else aspect,
-            object_scale=object_scale or None,
-            position=position,
-        )
-    except (OSError, ValueError, PIL.Image.DecompressionBombError, SegmenterUnavailable) as err:
-        message = str(err)
-        if isinstance(err, (OSError, PIL.Image.DecompressionBombError)):
+        try:
+            return open_selection(self.generator, photo, mask, max_megapixels=self.max_megapixels)
+        except ValueError as err:
+            message = str(err)
+        except PIL.Image.DecompressionBombError:
+            message = f"{photo}: too many pixels; this app takes photos up to {self.max_megapixels:g} megapixels."
+        except OSError:
             message = f"{photo}: not a readable image."
-        for path, name in names.items():
-            message = message.replace(path, name)
-        raise gr.Error(message) from None
+        raise ValueError(_uploaded_names(message, photo, mask))
+
+    def click(self, selection, x, y, label):
+        """Add a clicked point (display coordinates; label 1 = on the object) and let SAM redo the mask."""
+        from .segment import SegmenterUnavailable
+        from .selection import add_point
+
+        if selection is None:
+            raise ValueError("Upload a photo first.")
+        try:
+            return add_point(selection, self.sam(), x, y, label)
+        except SegmenterUnavailable as err:
+            raise ValueError(f"Clicks need SAM, which is not available: {err}") from None
+
+    def sam(self):
+        from .segment import Sam
+
+        if self._sam is None:
+            self._sam = Sam(self.sam_model)
+        return self._sam
+
+    def prepare(self, selection, canvas):
+        """`BackgroundGenerator.prepare` of the selected object (`selection.object_mask`, the mask the overlay
+        shows) on the canvas: the one function behind the preview and generation."""
+        from .selection import object_mask
+
+        try:
+            return self.generator.prepare(selection.image, object_mask(selection), **canvas)
+        except ValueError as err:
+            raise ValueError(f"{selection.name}: {str(err).removeprefix('image: ')}") from None
+
+    def describe(self, selection, prepared):
+        from .selection import describe
+
+        width, height = prepared.image.size
+        work_width, work_height = self.generator.working_size(prepared.image.size)
+        return f"{describe(selection)} Output {width}x{height}, generated at {work_width}x{work_height}."
+
+    # ------------------------------------------------------------------------- generating
+
+    def generate(self, selection, prompt, num_images, seed, compare, options, canvas, folder, stop, on_step=None):
+        """Generate, yielding each `Result` as it is done; stops between steps once `stop` is set.
+
+        Args:
+            selection: the `Selection`.
+            prompt: the prompt; num_images: how many seeds; seed: the first (None: drawn).
+            compare: also generate SI2 (ControlNet scale 0) for each seed, first, so that ours is compared with it.
+            options: `negative_prompt`, `num_inference_steps`, `guidance_scale`, `controlnet_conditioning_scale`.
+            canvas: `size`, `aspect`, `object_scale`, `position` (see `canvas_options`).
+            folder: where the PNGs are written.
+            stop: `threading.Event`; once set, the running image stops after its current step and is dropped.
+            on_step: `on_step(fraction_done, text)` after every denoising step.
+
+        Yields:
+            `Result`s.
+        """
+        from pathlib import Path
+
+        from .api import make_jobs
+        from .generate_cli import RECORD_CHUNK, save_png
+        from .selection import cutout
+
+        prepared = self.prepare(selection, canvas)
+        jobs = make_jobs([prompt or ""], int(num_images), seed)
+        runs = ([("SI2", 0.0)] if compare else []) + [("ours", options["controlnet_conditioning_scale"])]
+        stem = Path(selection.name).stem
+        object_file = None
+        if selection.edited:  # the command reads the edited selection from this file
+            object_file = str(Path(folder, f"{stem}_object.png"))
+            save_png(cutout(selection), Path(object_file))
+        si2 = None  # the SI2 image of the current seed, which ours is compared with
+        for index, (job, (name, scale)) in enumerate(itertools.product(jobs, runs)):
+            label = f"{name}, seed {job.seed}"
+            run_options = {**options, "controlnet_conditioning_scale": scale}
+            report = on_step and functools.partial(_report_step, on_step, index, len(jobs) * len(runs), label)
+            image = self._run(prepared, job, run_options, stop, report)
+            if image is None:
+                return
+            parameters = self.parameters(selection, prepared, job, run_options, canvas, object_file)
+            path = Path(folder, f"{stem}_s{job.seed}{'' if name == 'ours' else '_si2'}.png")
+            save_png(image, path, {RECORD_CHUNK: parameters})
+            before = si2 if name == "ours" and si2 is not None else prepared.image
+            yield Result(str(path), image, label, before, parameters, object_file)
+            si2 = image if name == "SI2" else None
+
+    def _run(self, prepared, job, options, stop, report=None):
+        """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped."""
+
+        def step_end(pipe, i, t, tensors):
+            if report is not None:
+                report(i + 1, len(pipe.scheduler.timesteps))
+            if stop.is_set():
+                pipe._interrupt = True  # diffusers' convention: the loop skips the remaining steps
+            return {}
+
+        with self._pipe_lock:
+            (image,) = self.generator.run(prepared, [job], **options, callback_on_step_end=step_end)
+        return None if stop.is_set() else image
+
+    def parameters(self, selection, prepared, job, options, canvas, object_file):
+        """Every setting of one image, and the `photobg generate` command that makes it again."""
+        from pathlib import Path
+
+        from .selection import describe
+
+        pipe = self.generator.pipe
+        record = dict(
+            photo=selection.name,
+            object=describe(selection),
+            prompt=job.prompt,
+            negative_prompt=options["negative_prompt"],
+            seed=job.seed,
+            num_inference_steps=options["num_inference_steps"],
+            guidance_scale=options["guidance_scale"],
+            controlnet_conditioning_scale=options["controlnet_conditioning_scale"],
+            scheduler=type(pipe.scheduler).__name__,
+            size=list(prepared.image.size),
+            working_size=list(self.generator.working_size(prepared.image.size)),
+            **{key: canvas[key] for key in ("aspect", "object_scale", "position")},
+            model=self.model_flags.get("--model"),
+            device=self.model_flags["--device"],
+            dtype=self.model_flags["--dtype"],
+        )
+        if object_file is not None:
+            inputs = [Path(object_file).name]
+        elif selection.source == "mask":
+            inputs = [selection.name, "--mask", selection.mask_name]
+        elif selection.source.startswith("segmenter:"):
+            inputs = [selection.name, "--segmenter", selection.source.split(":", 1)[1]]
+        else:
+            inputs = [selection.name]
+        flags = {
+            "--prompt": job.prompt,
+            "--seed": job.seed,
+            "--negative-prompt": options["negative_prompt"],
+            "--size": canvas["size"],
+            "--aspect": canvas["aspect"],
+            "--object-scale": canvas["object_scale"],
+            "--position": None if canvas["position"] == "center" else canvas["position"],
+            "--steps": options["num_inference_steps"],
+            "--guidance": options["guidance_scale"],
+            "--controlnet-scale": options["controlnet_conditioning_scale"],
+            **self.model_flags,
+        }
+        record["command"] = command_line(["photobg", "generate", *inputs], flags)
+        return record
+
+    @contextlib.contextmanager
+    def stoppable(self, session):
+        """A `threading.Event` that `stop(session)` sets while the session's generation runs in this block."""
+        event = threading.Event()
+        self._stops[session] = event
+        try:
+            yield event
+        finally:
+            if self._stops.get(session) is event:
+                del self._stops[session]
+
+    def stop(self, session):
+        """Ask the session's running generation to stop after its current step; False if none runs."""
+        event = self._stops.get(session)
+        if event is not None:
+            event.set()
+        return event is not None
+
+
+def command_line(words, flags):
+    """A shell command: `words`, then each flag with its value (a flag whose value is True alone; None: left out)."""
+    for flag, value in flags.items():
+        if value is True:
+            words = [*words, flag]
+        elif value is not None:
+            words = [*words, flag, str(value)]
+    return shlex.join(words)
+
+
+def canvas_options(aspect, size, object_scale, position):
+    """The canvas keyword arguments of `BackgroundGenerator.prepare` from the app's fields; an exact size
+    replaces the aspect ratio. Raises `ValueError` naming the bad value."""
+    from .masks import parse_aspect, parse_size
+
+    size = (size or "").strip() or None
+    aspect = None if size or aspect in (None, "", ASPECTS[0]) else str(aspect).strip()
+    if size:
+        parse_size(size)  # its message names the size
+    if aspect:
+        parse_aspect(aspect)
+    return dict(size=size, aspect=aspect, object_scale=float(object_scale) or None, position=position or "center")
+
+
+def sampling_options(negative_prompt, steps, guidance, controlnet_scale):
+    """The pipeline's keyword arguments from the app's fields; values that mean nothing are a `ValueError`
+    naming the field (`api.check_sampling`)."""
+    from .api import check_sampling
+
+    options = dict(
+        num_inference_steps=int(steps),
+        guidance_scale=float(guidance),
+        controlnet_conditioning_scale=float(controlnet_scale),
+    )
+    check_sampling(SAMPLING_FIELDS, **options)
+    return dict(negative_prompt=negative_prompt or None, **options)
+
+
+def _report_step(on_step, index, count, label, step, steps):
+    """Progress of image `index` of `count` at `step` of `steps`, as `on_step(fraction_done, text)`."""
+    on_step((index + step / steps) / count, f"{label}: step {step} of {steps}")
+
+
+def _uploaded_names(message, *paths):
+    """Messages name uploaded files by their own names, not by the server's temporary paths."""
+    from pathlib import Path
+
+    for path in paths:
+        if path is not None:
+            message = message.replace(str(path), Path(path).name)
+    return message
 
 
 def _highlight(prepared):
-    """The canvas with everything but the object dimmed: what will be kept, at a glance."""
+    """The canvas with everything but the object dimmed: what will be kept, and where."""
     import PIL.Image
 
     dimmed = PIL.Image.blend(prepared.image, PIL.Image.new("RGB", prepared.image.size, "white"), 0.7)
@@ -182,9 +370,359 @@ def _highlight(prepared):
     return preview
 
 
-def _describe(generator, prepared):
-    width, height = prepared.image.size
-    work_width, work_height = generator.working_size(prepared.image.size)
-    source = {"alpha": "its alpha channel", "mask": "the uploaded mask"}.get(prepared.object_source)
-    source = source or f"the {prepared.object_source.split(':', 1)[1]} segmenter"
-    return f"Object from {source}. Output {width}x{height}, generated at {work_width}x{work_height}."
+# ----------------------------------------------------------------------------- the page
+
+
+def build_app(app, default_steps=20):
+    """The Gradio Blocks of the app.
+
+    Args:
+        app: the `App` (the generator and the settings it serves).
+        default_steps: initial value of the steps slider.
+
+    Returns:
+        `gradio.Blocks`, ready to `.queue()` and `.launch()`.
+    """
+    import gradio as gr
+
+    # Uploads and results are cached on disk; an hourly sweep removes those older than an hour.
+    with gr.Blocks(title="photobg", delete_cache=(3600, 3600)) as demo:
+        ui = _layout(default_steps)
+        _wire_object(app, ui)
+        _wire_generation(app, ui)
+        _api_endpoint(app, default_steps)
+    return demo
+
+
+def _layout(default_steps):
+    """The components, in a namespace."""
+    import types
+
+    import gradio as gr
+
+    from .defaults import POSITIONS
+    from .selection import ADD_COLOUR, REMOVE_COLOUR
+
+    ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]))
+    shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
+    gr.Markdown(
+        "# photobg\nA new background around your object, which stays exactly as it is. **1.** Upload a photo "
+        "(an RGBA cutout, or a photo and optionally its mask, white = object) and check the object, tinted blue: "
+        "click points on or off it, or paint with the brush. **2.** Place it on the canvas. **3.** Generate."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                ui.photo = gr.File(label="Photo or RGBA cutout", file_types=["image"], elem_id="photo")
+                ui.mask = gr.File(label="Object mask (optional, white = object)", file_types=["image"], elem_id="mask")
+            with gr.Tabs():
+                with gr.Tab("Click", id="click-tab"):
+                    ui.view = gr.Image(
+                        label="Click to mark points (blue = the object kept)", elem_id="selection", **shown
+                    )
+                    with gr.Row():
+                        ui.point_mode = gr.Radio(
+                            POINT_MODES, value=POINT_MODES[0], label="A click is", elem_id="point-mode"
+                        )
+                        ui.reset = gr.Button("Reset to the automatic object", elem_id="reset")
+                with gr.Tab("Brush", id="brush-tab"):
+                    colours = ["#{:02x}{:02x}{:02x}".format(*ADD_COLOUR), "#{:02x}{:02x}{:02x}".format(*REMOVE_COLOUR)]
+                    ui.editor = gr.ImageEditor(
+                        label="Green adds to the object, red removes from it; the eraser takes strokes back",
+                        type="pil",
+                        sources=(),
+                        transforms=(),
+                        layers=gr.LayerOptions(allow_additional_layers=False),
+                        brush=gr.Brush(colors=[(c, 0.6) for c in colours], color_mode="fixed", default_size="auto"),
+                        eraser=gr.Eraser(),
+                        elem_id="editor",
+                    )
+            ui.object_status = gr.Markdown("Upload a photo (or an RGBA cutout) to start.", elem_id="object-status")
+            with gr.Row():
+                ui.aspect = gr.Dropdown(
+                    ASPECTS, value=ASPECTS[0], allow_custom_value=True, label="Aspect ratio", elem_id="aspect"
+                )
+                ui.size = gr.Textbox(label="or exact size WxH", placeholder="1024x1024", elem_id="size")
+            with gr.Row():
+                ui.object_scale = gr.Slider(
+                    0, 1, value=0, step=0.05, label="Object scale (0 = keep the framing)", elem_id="object-scale"
+                )
+                ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", elem_id="position")
+            ui.preview = gr.Image(label="Preview: the canvas with the object placed", elem_id="preview", **shown)
+        with gr.Column(scale=1):
+            ui.prompt = gr.Textbox(
+                label="Prompt", placeholder="a bottle of perfume on a marble table, soft light", elem_id="prompt"
+            )
+            with gr.Row():
+                ui.num_images = gr.Slider(
+                    1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images"
+                )
+                ui.seed = gr.Number(value=0, precision=0, label="Seed (-1: random)", elem_id="seed")
+            ui.compare = gr.Checkbox(label="Compare with plain SD2-inpainting (SI2, ControlNet off)", elem_id="compare")
+            with gr.Accordion("Sampling", open=False):
+                ui.negative_prompt = gr.Textbox(label="Negative prompt")
+                ui.steps = gr.Slider(1, 100, value=default_steps, step=1, label="Denoising steps", elem_id="steps")
+                ui.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
+                ui.controlnet_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale (0 = SI2)")
+            with gr.Row():
+                ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            ui.status = gr.Markdown(elem_id="status")
+            ui.gallery = gr.Gallery(
+                label="Results: full-resolution PNGs",
+                format="png",
+                columns=2,
+                buttons=["download", "fullscreen"],
+                elem_id="results",
+            )
+            ui.slider = gr.ImageSlider(label="Before | after", type="pil", format="png", elem_id="slider")
+            ui.command = gr.Textbox(label="The same image from the command line", buttons=["copy"], elem_id="command")
+            ui.object_file = gr.File(
+                label="Your edited object (RGBA PNG; the command reads it)", visible=False, elem_id="object-file"
+            )
+            ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
+    return ui
+
+
+def _selection_views(app, selection, canvas_fields, layer=None):
+    """What the page shows for a selection: (selection, click view, editor value, preview, object status).
+
+    The editor gets the photo with the object before brush strokes tinted, and `layer` (its strokes) kept."""
+    from .selection import overlay
+
+    if selection is None:
+        return None, None, None, None, "Upload a photo (or an RGBA cutout) to start."
+    base = selection.clicked if selection.clicked is not None else selection.automatic
+    editor = {
+        "background": overlay(selection, with_points=False, mask=base),
+        "layers": [layer] if layer else [],
+        "composite": None,
+    }
+    return selection, overlay(selection), editor, *_preview(app, selection, canvas_fields)
+
+
+def _preview(app, selection, canvas_fields):
+    """(preview image, status) for the canvas fields; a problem is the status and no preview."""
+    try:
+        prepared = app.prepare(selection, canvas_options(*canvas_fields))
+    except ValueError as err:
+        return None, f"⚠ {err}"
+    return _highlight(prepared), app.describe(selection, prepared)
+
+
+def _wire_object(app, ui):
+    """Upload, clicks, brush, reset and the canvas: each updates the selection and the preview."""
+    import gradio as gr
+
+    canvas = [ui.aspect, ui.size, ui.object_scale, ui.position]
+    views = [ui.selection, ui.view, ui.editor, ui.preview, ui.object_status]
+
+    def load(photo, mask, *canvas_fields):
+        if photo is None:
+            return _selection_views(app, None, canvas_fields)
+        try:
+            selection = app.open(photo, mask)
+        except ValueError as err:
+            return None, None, None, None, f"⚠ {err}"
+        return _selection_views(app, selection, canvas_fields)
+
+    def click(selection, mode, editor, aspect, size, object_scale, position, evt: gr.SelectData):
+        canvas_fields = (aspect, size, object_scale, position)
+        x, y = evt.index if isinstance(evt.index, (list, tuple)) else (-1, -1)
+        try:
+            selection = app.click(selection, x, y, 1 if mode == POINT_MODES[0] else 0)
+        except ValueError as err:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠ {err}"
+        return _selection_views(app, selection, canvas_fields, _layer(editor))
+
+    def brush(selection, editor, *canvas_fields):
+        from .selection import apply_strokes, overlay
+
+        if selection is None:
+            return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first."
+        selection = apply_strokes(selection, _layer(editor))
+        return selection, overlay(selection), *_preview(app, selection, canvas_fields)
+
+    def reset(selection, *canvas_fields):
+        from .selection import reset
+
+        return _selection_views(app, None if selection is None else reset(selection), canvas_fields)
+
+    def preview(selection, *canvas_fields):
+        if selection is None:
+            return None, gr.skip()
+        return _preview(app, selection, canvas_fields)
+
+    private = dict(api_visibility="private")
+    for upload in (ui.photo, ui.mask):
+        upload.change(load, [ui.photo, ui.mask, *canvas], views, **private)
+    ui.view.select(click, [ui.selection, ui.point_mode, ui.editor, *canvas], views, **private)
+    # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
+    ui.editor.input(
+        brush,
+        [ui.selection, ui.editor, *canvas],
+        [ui.selection, ui.view, ui.preview, ui.object_status],
+        trigger_mode="always_last",
+        **private,
+    )
+    ui.reset.click(reset, [ui.selection, *canvas], views, **private)
+    for field in (ui.aspect, ui.object_scale, ui.position):
+        field.change(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
+    for event in (ui.size.submit, ui.size.blur):
+        event(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
+
+
+def _layer(editor):
+    """The strokes layer of the editor's value (None when there is none)."""
+    layers = (editor or {}).get("layers") or []
+    return layers[0] if layers else None
+
+
+def _wire_generation(app, ui):
+    """Generate (streaming results, per-step progress), Stop, and a result's details when it is selected."""
+    import gradio as gr
+
+    def generate_in_page(
+        selection,
+        prompt,
+        num_images,
+        seed,
+        compare,
+        negative_prompt,
+        steps,
+        guidance,
+        controlnet_scale,
+        aspect,
+        size,
+        object_scale,
+        position,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 (Gradio fills it in)
+    ):
+        if selection is None:
+            yield _status_only("⚠ Upload a photo (or an RGBA cutout) first.")
+            return
+        try:
+            options = sampling_options(negative_prompt, steps, guidance, controlnet_scale)
+            canvas = canvas_options(aspect, size, object_scale, position)
+        except ValueError as err:
+            yield _status_only(f"⚠ {err}")
+            return
+
+        def on_step(fraction, text):
+            progress(fraction, desc=text)
+
+        seed = None if seed is None or seed < 0 else int(seed)
+        run = (selection, prompt, num_images, seed, compare, options, canvas)
+        with app.stoppable(request.session_hash) as stop:
+            yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
+
+    def stop(request: gr.Request):
+        app.stop(request.session_hash)  # the generation itself says when it has stopped
+
+    def show(results, evt: gr.SelectData):
+        if not results or not 0 <= evt.index < len(results):
+            return (gr.skip(),) * 3
+        slider, command, _, parameters = _show_result(results[evt.index])
+        return slider, command, parameters  # the object file is the generation's, shown already
+
+    inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
+    inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
+    outputs = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
+    ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
+    # Stop must not wait behind the generation it stops.
+    ui.stop.click(stop, None, None, concurrency_limit=None, api_visibility="private")
+    ui.gallery.select(show, ui.results, [ui.slider, ui.command, ui.parameters], api_visibility="private")
+
+
+def _stream(app, run, stop, on_step, wanted):
+    """The generate event's outputs after each image, then a last status; problems are the status."""
+    import tempfile
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="photobg-app-") as folder:  # Gradio copies what it shows
+        try:
+            for result in app.generate(*run, folder, stop, on_step):
+                results.append(result)
+                yield (*_show_results(results), f"{len(results)} of {wanted} image(s) done…", results)
+        except ValueError as err:
+            yield _status_only(f"⚠ {err}")
+            return
+        status = f"Stopped: {len(results)} of {wanted} image(s) done." if stop.is_set() else f"Done: {wanted} image(s)."
+        yield _status_only(status) if not results else (*_show_results(results), status, results)
+
+
+def _status_only(status):
+    """The generate event's outputs that change only the status."""
+    import gradio as gr
+
+    return (gr.skip(),) * 5 + (status, gr.skip())
+
+
+def _show_results(results):
+    """(gallery, then the last result's details) for the results so far."""
+    gallery = [(result.path, result.label) for result in results]
+    return (gallery, *_show_result(results[-1]))
+
+
+def _show_result(result):
+    """(slider, command, object file, parameters) of one result, while its files exist."""
+    import gradio as gr
+
+    object_file = gr.update(value=result.object_file, visible=result.object_file is not None)
+    return (result.before, result.image), result.parameters["command"], object_file, result.parameters
+
+
+def _api_endpoint(app, default_steps):
+    """`/generate`: photo (+ mask) and settings in, PNGs and their parameters out, for `gradio_client`."""
+    import gradio as gr
+
+    def generate(
+        photo,
+        prompt,
+        mask=None,
+        negative_prompt="",
+        num_images=1,
+        seed=0,
+        steps=default_steps,
+        guidance=7.5,
+        controlnet_scale=1.0,
+        aspect="",
+        size="",
+        object_scale=0.0,
+        position="center",
+    ):
+        import tempfile
+
+        # A generator that yields once: its folder is removed after Gradio has copied the PNGs it returns.
+        with tempfile.TemporaryDirectory(prefix="photobg-api-") as folder:
+            try:
+                selection = app.open(photo, mask)
+                options = sampling_options(negative_prompt, steps, guidance, controlnet_scale)
+                canvas = canvas_options(aspect, size, object_scale, position)
+                seed = None if seed is None or seed < 0 else int(seed)
+                stop = threading.Event()  # never set: an API call runs to the end
+                results = list(app.generate(selection, prompt, num_images, seed, False, options, canvas, folder, stop))
+            except ValueError as err:
+                raise gr.Error(str(err)) from None
+            yield [result.path for result in results], [result.parameters for result in results]
+
+    with gr.Column(visible=False):
+        inputs = [
+            gr.File(label="photo"),
+            gr.Textbox(label="prompt"),
+            gr.File(label="mask"),
+            gr.Textbox("", label="negative_prompt"),
+            gr.Number(1, label="num_images", precision=0),
+            gr.Number(0, label="seed", precision=0),
+            gr.Number(default_steps, label="steps", precision=0),
+            gr.Number(7.5, label="guidance"),
+            gr.Number(1.0, label="controlnet_scale"),
+            gr.Textbox("", label="aspect"),
+            gr.Textbox("", label="size"),
+            gr.Number(0, label="object_scale"),
+            gr.Textbox("center", label="position"),
+        ]
+        outputs = [gr.File(file_count="multiple", label="images"), gr.JSON(label="parameters")]
+        trigger = gr.Button(visible=False)
+    trigger.click(generate, inputs, outputs, api_name="generate", api_description=API_DESCRIPTION)

@@ -138,9 +138,9 @@ def random_model_folder(config_name, with_controlnet=True):
 
     from .backbones import backbone_for_config
     from .configs import get_config
-    from .models import _pipeline, _write_tokenizer, pipeline_class
+    from .models import _pipeline, _write_tokenizer, photobg_cache, pipeline_class
 
-    cache = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser()
+    cache = photobg_cache()
     folder = cache / f"{config_name}-random{'-controlnet' if with_controlnet else ''}"
     if (folder / "model_index.json").exists():
         return folder

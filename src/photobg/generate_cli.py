@@ -8,11 +8,22 @@ so it holds exactly one record per image and a rerun after a kill repairs it. `-
 existing image only when its record carries the same key. A photo that fails is reported and the batch goes
 on; a failure that would hit every photo (the output folder gone, a full disk, a lost device) stops it.
 
+The outputs are made in model calls of one working size (`plan_batches`); the photos of the next call are read in
+a worker thread and the PNGs written in another while the model runs (`Batch.make_batches`). Under `accelerate
+launch` every process plans the same outputs and calls and makes its contiguous share of the calls
+(`photobg.distributed`), so the images do not depend on the number of processes; the processes add up their
+counts after each call (one progress bar, a stop reaches all), and the main process merges their manifest parts.
+
 (The module is not called `generate.py` because `photobg.generate` is the Python API's function.)
 """
 
+import json
+import signal
 import sys
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HELP = "Generate new backgrounds around the objects in photos (RGBA cutouts, photo + mask, or a segmenter)."
@@ -38,6 +49,9 @@ failures: a photo that cannot be used or fails is reported and skipped, the rest
   status is 1; a full disk, a vanished output folder or a lost device stop the batch. Ctrl-C stops it too
   (exit status 130). The images written and the manifest stay consistent: rerun with --skip-existing.
 
+many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
+  each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
+
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4
   photobg generate photos/ --masks masks/ --prompts-file prompts.txt --aspect 4:5 --output-dir out/
@@ -46,6 +60,7 @@ examples:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST = "manifest.jsonl"
+MANIFEST_PART = ".manifest.part{}.jsonl"  # one per process of a multi-process run, merged at its end
 RECORD_CHUNK = "photobg"  # the PNG text chunk holding an output's record (its manifest line)
 GRID_CHUNK = "photobg-compare"  # a comparison grid's key (grids have no manifest line)
 FLAGS = {  # the flag of each sampling argument, for error messages
@@ -58,8 +73,7 @@ FLAGS = {  # the flag of each sampling argument, for error messages
 
 def add_arguments(parser):
     from . import recipe
-    from .api import PHOTO_SEGMENTERS
-    from .masks import POSITIONS
+    from .defaults import PHOTO_SEGMENTERS, POSITIONS
 
     parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="photos: files, folders (their image files) or quoted globs")
@@ -108,8 +122,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    """Generate every output of the command. Returns the exit status: 0, 1 when any photo failed or the batch
-    had to stop, 130 when interrupted."""
+    """Generate every output of the command; under `accelerate launch` with several processes, this process's
+    share of them (see `photobg.distributed`). Returns the exit status, the same on every process: 0, 1 when any
+    photo failed or the batch had to stop, 130 when interrupted."""
+    from .distributed import LostProcess, check_shared_folder, current_processes
+
     prompts = read_prompts(args.prompt, args.prompts_file)
     check_options(args)
     inputs = collect_inputs(args.images)
@@ -117,8 +134,15 @@ def run(args):
         raise SystemExit("--mask applies to a single input photo; use --masks DIR for many.")
     masks = index_masks(args.masks) if args.masks else {}
     output_dir = writable_folder(args.output_dir)
+    processes = current_processes()
+    try:
+        check_shared_folder(output_dir, processes, "--output-dir")
+    except LostProcess as lost:
+        raise SystemExit(f"Stopped: {lost}.") from None
+    if processes.device and args.device in (None, "cuda"):
+        args.device = processes.device  # one accelerator per process
     outputs = plan_outputs(inputs, masks, prompts, args, output_dir)
-    return Batch(args, output_dir).run(outputs)
+    return Batch(args, output_dir, processes).run(outputs)
 
 
 @dataclass
@@ -132,7 +156,8 @@ class OutputJob:
 
 
 def plan_outputs(inputs, masks, prompts, args, output_dir):
-    """The flat list of outputs, photo by photo, then prompt by prompt, then image by image.
+    """The flat list of outputs, photo by photo, then prompt by prompt, then image by image. Every process of a
+    run plans the same list: its order decides each process's share and the order of the manifest.
 
     Args:
         inputs: photo paths; masks: {stem: mask path} (from --masks); prompts: list of str.
@@ -155,70 +180,129 @@ def output_name(stem, job):
     return f"{stem}_p{job.prompt_index}_s{job.seed}.png"
 
 
+def plan_batches(outputs, batch_size, key=lambda item: item.photo):
+    """The outputs in model calls of at most `batch_size`, each of one `key`, in the order of `outputs` (by the
+    first output of each key). The batches depend only on the outputs, not on how many processes make them, so a
+    run's images are the same on any number of processes.
+
+    Returns:
+        list of lists of `OutputJob`.
+    """
+    groups = {}
+    for item in outputs:
+        groups.setdefault(key(item), []).append(item)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
 class Stopped(Exception):
     """A failure that would hit every photo after this one (the message says which), so the batch stops."""
 
 
+class Cancelled(Exception):
+    """A queued write not tried, because an earlier one failed in a way every later write would."""
+
+
 class Batch:
-    """One run over a flat list of `OutputJob`s: chooses what to make, makes it photo by photo, keeps count.
+    """One run over a flat list of `OutputJob`s: chooses what to make, makes this process's share of it batch by
+    batch (photos read ahead in one thread, PNGs written in another), keeps count, and adds up the counts of all
+    processes.
 
     Args:
         args: the parsed options; output_dir: the (writable) output folder.
+        processes: the run's `distributed.Processes` (default: this process alone).
     """
 
-    def __init__(self, args, output_dir):
+    def __init__(self, args, output_dir, processes=None):
+        from .distributed import Processes
+
         self.args, self.output_dir = args, output_dir
+        self.processes = processes or Processes()
         self.manifest = output_dir / MANIFEST
+        # Each record is appended as its image is written: to the manifest, or with several processes to this
+        # process's part of it (one writer per file); the manifest is rewritten from the PNGs at the end anyway.
+        self.lines = self.manifest if self.processes.count == 1 else manifest_part(output_dir, self.processes.index)
         self.files = FileHashes()
         self.generator = None
-        self.written, self.kept, self.replaced, self.failures = 0, 0, [], []
+        self.written, self.kept, self.replaced = 0, 0, []
+        self.failures = {}  # photo -> the line that says why it was skipped
         self.grids = {}  # photo -> all its outputs, for the photos whose comparison grid is (re)made
+        self.canvases = {}  # photo -> its outputs' canvas size, read from its header (batches group by it)
+        self.pending = []  # per batch, the (output, future) of its queued writes
+        self.halt = threading.Event()  # set by a write that failed in a way every later one would
+        self.stopped = None  # the `Stopped` that ended this process's batch
+        self.stop_requested = self.stopped_together = self.interrupted = False
+        self.lost = None  # why another process is no longer there
+        self.seconds = 0.0
 
     def run(self, outputs):
-        """Make the outputs, then rewrite the manifest and print what happened. Returns the exit status."""
-        interrupted, stopped = False, None
+        """Make the outputs, then rewrite the manifest and print what happened (on the main process). Returns the
+        exit status."""
+        from .distributed import LostProcess
+
+        together = True  # whether the processes still make their collective calls together
         try:
             todo = self.select(outputs)
             self.generate(todo)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt:  # several processes stop together on Ctrl-C; this is a second one
+            self.interrupted, together = True, self.processes.count == 1
             if self.args.debug:
                 raise
-        except Stopped as stop:
-            stopped = str(stop)
-            if self.args.debug:
-                raise stop.__cause__ from None
+        except LostProcess as lost:
+            self.lost, together = str(lost), False
         finally:
-            self.write_manifest()
-        self.report(len(outputs), len(_by_photo(outputs)), interrupted, stopped)
-        if interrupted:
+            together = self.write_manifest(together)
+        if self.stopped is not None and self.args.debug:
+            raise self.stopped.__cause__ from None
+        totals = self.totals(together)
+        if self.processes.is_main or totals["alone"]:
+            self.report(len(outputs), len(_by_photo(outputs)), totals)
+        if not totals["alone"]:
+            try:  # the launcher stops every process when one ends with an error: let the main one print first
+                self.processes.barrier()
+            except LostProcess:
+                pass
+        if totals["interrupted"]:
             return 130
-        return 1 if self.failures or stopped else 0
+        return 1 if totals["failures"] or totals["stopped"] or totals["lost"] else 0
 
     def select(self, outputs):
         """The outputs to make: all, or with --skip-existing those whose file is missing or was made with other
-        parameters (counted in `replaced`). Also chooses the photos whose --compare grid is made."""
-        todo = []
-        for photo, group in _by_photo(outputs).items():
-            missing = [item for item in group if not self.is_done(item)]
-            todo += missing
-            if self.args.compare and (missing or not self.grid_is_done(group)):
-                self.grids[photo] = group
+        parameters (counted in `replaced`). Each process checks its share; all learn the answer (and the photos'
+        digests, and with --batch-size above 1 their canvas sizes). Also chooses the photos whose --compare grid
+        is made."""
+        processes, args = self.processes, self.args
+        photos = _by_photo(outputs)
+        found = {i: self.existing(outputs[i]) for i in processes.share(range(len(outputs)))}
+        mine = processes.share(photos)
+        grids_done = [photo for photo in mine if args.compare and self.grid_is_done(photos[photo])]
+        canvases = {photo: canvas_of(photo, args) for photo in mine} if args.batch_size > 1 else {}
+        parts = processes.gather(
+            [dict(found=found, grids_done=grids_done, canvases=canvases, digests=self.files.known)]
+        )
+        for part in parts:
+            found.update(part["found"])
+            grids_done += part["grids_done"]
+            self.canvases.update(part["canvases"])
+            self.files.known.update(part["digests"])
+        self.kept = sum(state == "kept" for state in found.values())
+        self.replaced = [item.output.name for i, item in enumerate(outputs) if found[i] == "replaced"]
+        todo = [item for i, item in enumerate(outputs) if found[i] != "kept"]
+        if args.compare:
+            keep = set(grids_done) - {item.photo for item in todo}  # a grid is made again with any of its images
+            self.grids = {photo: group for photo, group in photos.items() if photo not in keep}
         return todo
 
-    def is_done(self, item):
-        """Whether --skip-existing keeps the output (counted in `kept`): its file's record was made with the same
-        parameters."""
+    def existing(self, item):
+        """What --skip-existing finds for an output: "kept" when its file's record was made with the same
+        parameters, "replaced" when its file was made otherwise, else "missing"."""
         if not (self.args.skip_existing and item.output.exists()):
-            return False
+            return "missing"
         record = read_record(item.output)
         if record is not None:
             self.files.learn(record)
             if record.get("key") == self.key(item):
-                self.kept += 1
-                return True
-        self.replaced.append(item.output.name)
-        return False
+                return "kept"
+        return "replaced"
 
     def grid_is_done(self, group):
         path = grid_path(group[0])
@@ -239,22 +323,26 @@ class Batch:
         return hashlib.sha256(" ".join(str(self.key(item)) for item in group).encode()).hexdigest()
 
     def generate(self, todo):
-        """Make the selected outputs (and grids) photo by photo; a photo's failure is reported and skipped."""
-        from tqdm.auto import tqdm
-
-        photos = _by_photo(todo)
-        photos.update({photo: [] for photo in self.grids if photo not in photos})  # only their grid is made
-        if not photos:
+        """Make the selected outputs, then the grids: each process its share."""
+        if not todo and not self.grids:
             return
-        self.generator = load_generator(self.args)
-        self.check_segmenter({photo: (items or self.grids[photo])[0].mask for photo, items in photos.items()})
-        with tqdm(total=len(todo), unit="image", desc="generate") as bar:
-            for photo, items in photos.items():
-                bar.set_postfix_str(photo.name)
-                try:
-                    self.make_photo(photo, items, bar)
-                except Exception as err:  # anything one photo can cause; `fail` stops on what hits them all
-                    self.fail(photo, err, bar)
+        with self.processes.main_first():  # a download (or a test model written to the cache) happens once
+            self.generator = load_generator(self.args)
+        masks = {item.photo: item.mask for item in todo}
+        masks.update({photo: group[0].mask for photo, group in self.grids.items()})
+        self.check_segmenter(masks)
+        with self.ctrl_c_ends_the_round():
+            self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
+            if self.stop_requested:
+                self.interrupted = True
+            elif self.grids and not self.stopped_together:
+                self.make_grids()
+
+    def batch_key(self, item):
+        """Outputs of one working size share model calls; a photo whose size is unknown (it cannot be read, or
+        --batch-size is 1) has its own."""
+        canvas = self.canvases.get(item.photo)
+        return item.photo if canvas is None else self.generator.working_size(canvas, self.args.working_size)
 
     def check_segmenter(self, photos):
         """Build the segmenter once before the batch when some photos need it (no alpha channel, no mask). When
@@ -270,26 +358,140 @@ class Batch:
             what = f"{needing[0]}" + (f" and {len(needing) - 1} more photos" if len(needing) > 1 else "")
             if len(needing) == len(photos):
                 raise SystemExit(f"{what} need the segmenter: {err}") from None
-            print(f"warning: {what} will be skipped, having neither alpha channel nor mask: {err}", file=sys.stderr)
+            if self.processes.is_main:
+                print(f"warning: {what} will be skipped, having neither alpha channel nor mask: {err}", file=sys.stderr)
 
-    def make_photo(self, photo, items, bar):
-        """Generate and write the outputs of one photo, `--batch-size` at a time, then its grid if chosen."""
-        args, generator = self.args, self.generator
-        mask = (items or self.grids[photo])[0].mask
-        prepared = generator.prepare(
-            photo, mask, size=args.size, aspect=args.aspect, object_scale=args.object_scale, position=args.position
-        )
-        for start in range(0, len(items), args.batch_size):
-            chunk = items[start : start + args.batch_size]
-            images = generator.run(prepared, [item.job for item in chunk], **sampling_options(args))
-            for item, image in zip(chunk, images, strict=True):
-                record = manifest_record(args, item, prepared, generator, self.files)
-                save_png(image, item.output, {RECORD_CHUNK: record})
-                append_line(self.manifest, record)
-                self.written += 1
-                bar.update()
-        if photo in self.grids:
-            self.make_grid(prepared, self.grids[photo])
+    def make_batches(self, batches, total):
+        """This process's share of `batches`, in rounds: each process makes one batch per round, then all add up
+        what they wrote (one progress bar with the global counts, on the main process) and stop together when
+        any of them must stop. The next batch's photos are prepared while the model runs, and a batch's images
+        are written while the next one is generated."""
+        from contextlib import closing
+        from time import perf_counter
+
+        from tqdm.auto import tqdm
+
+        processes = self.processes
+        mine = processes.share(batches)
+        rounds = -(-len(batches) // processes.count)
+        start = perf_counter()
+        with (
+            tqdm(total=total, unit="image", desc="generate", disable=not processes.is_main) as bar,
+            ThreadPoolExecutor(1, thread_name_prefix="photobg-write") as writer,
+            closing(prefetched(mine, self.prepare)) as ready,
+        ):
+            try:
+                for r in range(rounds + 1):  # the last round only finishes the writes
+                    before = self.written
+                    try:
+                        if r < len(mine) and self.stopped is None and not self.stop_requested:
+                            batch, prepared = next(ready)
+                            bar.set_postfix_str(batch[0].photo.name, refresh=False)
+                            self.make_batch(batch, prepared, writer)
+                        self.check_writes(keep=1 if r < rounds else 0)
+                    except Stopped as stop:
+                        self.stopped = stop
+                    written, stopping = processes.sum(
+                        [self.written - before, self.stopped is not None or self.stop_requested]
+                    )
+                    bar.update(written)
+                    if stopping:
+                        self.stopped_together = True
+                        break
+            finally:
+                self.settle()
+        self.seconds = perf_counter() - start
+
+    def prepare(self, item):
+        """Read an output's photo, find its object and place both on the canvas (`api.Prepared`)."""
+        return self.generator.prepare(item.photo, item.mask, **canvas_options(self.args))
+
+    def make_batch(self, batch, prepared, writer):
+        """Generate one batch and queue its images for writing. A photo that could not be prepared, or whose
+        model call fails, is reported and skipped (`fail`).
+
+        Args:
+            batch: list of `OutputJob`; prepared: {photo: `api.Prepared` or the exception preparing it raised};
+            writer: the executor that writes the PNGs.
+        """
+        args, usable = self.args, []
+        for photo, items in _by_photo(batch).items():
+            if photo in self.failures:
+                continue
+            if isinstance(prepared[photo], Exception):
+                self.fail(photo, prepared[photo])
+                continue
+            usable.append((photo, items))
+        if not usable:
+            return
+        inputs = [prepared[photo] for photo, _ in usable]
+        items = [item for _, group in usable for item in group]
+        jobs = [replace(item.job, input_index=k) for k, (_, group) in enumerate(usable) for item in group]
+        try:
+            images = self.generator.run(inputs if len(inputs) > 1 else inputs[0], jobs, **sampling_options(args))
+            records = [manifest_record(args, item, prepared[item.photo], self.generator, self.files) for item in items]
+        except Exception as err:  # anything a photo can cause; `fail` stops on what hits them all
+            for photo, _ in usable:
+                self.fail(photo, err)
+            return
+        self.pending.append([])
+        for item, image, record in zip(items, images, records, strict=True):
+            self.pending[-1].append((item, writer.submit(self.write, image, item, record)))
+
+    def write(self, image, item, record):
+        """Write one image, then append its record (in the writer thread). After a failure that every later write
+        would meet too, the writes still queued are not tried."""
+        if self.halt.is_set():
+            raise Cancelled
+        try:
+            save_png(image, item.output, {RECORD_CHUNK: record})
+            append_line(self.lines, record)
+        except Exception as err:
+            if fatal_problem(err, self.output_dir):
+                self.halt.set()
+            raise
+        except BaseException:
+            self.halt.set()
+            raise
+
+    def check_writes(self, keep=0):
+        """Wait for the writes of all but the last `keep` batches: count the images written, report the failed."""
+        while len(self.pending) > keep:
+            writes = self.pending[0]
+            while writes:
+                item, future = writes.pop(0)
+                try:
+                    future.result()
+                except Cancelled:
+                    continue
+                except Exception as err:
+                    self.fail(item.photo, err)
+                else:
+                    self.written += 1
+            self.pending.pop(0)
+
+    def settle(self):
+        """Wait for the writes still queued (on the way out), counting the images written."""
+        for writes in self.pending:
+            self.written += sum(future.exception() is None for _, future in writes)
+        self.pending = []
+
+    def make_grids(self):
+        """The --compare grids, once every process has written its images: each process its share of them."""
+        self.processes.barrier()
+        for photo in self.processes.share(self.grids):
+            group = self.grids[photo]
+            if self.stopped is not None or self.stop_requested:
+                break
+            if photo in self.failures or not all(item.output.exists() for item in group):
+                continue  # the photo failed, and was reported
+            try:
+                self.make_grid(self.prepare(group[0]), group)
+            except Exception as err:
+                try:
+                    self.fail(photo, err)
+                except Stopped as stop:
+                    self.stopped = stop
 
     def make_grid(self, prepared, group):
         """STEM_compare.png: input | object mask | SI2 (ControlNet scale 0) | ours, one row per output."""
@@ -306,9 +508,11 @@ class Batch:
         grid = comparison_grid(rows, labels, row_labels)
         save_png(grid, grid_path(group[0]), {GRID_CHUNK: {"key": self.grid_key(group)}})
 
-    def fail(self, photo, err, bar):
+    def fail(self, photo, err):
         """Report a photo's failure and go on, or raise `Stopped` when the failure would hit every photo."""
         import traceback
+
+        from tqdm.auto import tqdm
 
         from .models import free_device_memory
 
@@ -320,29 +524,151 @@ class Batch:
             raise Stopped(reason) from err
         if self.args.debug:
             traceback.print_exception(err)
-        message = describe_failure(photo, err)
-        self.failures.append(message)
-        bar.write(f"skipped {message}")
+        if photo not in self.failures:
+            self.failures[photo] = describe_failure(photo, err)
+            tqdm.write(f"skipped {self.failures[photo]}")
 
-    def write_manifest(self):
+    @contextmanager
+    def ctrl_c_ends_the_round(self):
+        """With several processes, Ctrl-C (which torchrun passes on to every process) stops them all together at
+        the end of the round, so that they still write the manifest together; a second Ctrl-C interrupts at once.
+        One process is interrupted at once, as any program."""
+        if self.processes.count == 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
         try:
-            write_manifest(self.output_dir)
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def write_manifest(self, together):
+        """Rewrite the manifest from the PNGs' records: all processes together, or the main process alone when they
+        no longer work together (what the others still write, the next run adds). Returns whether they still do."""
+        from .distributed import LostProcess
+
+        try:
+            try:
+                if together:
+                    write_manifest(self.output_dir, self.processes)
+                elif self.processes.is_main:
+                    write_manifest(self.output_dir)
+            except LostProcess as lost:
+                self.lost, together = self.lost or str(lost), False
+                if self.processes.is_main:
+                    write_manifest(self.output_dir)
         except OSError as err:
             print(f"Could not rewrite {self.manifest}: {err}", file=sys.stderr)
+        return together
 
-    def report(self, total, photos, interrupted, stopped):
-        summary = f"{self.written} images written to {self.output_dir} (manifest: {self.manifest})"
+    def totals(self, together):
+        """What every process did (this process alone when they no longer work together): images written, failed
+        photos (each once), and whether any stopped, was interrupted or lost another."""
+        from .distributed import LostProcess
+
+        stopped = str(self.stopped) if self.stopped is not None else None
+        mine = dict(written=self.written, failures=self.failures, stopped=stopped, interrupted=self.interrupted)
+        parts = [dict(mine, lost=self.lost)]
+        if together:
+            try:
+                parts = self.processes.gather([dict(mine, lost=None)])
+            except LostProcess as lost:
+                parts[0]["lost"], together = str(lost), False
+        failures = {}
+        for part in parts:
+            for photo, message in part["failures"].items():
+                failures.setdefault(photo, message)
+        first = lambda key: next((part[key] for part in parts if part[key]), None)  # noqa: E731
+        return dict(
+            written=sum(part["written"] for part in parts),
+            failures=list(failures.values()),
+            stopped=first("stopped"),
+            interrupted=any(part["interrupted"] for part in parts),
+            lost=first("lost"),
+            alone=not together,
+        )
+
+    def report(self, total, photos, totals):
+        written, failures = totals["written"], totals["failures"]
+        summary = f"{written} images written to {self.output_dir} (manifest: {self.manifest})"
+        if written and self.seconds and not totals["alone"]:
+            count = self.processes.count
+            rate = f"{written / self.seconds:.2f} images/s on {count} process{'es' if count > 1 else ''}"
+            summary = summary.replace(" (manifest", f" in {self.seconds:.1f} s ({rate}) (manifest", 1)
         summary += f"; {self.kept} of {total} were already there" if self.kept else ""
         if self.replaced:
             summary += f"; {len(self.replaced)} there were made with other parameters and generated again"
-        summary += f"; {len(self.failures)} of {photos} photos failed:" if self.failures else "."
-        print("\n  ".join([summary, *self.failures]))
-        left = total - self.kept - self.written
+        summary += f"; {len(failures)} of {photos} photos failed:" if failures else "."
+        if totals["alone"]:
+            summary = f"Process {self.processes.index}: " + summary.replace("written to", "written by this process to")
+        print("\n  ".join([summary, *failures]))
+        left = total - self.kept - written
         resume = f"{left} images are left: rerun with --skip-existing to make them"
-        if interrupted:
+        if totals["alone"]:
+            resume = "rerun with --skip-existing to make the rest (the run also completes the manifest)"
+        if totals["interrupted"]:
             print(f"Interrupted. Every image written has its record in the manifest; {resume}.", file=sys.stderr)
-        if stopped:
-            print(f"Stopped: {stopped}. The images written are complete and recorded; {resume}.", file=sys.stderr)
+        if totals["stopped"]:
+            print(
+                f"Stopped: {totals['stopped']}. The images written are complete and recorded; {resume}.",
+                file=sys.stderr,
+            )
+        if totals["lost"]:
+            print(f"Stopped: {totals['lost']}. The images written are complete; {resume}.", file=sys.stderr)
+
+
+def prefetched(batches, prepare):
+    """Yield (batch, {photo: `api.Prepared`, or the exception preparing it raised}) for each batch, the photos of
+    the next batch being read, segmented and placed in a worker thread while the caller uses this one. A photo in
+    consecutive batches is prepared once.
+
+    Args:
+        batches: lists of `OutputJob`; prepare: `OutputJob -> api.Prepared`.
+    """
+
+    def read(batch, previous):
+        photos = {}
+        for item in batch:
+            if item.photo in photos:
+                continue
+            if item.photo in previous:
+                photos[item.photo] = previous[item.photo]
+                continue
+            try:
+                photos[item.photo] = prepare(item)
+            except Exception as err:  # reported with the photo by the caller
+                photos[item.photo] = err
+        return photos
+
+    with ThreadPoolExecutor(1, thread_name_prefix="photobg-read") as pool:
+        ahead = pool.submit(read, batches[0], {}) if batches else None
+        for k, batch in enumerate(batches):
+            photos = ahead.result()
+            if k + 1 < len(batches):
+                ahead = pool.submit(read, batches[k + 1], photos)
+            yield batch, photos
+
+
+def canvas_of(photo, args):
+    """The canvas size of a photo's outputs (`masks.canvas_size` of --size / --aspect), from its header: the pixels
+    are not decoded. None when the photo cannot be read (it fails later, with the reason)."""
+    from PIL import Image
+
+    from .masks import canvas_size
+
+    try:
+        with Image.open(photo) as image:
+            size = image.size
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn it a quarter turn
+                size = size[::-1]
+        return canvas_size(size, args.size, args.aspect)
+    except Exception:
+        return None
 
 
 def _by_photo(outputs):
@@ -351,6 +677,10 @@ def _by_photo(outputs):
     for item in outputs:
         groups.setdefault(item.photo, []).append(item)
     return groups
+
+
+def canvas_options(args):
+    return dict(size=args.size, aspect=args.aspect, object_scale=args.object_scale, position=args.position)
 
 
 def sampling_options(args):
@@ -496,7 +826,8 @@ def _check_writable(folder):
 
 def add_model_arguments(parser):
     """The options that choose and load the model, shared by `photobg generate` and `photobg app`."""
-    from .models import DEFAULT_MODEL, DTYPES, TEST_MODELS
+    from .backbones import TEST_MODELS
+    from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 
     parser.add_argument(
         "--model",
@@ -511,7 +842,7 @@ def add_model_arguments(parser):
         "(default: the authors' recipe, UniPC as their notebook ran it)",
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: CUDA if present)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: fp16 on CUDA, else fp32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weights dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
     )
@@ -628,7 +959,6 @@ def output_key(args, item, files):
         OSError: when the photo or mask file cannot be read.
     """
     import hashlib
-    import json
 
     from .masks import parse_size
 
@@ -710,7 +1040,6 @@ def grid_path(item):
 
 def save_png(image, path, chunks=None):
     """Write a PNG atomically (a temporary name, then renamed), with `chunks` ({name: JSON value}) as text."""
-    import json
     import os
 
     from PIL.PngImagePlugin import PngInfo
@@ -728,8 +1057,6 @@ def save_png(image, path, chunks=None):
 
 def read_record(path, chunk=RECORD_CHUNK):
     """The JSON in a PNG's text chunk (read from the header, without decoding the image), or None."""
-    import json
-
     from PIL import Image
 
     try:
@@ -741,37 +1068,70 @@ def read_record(path, chunk=RECORD_CHUNK):
 
 
 def append_line(manifest, record):
-    import json
-
     with open(manifest, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def write_manifest(folder):
+def write_manifest(folder, processes=None):
     """Rewrite `folder/manifest.jsonl` from the records inside the folder's PNGs: exactly one line per image,
     sorted by input, prompt and seed, written to a temporary file and renamed (so never half-written). Reading
     the records takes under a millisecond per image (0.5-0.8 ms measured on a busy 2-core CPU).
 
-    Returns:
-        The number of records.
-    """
-    import json
-    import os
+    With several processes (all of them call this), each reads its share of the PNGs and writes its part of the
+    manifest atomically (`manifest_part`); the main process merges the parts. Parts left by an earlier run are
+    removed.
 
+    Args:
+        folder: the output folder; processes: the run's `distributed.Processes` (default: this process alone).
+
+    Returns:
+        The number of records (on the main process; the size of its share on the others).
+    """
+    from .distributed import Processes
+
+    processes = processes or Processes()
+    folder = Path(folder)
+    processes.barrier()  # every process has written its images: all see the same PNGs
     records = []
-    for path in sorted(Path(folder).glob("*.png")):
+    for path in processes.share(sorted(folder.glob("*.png"))):
         record = read_record(path)
         if record is not None and Path(str(record.get("output", ""))).name == path.name:
             records.append(record)
+    if processes.count > 1:
+        part = manifest_part(folder, processes.index)
+        try:
+            _write_records(part, records)
+        except OSError:
+            part.unlink(missing_ok=True)  # the main process reads the PNGs of the missing part itself
+        processes.barrier()
+        if not processes.is_main:
+            return len(records)
+        parts = [manifest_part(folder, k) for k in range(processes.count)]
+        if not all(part.exists() for part in parts):
+            return write_manifest(folder)
+        records = [json.loads(line) for part in parts for line in part.read_text(encoding="utf-8").splitlines()]
     records.sort(key=lambda r: (str(r.get("input")), r.get("prompt_index") or 0, r.get("seed") or 0, r["output"]))
-    manifest = Path(folder) / MANIFEST
-    tmp = manifest.with_name(f".{MANIFEST}.tmp")
+    _write_records(folder / MANIFEST, records)
+    for part in folder.glob(MANIFEST_PART.format("*")):
+        part.unlink(missing_ok=True)
+    return len(records)
+
+
+def manifest_part(folder, index):
+    """The file process `index` of a multi-process run appends its records to, and writes its share into."""
+    return Path(folder) / MANIFEST_PART.format(index)
+
+
+def _write_records(path, records):
+    """Write JSON lines to a temporary file, then rename it to `path`."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-        os.replace(tmp, manifest)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return len(records)
 
 
 # ----------------------------------------------------------------------------- failures

@@ -12,6 +12,7 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageOps
 
+from .defaults import POSITIONS
 from .pipeline_controlnet_inpaint import (  # noqa: F401  (re-exported conventions)
     OBJECT_THRESHOLD,
     as_object_mask,
@@ -89,19 +90,6 @@ def fit_mask_to_image(mask, size, name="the object mask"):
 
 
 # ----------------------------------------------------------------------------- the output canvas
-
-# Where the content goes in the free space of the canvas: (fraction across, fraction down).
-POSITIONS = {
-    "center": (0.5, 0.5),
-    "top": (0.5, 0.0),
-    "bottom": (0.5, 1.0),
-    "left": (0.0, 0.5),
-    "right": (1.0, 0.5),
-    "top-left": (0.0, 0.0),
-    "top-right": (1.0, 0.0),
-    "bottom-left": (0.0, 1.0),
-    "bottom-right": (1.0, 1.0),
-}
 
 
 def parse_size(text):

@@ -30,15 +30,40 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import VaeImageProcessor
+import transformers
+from transformers.utils import is_torchvision_available
+
+
+def _prefer_pil_image_processors():
+    """Bind `CLIPImageProcessor` and `SiglipImageProcessor` to their PIL classes when torchvision is missing.
+
+    diffusers imports both names at import time (the safety checker's feature extractor, IP-Adapter's image
+    encoder). In transformers 5 they name the torchvision backend; without torchvision, transformers falls
+    back to the PIL classes and warns on every run. This pipeline needs no image processor, so it asks for the
+    PIL classes directly: the same classes, without the warning. The pipeline files import this module before
+    diffusers' pipelines for this reason.
+    """
+    if is_torchvision_available():
+        return
+    for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
+        pil_class = getattr(transformers, f"{name}Pil", None)
+        if pil_class is not None:
+            # Loading a class can put a fresh lazy module in sys.modules; `from transformers import` reads that one.
+            setattr(sys.modules["transformers"], name, pil_class)
+
+
+_prefer_pil_image_processors()  # before diffusers binds the names
+
+from diffusers import ControlNetModel  # noqa: E402
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
 __all__ = [
     "OBJECT_THRESHOLD",
@@ -582,7 +607,8 @@ class BackgroundMethodMixin:
                 (`make_control_image`: inpaint variant, the inpaint mask; base variant, the object on black).
             height, width (`int`): working size, multiples of 8. Default: in object mode the image's size
                 rounded to the nearest multiple of 8 (`working_size`), and the result is returned at the input's
-                own size; otherwise diffusers' rule (rounded down).
+                own size (so with `height` and `width` given, the images of one call may differ in size: each
+                comes back at its own, as PIL images); otherwise diffusers' rule (rounded down).
             strength, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt, eta,
             generator, latents, prompt_embeds, negative_prompt_embeds, cross_attention_kwargs, clip_skip:
                 as in diffusers' Stable Diffusion pipelines.
@@ -625,6 +651,8 @@ class BackgroundMethodMixin:
             objects, outputs = self._load_objects(
                 image, object_mask, mask_image, control_image, batch_size, num_images_per_prompt
             )
+            if (height is None or width is None) and any(rgb.size != objects[0][0].size for rgb, _ in objects):
+                raise ValueError("Images of different sizes in one call need `height` and `width` (the working size).")
             default_width, default_height = working_size(objects[0][0].size, multiple=self.vae_scale_factor)
             height, width = height or default_height, width or default_width
         else:
@@ -869,8 +897,6 @@ class BackgroundMethodMixin:
         )
         pairs = list(dict.fromkeys(zip(image_rows, mask_rows)))
         objects = [_load_object(images[i], None if masks is None else masks[j], i) for i, j in pairs]
-        if any(rgb.size != objects[0][0].size for rgb, _ in objects):
-            raise ValueError("All images of one call must have the same size.")
         return objects, [pairs.index(pair) for pair in zip(image_rows, mask_rows)]
 
     def _prepare_images(self, image, mask_image, control_image, objects, outputs, counts, size, generator):

@@ -21,13 +21,13 @@ import torch
 from . import recipe
 from .backbones import BACKBONES, TEST_MODELS, TEXT_CLIP, backbone_for_config, detect_backbone
 from .configs import get_config
+from .defaults import DEFAULT_MODEL, DTYPE_NAMES
 
-DEFAULT_MODEL = "yahoo-inc/photo-background-generation"
 DEFAULT_BASE_MODEL = BACKBONES["sd2-inpainting"].hub_id
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _KEY_PREFIXES = ("module.", "controlnet.", "_orig_mod.")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 # ----------------------------------------------------------------------------- devices and dtypes
@@ -221,7 +221,7 @@ def resolve_model(spec, what="Model"):
     """
     spec = str(spec)
     if spec in TEST_MODELS:
-        folder = Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser() / spec
+        folder = photobg_cache() / spec
         if not (folder / "model_index.json").exists():
             write_test_model(folder, spec)
         return str(folder)
@@ -232,17 +232,28 @@ def resolve_model(spec, what="Model"):
     return spec
 
 
+def photobg_cache():
+    """Where test models named on the command line are built: `$PHOTOBG_CACHE`, default `~/.cache/photobg`."""
+    return Path(os.environ.get("PHOTOBG_CACHE", "~/.cache/photobg")).expanduser()
+
+
 def _from_pretrained(cls, spec, what, **kwargs):
     try:
         return cls.from_pretrained(spec, **kwargs)
     except OSError as err:
         if os.path.isdir(spec):
             raise
-        raise OSError(
-            f"Could not load {what.lower()} {spec!r}: there is no local folder of that name and the Hub "
-            f"did not provide it ({err.__class__.__name__}). Pass a local folder, or run where the Hub is "
-            "reachable (or where the model is cached, with HF_HUB_OFFLINE=1)."
-        ) from err
+        raise hub_error(what, spec, err) from err
+
+
+def hub_error(what, spec, err):
+    """The error for a model that is neither a local folder nor provided by the Hub; says why and what to do."""
+    reason = (str(err).strip().splitlines() or [""])[0][:200]
+    return OSError(
+        f"Could not load {what.lower()} {spec!r}: there is no local folder of that name and the Hub did not "
+        f"provide it ({err.__class__.__name__}{': ' + reason if reason else ''}). Pass a local folder, or run "
+        "where the Hub is reachable (or where the model is cached, with HF_HUB_OFFLINE=1)."
+    )
 
 
 def _has_component(model, name):
@@ -274,13 +285,31 @@ def _load_config(spec, subfolder, what, filename="config.json"):
     from huggingface_hub import hf_hub_download
 
     try:
+        check_hub_file(spec, filename, subfolder)
         with open(hf_hub_download(spec, filename, subfolder=subfolder)) as f:
             return json.load(f)
     except Exception as err:
-        raise OSError(
-            f"Could not load {what.lower()} {spec!r}: there is no local folder of that name and the Hub "
-            f"did not provide it ({err.__class__.__name__})."
-        ) from err
+        raise hub_error(what, spec, err) from err
+
+
+def check_hub_file(repo_id, filename, subfolder=None):
+    """Fail at once when a Hub file is neither in the local cache nor reachable.
+
+    For a file that is not cached, huggingface_hub retries an unreachable Hub five times with backoff (about
+    half a minute) before giving up; one request without retries tells the same. A cached file, or
+    `HF_HUB_OFFLINE=1`, needs no request (huggingface_hub then answers from the cache at once). The request
+    waits at most `HF_HUB_ETAG_TIMEOUT` seconds (default 10) for a Hub that does not answer.
+
+    Raises:
+        huggingface_hub's errors: a connection error or timeout when the Hub is out of reach, HTTP errors
+        (missing repository or file, gated model) as they are.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    path = f"{subfolder}/{filename}" if subfolder else filename
+    if constants.is_offline_mode() or isinstance(try_to_load_from_cache(repo_id, path), str):
+        return
+    get_hf_file_metadata(hf_hub_url(repo_id, filename, subfolder=subfolder))
 
 
 def _check_channels(controlnet_name, controlnet_config, model, backbone, unet_config):

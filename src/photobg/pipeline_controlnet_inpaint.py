@@ -11,11 +11,13 @@ The method's conventions are re-exported here: training, `photobg.masks` and the
 them from this module.
 """
 
-from diffusers import StableDiffusionControlNetInpaintPipeline as _DiffusersControlNetInpaintPipeline
-from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
-
+# The method first: it binds transformers' image processors before diffusers' pipelines import them.
 from .method import *  # noqa: F403  (the method's conventions, re-exported)
 from .method import BackgroundMethodMixin, Conditioning, guidance_batch
+
+# isort: split
+from diffusers import StableDiffusionControlNetInpaintPipeline as _DiffusersControlNetInpaintPipeline
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
 
 class StableDiffusionControlNetInpaintPipeline(BackgroundMethodMixin, _DiffusersControlNetInpaintPipeline):

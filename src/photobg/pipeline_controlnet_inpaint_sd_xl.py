@@ -8,11 +8,13 @@ size where the model requires it), `force_zeros_for_empty_prompt` (a `negative_p
 embedding), and the fp16 VAE's upcast for decoding. Like the SD2 file it works as a Hub custom pipeline.
 """
 
+# The method first: it binds transformers' image processors before diffusers' pipelines import them.
+from .method import BackgroundMethodMixin, Conditioning, guidance_batch
+
+# isort: split
 import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline as _DiffusersXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
-
-from .method import BackgroundMethodMixin, Conditioning, guidance_batch
 
 
 class StableDiffusionXLControlNetInpaintPipeline(BackgroundMethodMixin, _DiffusersXLControlNetInpaintPipeline):

@@ -10,10 +10,14 @@ or what to use instead.
 """
 
 import inspect
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+
+from .defaults import TEST_SAM_MODEL
 
 SEGMENTERS = {}
 
@@ -78,9 +82,108 @@ DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+class Sam:
+    """Segment Anything through `transformers`' `SamModel` and `SamProcessor`, prompted with points and a box.
+
+    One implementation for evaluation (the `sam` segmenter: the input object's box and points inside it) and
+    the app (points clicked on the photo). The image embedding of the last image is kept, so a new prompt on
+    the same image object skips the image encoder, the costly part.
+
+    Args:
+        model: Hub id or local folder holding a `SamModel` and its `SamProcessor` (`save_pretrained` layout),
+            or `tiny-sam`, a random test model built locally on first use.
+        device: torch device; default CUDA when present.
+
+    Raises:
+        SegmenterUnavailable: when the packages or the model are missing; the message says what to do.
+    """
+
+    def __init__(self, model=DEFAULT_SAM_MODEL, device=None):
+        try:
+            import torch
+            from transformers import SamModel, SamProcessor
+
+            from .models import check_hub_file, photobg_cache
+        except ImportError as err:
+            raise SegmenterUnavailable(
+                "The 'sam' segmenter needs `pip install transformers torch`. Or choose another segmenter: "
+                "transparent-background, or given-masks with your own mask files."
+            ) from err
+        model = str(model)
+        if model == TEST_SAM_MODEL:
+            model = str(photobg_cache() / TEST_SAM_MODEL)
+            if not Path(model, "config.json").exists():
+                write_test_sam(model)
+        try:
+            if not Path(model).is_dir():
+                check_hub_file(model, "config.json")  # an unreachable Hub fails at once, not after retries
+            self.processor = SamProcessor.from_pretrained(model)
+            self.model = SamModel.from_pretrained(model).eval()
+        except Exception as err:  # whatever stops loading, the message says what to do instead
+            raise SegmenterUnavailable(
+                f"The 'sam' segmenter could not load {model!r} ({err.__class__.__name__}: {err}). Pass a local "
+                "copy (a folder with a SamModel and its SamProcessor, saved with save_pretrained) as the SAM "
+                "model, run where the Hub is reachable, or choose another segmenter: transparent-background, "
+                "or given-masks."
+            ) from err
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self._embedded = (None, None)  # (image, its embedding)
+
+    def __call__(self, image, points=(), labels=None, box=None, multimask_output=None):
+        """The object mask SAM finds from a prompt.
+
+        Args:
+            image: PIL image.
+            points: [x, y] pixel coordinates of the image.
+            labels: one per point, 1 = on the object, 0 = not on it (default: all 1).
+            box: [x0, y0, x1, y1] around the object, or None.
+            multimask_output: let SAM propose three masks and keep the one of highest predicted IoU; by
+                default only for a single point without a box, the one ambiguous prompt.
+
+        Returns:
+            "L" PIL mask of the image's size, 255 = object, 0 elsewhere.
+        """
+        import torch
+
+        points = [[int(x), int(y)] for x, y in points]
+        if not points and box is None:
+            raise ValueError("SAM needs a prompt: at least one point or a box.")
+        if multimask_output is None:
+            multimask_output = len(points) == 1 and box is None
+        prompt = {}
+        if points:
+            prompt.update(input_points=[[points]], input_labels=[[list(labels or [1] * len(points))]])
+        if box is not None:
+            prompt["input_boxes"] = [[list(box)]]
+        inputs = self.processor(images=image.convert("RGB"), **prompt, return_tensors="pt")
+        original_sizes, reshaped_sizes = inputs.pop("original_sizes"), inputs.pop("reshaped_input_sizes")
+        pixel_values = inputs.pop("pixel_values")
+        inputs = {
+            k: v.to(self.device, torch.float32) if v.is_floating_point() else v.to(self.device)
+            for k, v in inputs.items()
+        }
+        with torch.no_grad():
+            out = self.model(
+                image_embeddings=self._embedding(image, pixel_values), **inputs, multimask_output=multimask_output
+            )
+        masks = self.processor.image_processor.post_process_masks(out.pred_masks.cpu(), original_sizes, reshaped_sizes)
+        best = int(out.iou_scores[0, 0].argmax())  # masks[0]: (prompts=1, candidates, H, W)
+        return PIL.Image.fromarray(masks[0][0, best].numpy().astype(np.uint8) * 255, "L")
+
+    def _embedding(self, image, pixel_values):
+        import torch
+
+        if self._embedded[0] is not image:
+            with torch.no_grad():
+                embedding = self.model.get_image_embeddings(pixel_values.to(self.device, torch.float32))
+            self._embedded = (image, embedding)
+        return self._embedded[1]
+
+
 @register("sam")
 def sam(model=DEFAULT_SAM_MODEL, device=None, num_points=3):
-    """Segment Anything through `transformers`, prompted with the input object's box and interior points.
+    """Segment Anything, prompted with the input object's box and points deep inside it.
 
     The paper measures object expansion with SAM masks. SAM needs a prompt, so this segmenter only works where
     the input object mask is known (evaluation): its bounding box and `num_points` points deep inside it say
@@ -88,31 +191,12 @@ def sam(model=DEFAULT_SAM_MODEL, device=None, num_points=3):
     predicted IoU is kept. An empty object mask gives an empty output mask (there is nothing to look for).
 
     Args:
-        model: Hub id or local folder holding a `SamModel` and its `SamProcessor` (`save_pretrained` layout).
-        device: torch device; default CUDA when present.
+        model, device: see `Sam`.
         num_points: how many positive points to place inside the object.
     """
-    try:
-        import torch
-        from transformers import SamModel, SamProcessor
+    from .pipeline_controlnet_inpaint import OBJECT_THRESHOLD
 
-        from .pipeline_controlnet_inpaint import OBJECT_THRESHOLD
-    except ImportError as err:
-        raise SegmenterUnavailable(
-            "The 'sam' segmenter needs `pip install transformers torch`. Or choose another segmenter: "
-            "transparent-background, or given-masks with your own mask files."
-        ) from err
-    try:
-        processor = SamProcessor.from_pretrained(model)
-        sam_model = SamModel.from_pretrained(model).eval()
-    except (OSError, ValueError) as err:
-        raise SegmenterUnavailable(
-            f"The 'sam' segmenter could not load {model!r} ({err.__class__.__name__}: {err}). Pass a local copy "
-            "(a folder with a SamModel and its SamProcessor, saved with save_pretrained) as the SAM model, run "
-            "where the Hub is reachable, or choose another segmenter: transparent-background, or given-masks."
-        ) from err
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sam_model.to(device)
+    predictor = Sam(model, device)
 
     def segment(image, object_mask=None):
         if object_mask is None:
@@ -121,22 +205,61 @@ def sam(model=DEFAULT_SAM_MODEL, device=None, num_points=3):
         if not binary.any():
             return PIL.Image.new("L", image.size, 0)
         box, points = sam_prompt(binary, num_points)
-        inputs = processor(
-            images=image.convert("RGB"),
-            input_boxes=[[box]],
-            input_points=[[points]],
-            input_labels=[[[1] * len(points)]],
-            return_tensors="pt",
-        )
-        original_sizes, reshaped_sizes = inputs.pop("original_sizes"), inputs.pop("reshaped_input_sizes")
-        inputs = {k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
-        with torch.no_grad():
-            out = sam_model(**inputs, multimask_output=True)
-        masks = processor.image_processor.post_process_masks(out.pred_masks.cpu(), original_sizes, reshaped_sizes)
-        best = int(out.iou_scores[0, 0].argmax())  # masks[0]: (prompts=1, candidates=3, H, W)
-        return PIL.Image.fromarray(masks[0][0, best].numpy().astype(np.uint8) * 255, "L")
+        return predictor(image, points, box=box, multimask_output=True)
 
     return segment
+
+
+def write_test_sam(path, seed=0):
+    """Write a random SamModel (64 px input, one-block decoder) and its processor in the Hub layout, atomically.
+
+    Returns:
+        The folder as a `Path`.
+    """
+    import torch
+    from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    size = 64
+    vision = SamVisionConfig(
+        hidden_size=16,
+        output_channels=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=size,
+        patch_size=8,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=4,
+        mlp_dim=32,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=8, image_size=size, patch_size=8, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=8, mlp_dim=16, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=8
+    )
+    torch.manual_seed(seed)
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": size},
+        pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": size // 4},
+        mask_pad_size={"height": size // 4, "width": size // 4},
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".sam-", dir=path.parent))  # complete, then renamed into place
+    try:
+        model.save_pretrained(tmp)
+        SamProcessor(image_processor=image_processor).save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def sam_prompt(binary, num_points=3):

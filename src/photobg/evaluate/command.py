@@ -1,6 +1,7 @@
 """`photobg evaluate`: the argument parser and `run(args)`; heavy imports happen inside `run`."""
 
 import sys
+from pathlib import Path
 
 METRIC_NAMES = ("expansion", "fid", "clip", "lpips")
 
@@ -14,6 +15,9 @@ object mask, text, id), or DIR/images/ + DIR/masks/ (same file stems; white = ob
 Output (--output-dir): generated/MODEL/ID_sSEED.png (a rerun skips what exists), segmented/SEGMENTER/...,
 report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt).
 
+Many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg evaluate ... splits the samples between
+the processes; the report is the one a single process writes.
+
 Example (tiny random model, runs on a CPU in about a minute):
   photobg evaluate --data outputs/bench --model tiny-inpainting@name=SI2,scale=0 \\
       --model tiny-inpainting@name=Ours --steps 2 --resolution 64 --segmenter threshold \\
@@ -22,9 +26,9 @@ Example (tiny random model, runs on a CPU in about a minute):
 
 
 def add_arguments(parser):
+    from ..defaults import DEFAULT_CLIP_MODEL, FID_FEATURES
     from ..segment import DEFAULT_SAM_MODEL, SEGMENTERS
     from .data import SPEC_HELP
-    from .quality import DEFAULT_CLIP_MODEL, FID_FEATURES
 
     parser.epilog = EPILOG.format(specs=SPEC_HELP)
     parser.add_argument("--data", required=True, help="benchmark folder: a prepared dataset or images/ + masks/")
@@ -114,6 +118,7 @@ def run(args):
 
 
 def _run(args):
+    from ..distributed import LostProcess, check_shared_folder, current_processes
     from ..segment import SegmenterUnavailable, get_segmenter
     from .data import Benchmark, native_resolution, parse_model_specs
     from .quality import QualityMetricUnavailable
@@ -121,23 +126,43 @@ def _run(args):
     from .runner import EvalSettings, build_quality, run_evaluation
 
     metrics = check_arguments(args)
+    processes = current_processes()  # several under `accelerate launch`: each evaluates its share of the samples
+    # One accelerator per process, unless --device names one; the recorded settings keep --device as given.
+    device = processes.device if processes.device and args.device in (None, "cuda") else args.device
     try:
         specs = parse_model_specs(args.model)
         resolution = native_resolution(specs) if args.resolution is None else args.resolution
         benchmark = Benchmark(args.data, resolution=resolution, limit=args.limit, default_prompt=args.prompt)
         segmenter_settings = _segmenter_settings(args)
         options = {k: v for k, v in segmenter_settings.items() if k != "name"}
+        if device != args.device and args.segmenter in ("sam", "transparent-background"):
+            options["device"] = device
         segmenter = get_segmenter(args.segmenter, **options)
-        quality = build_quality(metrics, args.fid_features, args.clip_model, args.fid_reference, args.device)
+        quality = build_quality(metrics, args.fid_features, args.clip_model, args.fid_reference, device)
     except (ValueError, FileNotFoundError, SegmenterUnavailable, QualityMetricUnavailable) as err:
         raise SystemExit(f"photobg evaluate: {err}") from err
-    settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, args.device, args.dtype)
+    settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, device, args.dtype)
     try:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        check_shared_folder(args.output_dir, processes, "--output-dir")
         results = run_evaluation(
-            benchmark, specs, args.output_dir, settings, segmenter, segmenter_settings, quality, args.baseline
+            benchmark,
+            specs,
+            args.output_dir,
+            settings,
+            segmenter,
+            segmenter_settings,
+            quality,
+            args.baseline,
+            processes,
         )
     except (ValueError, FileNotFoundError) as err:  # bad input found on the way (a mask file, resumed settings)
         raise SystemExit(f"photobg evaluate: {err}") from err
+    except LostProcess as lost:
+        raise SystemExit(f"photobg evaluate: stopped: {lost}. What was written is complete: run it again.") from None
+    if not processes.is_main:
+        processes.barrier()  # the main process writes the report
+        return 0
     description = {
         "benchmark": f"{args.data} ({benchmark.kind}, {len(benchmark)} samples)",
         "models": "; ".join(
@@ -158,6 +183,7 @@ def _run(args):
     folder = write_report(results, benchmark, args.output_dir, description, command, args.worst)
     print(f"wrote {folder}")
     print((folder / "results.md").read_text().split("\n\n")[1])
+    processes.barrier()
 
 
 def _segmenter_settings(args):

@@ -17,8 +17,7 @@ import math
 import numpy as np
 import torch
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-FID_FEATURES = ("inception", "clip")
+from ..defaults import DEFAULT_CLIP_MODEL, FID_FEATURES
 
 
 class QualityMetricUnavailable(RuntimeError):
@@ -171,15 +170,17 @@ class FidScorer:
 
     @torch.no_grad()
     def score(self, images):
-        """FID of `images` (PIL) against the reference images; NaN when either set has fewer than 2 images."""
+        """FID of `images` (PIL) against the reference images; NaN when either set has fewer than 2 images. Under
+        several processes each passes its share of both sets."""
         self.metric.reset()
-        count = 0
         for image in images:
             self.metric.update(image_tensor(image).to(self.device), real=False)
-            count += 1
-        if count < 2 or int(self.metric.real_features_num_samples) < 2:
-            return math.nan
-        return float(self.metric.compute())
+        try:  # with several processes, torchmetrics adds up their statistics here (every process calls it)
+            return float(self.metric.compute())
+        except RuntimeError as err:
+            if "More than one sample" in str(err):  # torchmetrics' check of the counts of all processes
+                return math.nan
+            raise
 
 
 # ----------------------------------------------------------------------------- LPIPS diversity
@@ -217,9 +218,16 @@ def lpips_diversity(groups, distance):
         The mean over inputs of the mean distance over all pairs of that input's images; NaN when no input has
         two images.
     """
+    per_input = lpips_per_input(groups, distance)
+    return sum(per_input) / len(per_input) if per_input else math.nan
+
+
+def lpips_per_input(groups, distance):
+    """The mean distance over all pairs of each input's images (see `lpips_diversity`), for the inputs with two
+    or more images, in order."""
     per_input = []
     for images in groups:
         pairs = list(itertools.combinations(images, 2))
         if pairs:
             per_input.append(sum(distance(a, b) for a, b in pairs) / len(pairs))
-    return sum(per_input) / len(per_input) if per_input else math.nan
+    return per_input

@@ -89,7 +89,7 @@ def check_settings(folder, settings, what, record=True):
 def record_settings(folder, settings):
     """Write `folder/settings.json` (creating the folder), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".settings.json.tmp"
+    tmp = folder / f".settings.json.{os.getpid()}.tmp"  # each process of a multi-process run writes its own
     tmp.write_text(json.dumps(settings, indent=1))
     os.replace(tmp, folder / "settings.json")
 
@@ -129,9 +129,9 @@ class PipelineCache:
         free_device_memory()
 
 
-def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
-    """Generate the missing outputs of one model (skipping existing files); the pipeline (from `pipelines`, a
-    `PipelineCache`) loads only if needed."""
+def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines, processes):
+    """Generate the missing outputs of one model (skipping existing files), each process its share of them; the
+    pipeline (from `pipelines`, a `PipelineCache`) loads only if needed."""
     folder = Path(output_dir) / "generated" / spec.folder_name
     run_settings = {
         **spec.generation_settings(),
@@ -141,23 +141,21 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines):
         "resolution": benchmark.resolution,
     }
     check_settings(folder, run_settings, "generated images", record=False)  # recorded with the first image
-    todo = {
-        i: [s for s in settings.seeds if not (folder / output_name(benchmark.file_names[i], s)).exists()]
-        for i in indices
-    }
-    todo = {i: seeds for i, seeds in todo.items() if seeds}
+    names = benchmark.file_names
+    todo = [(i, s) for i in indices for s in settings.seeds if not (folder / output_name(names[i], s)).exists()]
+    processes.barrier()  # every process has listed what is missing before any writes
     if not todo:
         return
-    pipe = pipelines.get(spec)
-    with tqdm(total=sum(map(len, todo.values())), desc=f"generate {spec.name}", unit="image") as bar:
-        for i, seeds in todo.items():
-            sample = benchmark[i]
-            for seed in seeds:
-                image = generate_image(pipe, sample, spec, seed, settings.steps, settings.guidance)
-                if bar.n == 0:
-                    record_settings(folder, run_settings)
-                save_atomically(image, folder / output_name(benchmark.file_names[i], seed))
-                bar.update()
+    with processes.main_first():  # a download (or a test model written to the cache) happens once
+        pipe = pipelines.get(spec)
+    mine = processes.share(todo)
+    sample = None
+    for i, seed in tqdm(mine, desc=f"generate {spec.name}", unit="image", disable=not processes.is_main):
+        sample = sample if sample is not None and sample.id == benchmark.ids[i] else benchmark[i]
+        image = generate_image(pipe, sample, spec, seed, settings.steps, settings.guidance)
+        if (i, seed) == mine[0]:
+            record_settings(folder, run_settings)
+        save_atomically(image, folder / output_name(names[i], seed))
 
 
 def segmented_mask(segmenter, path, load_image_fn, object_mask, key):
@@ -171,7 +169,9 @@ def segmented_mask(segmenter, path, load_image_fn, object_mask, key):
     return load_image(path)
 
 
-def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_settings, quality=None, baseline=None):
+def run_evaluation(
+    benchmark, specs, output_dir, settings, segmenter, segmenter_settings, quality=None, baseline=None, processes=None
+):
     """Generate, segment and score every model on the benchmark.
 
     Args:
@@ -184,51 +184,67 @@ def run_evaluation(benchmark, specs, output_dir, settings, segmenter, segmenter_
         quality: optional `QualityMetrics` (FID, CLIP score, LPIPS), already loaded.
         baseline: name of the model whose expansion the others are compared with (default: the first spec with
             scale 0, if any).
+        processes: the run's `distributed.Processes` (default: this process alone). Each process generates,
+            segments and scores its share of the samples; the rows come back together in sample order and FID and
+            CLIP score sum their statistics over the processes (torchmetrics' distributed sync), so every process
+            returns what one process would.
 
     Returns:
         dict with `rows` (one per model, sample and seed, plus the input-photo rows), `summary` (per model name),
         `skipped` ((id, reason) pairs), `baseline`, `notes`.
     """
+    from ..distributed import Processes
+
+    processes = processes or Processes()
     output_dir = Path(output_dir)
     check_models(specs)
-    indices, skipped = [], []
-    for i in tqdm(range(len(benchmark)), desc="check samples", unit="sample"):
-        reason = usable(benchmark[i])
-        if reason:
-            skipped.append((benchmark.ids[i], reason))
-        else:
-            indices.append(i)
+    checked = [
+        (i, usable(benchmark[i]))
+        for i in tqdm(processes.share(range(len(benchmark))), desc="check samples", disable=not processes.is_main)
+    ]
+    checked = processes.gather(checked)
+    indices = [i for i, reason in checked if not reason]
+    skipped = [(benchmark.ids[i], reason) for i, reason in checked if reason]
     if not indices:
         raise ValueError(f"{benchmark.path}: no usable sample (all object masks are empty or full).")
     pipelines = PipelineCache(settings)
     for spec in specs:
-        generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines)
+        generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines, processes)
     pipelines.release()
 
     masks_dir = output_dir / "segmented" / segmenter_settings["name"]
-    if (masks_dir / "settings.json").exists() and json.loads(
-        (masks_dir / "settings.json").read_text()
-    ) != segmenter_settings:
+    processes.barrier()  # every image is generated, and every process has looked at the masks' settings
+    if (
+        processes.is_main
+        and (masks_dir / "settings.json").exists()
+        and json.loads((masks_dir / "settings.json").read_text()) != segmenter_settings
+    ):
         print(f"Segmenter settings changed: re-segmenting into {masks_dir}.")
         shutil.rmtree(masks_dir)
+    processes.barrier()
     check_settings(masks_dir, segmenter_settings, "masks")
-    notes, rows = [], []
-    input_rows = _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, output_dir, notes)
+    mine = processes.share(indices)
+    input_rows, note = _input_rows(benchmark, mine, segmenter, segmenter_settings, masks_dir, output_dir, processes)
+    input_rows, notes = processes.gather(input_rows), processes.gather([note] if note else [])
+    input_rows = input_rows if not notes else []
+    rows = []
     for spec in specs:
-        rows += _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, settings)
+        rows += processes.gather(
+            _model_rows(benchmark, mine, spec, output_dir, segmenter, masks_dir, settings, processes)
+        )
     rows += input_rows
 
     summary = {}
     for name in [s.name for s in specs] + ([INPUT_ROW] if input_rows else []):
         summary[name] = aggregate([r for r in rows if r["model"] == name], settings.tolerance)
     if quality is not None:
-        score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings)
+        score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings, processes)
     baseline = _pick_baseline(specs, baseline)
     for name, values in summary.items():
         # How many times less than the baseline a model expands (the paper's "3.6x less than SI2").
         base = summary[baseline]["expansion_mean"] if baseline and name != INPUT_ROW else math.nan
         values["expansion_vs_baseline"] = base / values["expansion_mean"] if values["expansion_mean"] > 0 else math.nan
-    return {"rows": rows, "summary": summary, "skipped": skipped, "baseline": baseline, "notes": notes}
+    return {"rows": rows, "summary": summary, "skipped": skipped, "baseline": baseline, "notes": notes[:1]}
 
 
 def check_models(specs):
@@ -261,10 +277,10 @@ def _load_rgb(path):
     return load_image(path).convert("RGB")
 
 
-def _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, settings):
+def _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, settings, processes):
     generated, masks = output_dir / "generated" / spec.folder_name, masks_dir / spec.folder_name
     rows = []
-    for i in tqdm(indices, desc=f"segment + score {spec.name}", unit="sample"):
+    for i in tqdm(indices, desc=f"segment + score {spec.name}", unit="sample", disable=not processes.is_main):
         sample = benchmark[i]
         for seed in settings.seeds:
             name = output_name(benchmark.file_names[i], seed)
@@ -279,10 +295,11 @@ def _model_rows(benchmark, indices, spec, output_dir, segmenter, masks_dir, sett
     return rows
 
 
-def _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, output_dir, notes):
-    """The segmenter run on the input photos themselves: the error floor of every expansion number."""
+def _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, output_dir, processes):
+    """The segmenter run on the input photos themselves: the error floor of every expansion number. Returns (rows,
+    None), or ([], a note) when the given masks do not cover the input photos."""
     rows = []
-    for i in tqdm(indices, desc="segment + score input photos", unit="sample"):
+    for i in tqdm(indices, desc="segment + score input photos", unit="sample", disable=not processes.is_main):
         sample, name = benchmark[i], f"{benchmark.file_names[i]}.png"
         try:
             mask = segmented_mask(
@@ -295,13 +312,12 @@ def _input_rows(benchmark, indices, segmenter, segmenter_settings, masks_dir, ou
         except ValueError as err:
             if segmenter_settings["name"] != "given-masks":
                 raise
-            notes.append(f"No '{INPUT_ROW}' row: the given masks do not cover the input photos ({err}).")
-            return []
+            return [], f"No '{INPUT_ROW}' row: the given masks do not cover the input photos ({err})."
         row = {"model": INPUT_ROW, "id": sample.id, "seed": "", "prompt": sample.prompt}
         row.update(expansion_metrics(sample.object_mask, mask))
         row["output"], row["mask"] = "", str((masks_dir / "input" / name).relative_to(output_dir))
         rows.append(row)
-    return rows
+    return rows, None
 
 
 # ----------------------------------------------------------------------------- FID, CLIP score, LPIPS
@@ -344,44 +360,53 @@ def build_quality(metrics, fid_features="inception", clip_model=None, fid_refere
     )
 
 
-def score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings):
-    """Add FID, CLIP score (also per image, into `rows`) and LPIPS diversity to each model's summary."""
+def score_quality(quality, benchmark, indices, specs, rows, summary, output_dir, settings, processes=None):
+    """Add FID, CLIP score (also per image, into `rows`) and LPIPS diversity to each model's summary. Each process
+    scores its share of the images; torchmetrics adds up the FID and CLIP statistics of all processes when it
+    computes them, per-image scores and LPIPS distances come back together in order."""
+    from ..distributed import Processes
     from . import quality as q
     from .data import IMAGE_SUFFIXES
 
-    def outputs(spec, seeds=None):
-        folder = output_dir / "generated" / spec.folder_name
-        for i in indices:
-            for seed in seeds or settings.seeds:
-                yield _load_rgb(folder / output_name(benchmark.file_names[i], seed))
+    processes = processes or Processes()
+    position = {sample_id: k for k, sample_id in enumerate(benchmark.ids)}
+
+    def image_of(row):
+        return (
+            benchmark[position[row["id"]]].image if row["model"] == INPUT_ROW else _load_rgb(output_dir / row["output"])
+        )
+
+    def progress(items, what):
+        return tqdm(items, desc=what, unit="image", disable=not processes.is_main)
 
     if quality.fid is not None:
         if quality.fid_reference:
             files = sorted(p for p in Path(quality.fid_reference).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            references = (_load_rgb(p) for p in files)
+            references = (_load_rgb(p) for p in processes.share(files))
         else:
-            references = (benchmark[i].image for i in indices)
-        quality.fid.add_reference(tqdm(references, desc="FID reference features", unit="image"))
+            references = (benchmark[i].image for i in processes.share(indices))
+        quality.fid.add_reference(progress(references, "FID reference features"))
         for spec in specs:
-            summary[spec.name]["fid"] = quality.fid.score(tqdm(outputs(spec), desc=f"FID {spec.name}", unit="image"))
+            mine = processes.share(r for r in rows if r["model"] == spec.name)
+            summary[spec.name]["fid"] = quality.fid.score(progress(map(image_of, mine), f"FID {spec.name}"))
     if quality.clip_score is not None:
-        for name, images in [(s.name, outputs(s)) for s in specs] + [
-            (INPUT_ROW, (benchmark[i].image for i in indices))
-        ]:
+        for name in [s.name for s in specs] + [INPUT_ROW]:
             if name not in summary:
                 continue
             model_rows = [r for r in rows if r["model"] == name]
-            images = tqdm(images, desc=f"CLIP score {name}", unit="image", total=len(model_rows))
+            mine = processes.share(model_rows)
+            images = progress(map(image_of, mine), f"CLIP score {name}")
             summary[name]["clip_score"], per_image = q.clip_scores(
-                quality.clip_score, images, [r["prompt"] for r in model_rows]
+                quality.clip_score, images, [r["prompt"] for r in mine]
             )
-            for row, score in zip(model_rows, per_image, strict=True):
+            for row, score in zip(model_rows, processes.gather(per_image), strict=True):
                 row["clip_score"] = score
     if quality.lpips is not None:
         for spec in specs:
             folder = output_dir / "generated" / spec.folder_name
             per_sample = (
                 [_load_rgb(folder / output_name(benchmark.file_names[i], seed)) for seed in settings.seeds]
-                for i in indices
+                for i in processes.share(indices)
             )
-            summary[spec.name]["lpips_diversity"] = q.lpips_diversity(per_sample, quality.lpips)
+            distances = processes.gather(q.lpips_per_input(per_sample, quality.lpips))
+            summary[spec.name]["lpips_diversity"] = sum(distances) / len(distances) if distances else math.nan

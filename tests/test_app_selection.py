@@ -1,0 +1,210 @@
+"""The app's behaviour without a browser: the object selection (automatic mask, SAM clicks, brush strokes),
+the one mask the overlay shows and generation keeps, placement, stopping between steps, the command that
+regenerates a result, and messages (never tracebacks) for bad input."""
+
+import shlex
+import threading
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageDraw
+
+from photobg.api import BackgroundGenerator
+from photobg.app import App, _selection_views, _stream, canvas_options, sampling_options
+from photobg.cli import main
+from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
+
+CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, size, object scale, position
+
+
+@pytest.fixture(scope="module")
+def app(inpaint_model, tiny_sam):
+    generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
+    generator.pipe.set_progress_bar_config(disable=True)
+    return App(generator, sam_model=str(tiny_sam), max_megapixels=1, model_flags={"--model": str(inpaint_model)})
+
+
+@pytest.fixture()
+def cat(tmp_path):
+    """cat.png (a 120x80 photo) and cat_mask.png (an ellipse), as uploaded files."""
+    photo = Image.fromarray(skimage.data.chelsea()).resize((120, 80))
+    mask = Image.new("L", photo.size)
+    ImageDraw.Draw(mask).ellipse((30, 5, 95, 75), fill=255)
+    photo.save(tmp_path / "cat.png")
+    mask.save(tmp_path / "cat_mask.png")
+    return tmp_path / "cat.png", tmp_path / "cat_mask.png"
+
+
+def strokes(size, add=None, remove=None):
+    """An editor layer (RGBA) with an add stroke and a remove stroke (boxes), in the brush's colours at 60%."""
+    layer = Image.new("RGBA", size)
+    draw = ImageDraw.Draw(layer)
+    for box, colour in ((add, ADD_COLOUR), (remove, REMOVE_COLOUR)):
+        if box is not None:
+            draw.rectangle(box, fill=(*colour, 153))
+    return layer
+
+
+def generate(app, selection, folder, steps=2, stop=None, on_step=None, canvas=CANVAS, num_images=1):
+    options = sampling_options(None, steps, 7.5, 1.0)
+    stop = stop or threading.Event()
+    return list(
+        app.generate(selection, "a cat", num_images, 0, False, options, canvas_options(*canvas), folder, stop, on_step)
+    )
+
+
+def test_overlay_shows_exactly_what_generation_keeps(app, cat, tmp_path):
+    selection = app.open(*map(str, cat))
+    assert selection.source == "mask" and not selection.edited
+    selection = apply_strokes(selection, strokes(display_size(selection.image.size), (0, 0, 20, 79), (55, 30, 70, 50)))
+    kept = np.asarray(object_mask(selection)) == 255
+    assert kept[:, :21].all() and not kept[30:51, 55:71].any()  # painted in, painted out
+    # The overlay tints exactly the kept pixels (the photo is shown at its own size here).
+    photo = np.asarray(selection.image)
+    tinted = (np.asarray(overlay(selection, with_points=False)) != photo).any(-1)
+    np.testing.assert_array_equal(tinted, kept)
+    # Generation keeps exactly those pixels, and the selection file the command reads carries the same mask.
+    (result,) = generate(app, selection, tmp_path)
+    generated = np.asarray(Image.open(result.path))
+    np.testing.assert_array_equal(generated[kept], photo[kept])
+    assert not np.array_equal(generated[~kept], photo[~kept])
+    cutout = Image.open(result.object_file)
+    np.testing.assert_array_equal(np.asarray(cutout.getchannel("A")), np.asarray(object_mask(selection)))
+
+
+def test_strokes_are_taken_back_by_the_eraser(app, cat):
+    selection = app.open(*map(str, cat))
+    size = display_size(selection.image.size)
+    edited = apply_strokes(selection, strokes(size, (0, 0, 20, 79)))
+    assert edited.edited
+    erased = apply_strokes(edited, Image.new("RGBA", size))  # the eraser leaves a transparent layer
+    assert not erased.edited
+    np.testing.assert_array_equal(np.asarray(object_mask(erased)), np.asarray(selection.automatic))
+
+
+def test_clicks_ask_sam_and_bad_clicks_are_messages(app, cat, inpaint_model):
+    selection = app.open(*map(str, cat))
+    clicked = app.click(selection, 60, 40, 1)
+    assert clicked.points == [[60, 40, 1]] and clicked.edited
+    assert clicked.clicked.size == selection.image.size
+    np.testing.assert_array_equal(np.asarray(object_mask(clicked)), np.asarray(clicked.clicked))
+    # SAM sees every point so far: a second point changes its prompt.
+    both = app.click(clicked, 10, 10, 0)
+    assert both.points == [[60, 40, 1], [10, 10, 0]]
+    # Off-object points alone are prompted with the automatic object's box.
+    assert app.click(selection, 5, 5, 0).clicked is not None
+    with pytest.raises(ValueError, match=r"the click at \(120, 5\) is outside the photo \(120x80 as shown\)"):
+        app.click(selection, 120, 5, 1)
+    with pytest.raises(ValueError, match="Upload a photo first"):
+        app.click(None, 1, 1, 1)
+    no_sam = App(app.generator, sam_model=str(inpaint_model / "no-such-sam"))
+    with pytest.raises(ValueError, match="Clicks need SAM, which is not available: The 'sam' segmenter could not"):
+        no_sam.click(selection, 60, 40, 1)
+
+
+def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(app, cat, tmp_path):
+    selection = app.open(*map(str, cat))
+    size = display_size(selection.image.size)
+    everything = (0, 0, size[0], size[1])
+
+    empty = apply_strokes(selection, strokes(size, remove=everything))
+    _, _, _, preview, status = _selection_views(app, empty, CANVAS)
+    assert preview is None and "cat.png: the object mask is empty" in status
+    (outputs,) = _stream(app, (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {}), None, None, 1)
+    assert "⚠ cat.png: the object mask is empty" in outputs[5]
+
+    full = apply_strokes(selection, strokes(size, add=everything))
+    _, _, _, preview, status = _selection_views(app, full, CANVAS)
+    assert preview is None and "cat.png: the object fills the whole image" in status
+    # Room on the canvas makes the same selection usable.
+    _, _, _, preview, status = _selection_views(app, full, ("1:1", "", 0, "center"))
+    assert preview.size == (120, 120) and status.endswith("Output 120x120, generated at 64x64.")
+    (result,) = generate(app, full, tmp_path, canvas=("1:1", "", 0, "center"))
+    assert Image.open(result.path).size == (120, 120)
+
+
+def test_placement_preview_uses_the_canvas_functions(app, cat):
+    from photobg.masks import place_on_canvas
+
+    selection = app.open(*map(str, cat))
+    prepared = app.prepare(selection, canvas_options("4:5", "", 0.5, "bottom"))
+    canvas, mask = place_on_canvas(selection.image, object_mask(selection), (120, 150), 0.5, "bottom")
+    np.testing.assert_array_equal(np.asarray(prepared.image), np.asarray(canvas))
+    np.testing.assert_array_equal(np.asarray(prepared.object_mask), np.asarray(mask))
+    assert canvas_options("4:5", " 300x200 ", 0, None) == dict(
+        size="300x200", aspect=None, object_scale=None, position="center"
+    )
+    with pytest.raises(ValueError, match="Size '10' is not WIDTHxHEIGHT"):
+        canvas_options(None, "10", 0, "center")
+    with pytest.raises(ValueError, match="Aspect ratio 'wide' is not W:H"):
+        canvas_options("wide", "", 0, "center")
+    with pytest.raises(ValueError, match="Guidance scale must be "):
+        sampling_options(None, 2, 0.5, 1.0)
+
+
+def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
+    selection = app.open(*map(str, cat))
+    reports = []
+    generate(app, selection, tmp_path, steps=3, num_images=2, on_step=lambda *report: reports.append(report))
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(reports) >= 6
+    assert reports[0][1].startswith("ours, seed 0: step 1 of ") and reports[-1][1].startswith("ours, seed 1: step ")
+
+    stop, seen = threading.Event(), []
+
+    def stop_after_first_step(fraction, text):
+        seen.append(text)
+        stop.set()
+
+    assert generate(app, selection, tmp_path, steps=5, num_images=2, stop=stop, on_step=stop_after_first_step) == []
+    assert seen == [seen[0]] and seen[0].startswith("ours, seed 0: step 1 of ")  # no step ran after Stop
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkeypatch, edit):
+    selection = app.open(*map(str, cat))
+    if edit:
+        selection = apply_strokes(selection, strokes(display_size(selection.image.size), (0, 0, 20, 79)))
+    (result,) = generate(app, selection, tmp_path, canvas=("4:5", "", 0.8, "top"))
+    command = shlex.split(result.parameters["command"])
+    assert command[:3] == ["photobg", "generate", "cat_object.png" if edit else "cat.png"]
+    assert ("--mask" in command) != edit and command[command.index("--object-scale") + 1] == "0.8"
+    monkeypatch.chdir(tmp_path)  # the command names the uploaded files (and the selection file) by their names
+    assert main([*command[1:], "--output-dir", "cli"]) == 0
+    (again,) = (tmp_path / "cli").glob("*.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(result.path)))
+
+
+def test_uploads_that_cannot_be_used_are_messages_naming_them(app, tmp_path):
+    uploads = tmp_path / "upload-cache"
+    uploads.mkdir()
+    Image.new("RGB", (2000, 1000)).save(uploads / "big.png")
+    with pytest.raises(ValueError) as error:
+        app.open(str(uploads / "big.png"))
+    assert str(error.value) == "big.png: 2 megapixels; this app takes photos up to 1."
+    Image.new("RGB", (100, 80)).save(uploads / "small.png")
+    (uploads / "mask.png").write_text("text")
+    with pytest.raises(ValueError, match=r"^small.png: mask.png: not a readable image \(cannot identify image file "):
+        app.open(str(uploads / "small.png"), str(uploads / "mask.png"))
+    (uploads / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"^notes.png: not a readable image.$"):
+        app.open(str(uploads / "notes.png"))
+
+
+def test_sam_embeds_an_image_once_for_all_its_clicks(tiny_sam, monkeypatch):
+    from photobg.segment import Sam
+
+    sam = Sam(str(tiny_sam), device="cpu")
+    embedded = []
+    embed = sam.model.get_image_embeddings
+    monkeypatch.setattr(sam.model, "get_image_embeddings", lambda *a, **k: embedded.append(1) or embed(*a, **k))
+    photo = Image.fromarray(skimage.data.chelsea()).resize((90, 60))
+    first = sam(photo, [[40, 30]])
+    both = sam(photo, [[40, 30], [5, 5]], labels=[1, 0])
+    assert first.size == both.size == photo.size and first.mode == "L"
+    assert len(embedded) == 1  # the image encoder ran once; a new image runs it again
+    sam(photo.copy(), [[40, 30]])
+    assert len(embedded) == 2
+    with pytest.raises(ValueError, match="SAM needs a prompt"):
+        sam(photo)
