@@ -10,7 +10,9 @@
   the exact folder layout of a Hub model (tiny ones for tests, real-size ones for benchmarks).
 """
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -374,6 +376,7 @@ def check_vae(vae, model):
         FileNotFoundError, OSError: the VAE cannot be found; ValueError: its latent space or downscale differs from
         the model's VAE (a VAE of another model family), naming the setting.
     """
+    vae = str(vae)
     spec = resolve_model(vae, what="VAE")
     subfolder = "vae" if os.path.isdir(os.path.join(spec, "vae")) else None
     config = _load_config(spec, subfolder, "VAE")
@@ -480,7 +483,7 @@ def load_loras(pipe, loras, *, fuse=True):
         raise ImportError("LoRAs need the peft package: pip install 'photobg[lora]' (or pip install peft).")
     names = [f"lora_{k}" for k in range(len(loras))]
     for lora, name in zip(loras, names, strict=True):
-        with tempfile.TemporaryDirectory(prefix="photobg-lora-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="photobg-lora-") as scratch, _quiet_lora_loading():
             path = _fit_conv_in(lora.path, pipe.unet.config.in_channels, scratch)
             try:
                 pipe.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path), adapter_name=name)
@@ -494,6 +497,22 @@ def load_loras(pipe, loras, *, fuse=True):
         pipe.fuse_lora(adapter_names=names)
         pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
     return names
+
+
+@contextlib.contextmanager
+def _quiet_lora_loading():
+    """Without diffusers' warning, for every text encoder a LoRA leaves alone (most adapt the UNet only), that it
+    found no keys for it: the warning says itself that it is safe to ignore."""
+
+    def keep(record):
+        return not record.getMessage().startswith("No LoRA keys associated to")
+
+    logger = logging.getLogger("diffusers.loaders.lora_base")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def set_lora_scales(pipe, names, scales):
