@@ -5,6 +5,7 @@ the tiny IP-Adapter of conftest."""
 
 import json
 import shlex
+import threading
 import warnings
 
 import numpy as np
@@ -242,9 +243,11 @@ def test_reference_image_steers_the_background_through_the_api(inpaint_model, tm
     (none,) = plain(photo, "a cat", object_mask, **kwargs)
     first, second, none = (np.asarray(image, dtype=float) for image in (first, second, none))
     assert np.abs(first - second).max() > 3 and np.abs(first - none).max() > 3
+    (without,) = generator_(photo, "a cat", object_mask, **kwargs)  # no reference: the model's own image
+    np.testing.assert_array_equal(np.asarray(without, dtype=float), none)
     generator_.pipe.set_ip_adapter_scale(0.0)  # scale 0: the reference has no effect
     (off,) = generator_(photo, "a cat", object_mask, ip_adapter_image=references[0], **kwargs)
-    np.testing.assert_allclose(np.asarray(off, dtype=float), none, atol=1)
+    np.testing.assert_array_equal(np.asarray(off, dtype=float), none)
 
 
 # ----------------------------------------------------------------------------- photobg generate
@@ -336,3 +339,52 @@ def test_keys_of_outputs_without_the_new_options_are_unchanged():
     )
     expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
     assert output_key(args, item, Files()) == expected
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_path, capsys):
+    from photobg.app import App, build_app, canvas_options, sampling_options
+
+    pipe = load_pipeline(inpaint_model, device="cpu")
+    lora = write_lora(tmp_path / "lora", pipe)
+    ip_adapter = write_ip_adapter(tmp_path / "ip", pipe.unet)
+    generator_ = BackgroundGenerator(
+        inpaint_model, device="cpu", segmenter=None, loras=[f"{lora}:0.5"], fuse_loras=False, ip_adapter=ip_adapter
+    )
+    generator_.pipe.set_progress_bar_config(disable=True)
+    flags = {"--model": str(inpaint_model), "--ip-adapter": str(ip_adapter)}
+    app = App(generator_, max_megapixels=1, model_flags=flags)
+    photo, object_mask = make_photo(64, 48)
+    photo.putalpha(object_mask)
+    photo.save(tmp_path / "cup.png")
+    Image.new("RGB", (32, 32), "blue").save(tmp_path / "style.png")
+    selection = app.open(str(tmp_path / "cup.png"))
+
+    def generate(lora_scale, reference=None, ip_adapter_scale=None):
+        options = sampling_options(None, 2, 7.5, 1.0, lora_scale, reference, ip_adapter_scale)
+        canvas = canvas_options("photo's own", "", 0, "center")
+        folder = tmp_path / f"app-{lora_scale}-{ip_adapter_scale}"
+        folder.mkdir()
+        (result,) = app.generate(selection, "a cup", 1, 0, False, options, canvas, folder, threading.Event())
+        return result
+
+    off, on = generate(0.0), generate(1.0, tmp_path / "style.png", 0.7)
+    assert not np.array_equal(np.asarray(off.image), np.asarray(on.image))
+    assert off.parameters["loras"] == [dict(path=str(lora), scale=0.0)] and "reference_image" not in off.parameters
+    command = shlex.split(on.parameters["command"])
+    assert command[command.index("--lora") + 1] == f"{lora}:1"
+    assert command[command.index("--reference-image") + 1] == "style.png"
+    assert command[command.index("--ip-adapter-scale") + 1] == "0.7"
+    # The command makes the image (the app's LoRA is an adapter, the command's is fused: equal up to rounding).
+    command[command.index("--reference-image") + 1] = str(tmp_path / "style.png")
+    command[command.index("cup.png")] = str(tmp_path / "cup.png")
+    assert main([*command[1:], "--output-dir", str(tmp_path / "cli")]) == 0
+    remade = np.asarray(Image.open(tmp_path / "cli" / "cup_p0_s0.png"), dtype=int)
+    assert np.abs(remade - np.asarray(on.image, dtype=int)).max() <= 1
+    # The page shows the LoRA scale and the reference image for such a model.
+    demo = build_app(app)
+    shown = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert shown["lora-scale"].visible and shown["lora-scale"].value == 0.5
+    assert shown["reference"].visible and shown["ip-adapter-scale"].visible
