@@ -253,19 +253,21 @@ def test_reference_image_steers_the_background_through_the_api(inpaint_model, tm
 # ----------------------------------------------------------------------------- photobg generate
 
 
-def test_generate_records_and_keys_lora_vae_and_reference(xl_folder, tmp_path, capsys):
-    pipe = load_pipeline(xl_folder, device="cpu")
+def test_generate_records_and_keys_lora_vae_and_reference(inpaint_model, tmp_path, capsys):
+    pipe = load_pipeline(inpaint_model, device="cpu")
     lora = write_lora(tmp_path / "lora", pipe)
     ip_adapter = write_ip_adapter(tmp_path / "ip", pipe.unet)
-    vae = write_vae(tmp_path / "vae", "tiny-sdxl-inpainting")
+    vae = write_vae(tmp_path / "vae", "tiny-inpainting")
     photo = tmp_path / "cup.png"
     cutout, object_mask = make_photo(64, 48)
     cutout.putalpha(object_mask)
     cutout.save(photo)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
     out = tmp_path / "out"
-    common = ["generate", str(photo), "--prompt", "a cup", "--model", str(xl_folder), "--steps", "2"]
+    common = ["generate", str(photo), "--prompt", "a cup", "--model", str(inpaint_model), "--steps", "2"]
+    # A few-step LoRA's flags, as README shows them: its scheduler, no guidance.
     common += ["--output-dir", str(out), "--skip-existing", "--vae", str(vae), "--guidance", "0"]
+    common += ["--scheduler", "LCMScheduler"]
     common += ["--ip-adapter", str(ip_adapter), "--reference-image", str(tmp_path / "ref.png")]
     output = out / "cup_p0_s0.png"
 

@@ -52,6 +52,10 @@ failures: a photo that cannot be used or fails is reported and skipped, the rest
 many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
   each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
 
+LoRA, VAE, reference image: --lora PATH[:SCALE] (repeatable; a PATH that exists is taken whole, even with ':'),
+  --vae (madebyollin/sdxl-vae-fp16-fix for SDXL in fp16), --ip-adapter PATH with --reference-image FILE. A
+  few-step LoRA runs with its scheduler: --scheduler LCMScheduler --steps 4 --guidance 0. All of them are keyed.
+
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4
   photobg generate photos/ --masks masks/ --prompts-file prompts.txt --aspect 4:5 --output-dir out/
