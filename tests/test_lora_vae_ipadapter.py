@@ -79,6 +79,10 @@ def test_lora_spec_path_and_scale(tmp_path):
     assert parse_lora(f"{weights}:-1") == Lora(str(weights), -1.0)
     assert parse_lora(str(odd)) == Lora(str(odd), 1.0)
     assert parse_lora(f"{odd}:0.25") == Lora(str(odd), 0.25)
+    named_like_a_scale = tmp_path / "v:2"  # a file that exists is a path, whole
+    named_like_a_scale.write_bytes(b"")
+    assert parse_lora(str(named_like_a_scale)) == Lora(str(named_like_a_scale), 1.0)
+    assert parse_lora(f"{named_like_a_scale}:0.5") == Lora(str(named_like_a_scale), 0.5)
     folder = tmp_path / "lora"
     folder.mkdir()
     (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")

@@ -522,15 +522,14 @@ def set_lora_scales(pipe, names, scales):
 
 def _fit_conv_in(path, in_channels, scratch):
     """`path`, or when its LoRA changes the UNet's `conv_in` for another number of input channels, a copy in folder
-    `scratch` without those layers (its adapter metadata without `conv_in` too), with a warning naming them."""
-    import json
+    `scratch` without those layers, with a warning naming them."""
     import warnings
 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     if not path.endswith(".safetensors"):
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         shapes, metadata = {key: tuple(value.shape) for key, value in state.items()}, None
     else:
         with safe_open(path, "pt") as f:
@@ -551,15 +550,8 @@ def _fit_conv_in(path, in_channels, scratch):
 
         state = load_file(path)
     kept = {key: value for key, value in state.items() if key not in dropped}
-    metadata = dict(metadata or {"format": "pt"})
-    if "lora_adapter_metadata" in metadata:  # diffusers' adapter config: the layers to adapt, by name
-        adapter = json.loads(metadata["lora_adapter_metadata"])
-        for key, value in adapter.items():
-            if key.endswith("target_modules") and isinstance(value, list):
-                adapter[key] = [name for name in value if name != "conv_in"]
-            elif key.endswith(("rank_pattern", "alpha_pattern")) and isinstance(value, dict):
-                adapter[key] = {name: v for name, v in value.items() if not name.startswith("conv_in")}
-        metadata["lora_adapter_metadata"] = json.dumps(adapter)
+    # The adapter metadata (rank, alpha) is kept: diffusers adapts only the layers the weights hold.
+    metadata = metadata or {"format": "pt"}
     fitted = os.path.join(scratch, "lora.safetensors")
     save_file(kept, fitted, metadata=metadata)
     return fitted
