@@ -274,6 +274,8 @@ class BackgroundGenerator:
         Returns:
             list of RGB PIL images of their input's canvas size, in the order of `jobs`.
         """
+        import torch
+
         check_sampling(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -282,57 +284,45 @@ class BackgroundGenerator:
         )
         inputs = prepared if isinstance(prepared, list) else [prepared]
         reference = None if ip_adapter_image is None else self.reference_image(ip_adapter_image)
-        sampling = dict(
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            controlnet_conditioning_scale=controlnet_conditioning_scale,
-            callback_on_step_end=callback_on_step_end,
-        )
-        with self._without_reference(reference is None and self.has_ip_adapter) as placeholder:
-            return self._generate(inputs, jobs, reference or placeholder, working_size, batch_size, sampling)
+        images = []
+        with self._reference_or_placeholder(reference) as reference:
+            for batch in _batches(
+                jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
+            ):
+                chosen = [inputs[job.input_index] for job in batch]
+                shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
+                width, height = self.working_size(chosen[0].image.size, working_size)
+                result = self.pipe(
+                    [job.prompt for job in batch],
+                    image=chosen[0].image if shared else [p.image for p in chosen],
+                    object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
+                    height=height,
+                    width=width,
+                    negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    controlnet_conditioning_scale=controlnet_conditioning_scale,
+                    # CPU generators: the same seed gives the same noise on every device.
+                    generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                    callback_on_step_end=callback_on_step_end,
+                    **({} if reference is None else {"ip_adapter_image": reference}),
+                )
+                images.extend(result.images)
+        return images
 
     @contextlib.contextmanager
-    def _without_reference(self, needed):
-        """A UNet with an IP-Adapter needs a reference image; without one, the outputs are the model's own: a
-        placeholder image at IP-Adapter scale 0 (which adds exactly nothing), the scale restored after."""
-        if not needed:
-            yield None
+    def _reference_or_placeholder(self, reference):
+        """The reference image to generate with. A UNet with an IP-Adapter needs one; without one, the outputs are
+        the model's own: a placeholder image at IP-Adapter scale 0 (which adds exactly nothing), the scale restored
+        after."""
+        if reference is not None or not self.has_ip_adapter:
+            yield reference
             return
         self.pipe.set_ip_adapter_scale(0.0)
         try:
             yield PIL.Image.new("RGB", (64, 64))
         finally:
             self.pipe.set_ip_adapter_scale(self.ip_adapter_scale)
-
-    def _generate(self, inputs, jobs, reference, working_size, batch_size, sampling):
-        """`run`'s model calls, its arguments checked; `reference`: an RGB image or None; `sampling`: the pipeline's
-        other arguments."""
-        import torch
-
-        negative_prompt = sampling.pop("negative_prompt")
-
-        images = []
-        for batch in _batches(
-            jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
-        ):
-            chosen = [inputs[job.input_index] for job in batch]
-            shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
-            width, height = self.working_size(chosen[0].image.size, working_size)
-            result = self.pipe(
-                [job.prompt for job in batch],
-                image=chosen[0].image if shared else [p.image for p in chosen],
-                object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
-                height=height,
-                width=width,
-                negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
-                # CPU generators: the same seed gives the same noise on every device.
-                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
-                **sampling,
-                **({} if reference is None else {"ip_adapter_image": reference}),
-            )
-            images.extend(result.images)
-        return images
 
     def reference_image(self, image):
         """An IP-Adapter reference image as RGB: a file (its errors name it), PIL image or array.
