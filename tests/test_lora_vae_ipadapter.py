@@ -18,7 +18,7 @@ from photobg.api import BackgroundGenerator
 from photobg.cli import main
 from photobg.configs import get_config
 from photobg.generate_cli import read_record
-from photobg.models import Lora, load_loras, load_pipeline, parse_lora, set_lora_scales
+from photobg.models import Lora, load_ip_adapter, load_loras, load_pipeline, parse_lora, set_lora_scales
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -185,10 +185,13 @@ def write_base_model(tmp_path):
     return write_test_model(tmp_path / "tiny-sdxl-base", "tiny-sdxl-base")
 
 
-def test_a_lora_of_another_backbone_is_refused_naming_it(pipe, xl, tmp_path):
+def test_a_lora_or_ip_adapter_of_another_backbone_is_refused_naming_it(pipe, xl, tmp_path):
     sd2_lora = write_lora(tmp_path / "sd2", pipe)
     with pytest.raises(ValueError, match=r"LoRA '.*sd2/pytorch_lora_weights.safetensors' does not fit this model"):
         load_loras(xl, [str(sd2_lora)])
+    sd2_ip_adapter = write_ip_adapter(tmp_path / "sd2-ip", pipe.unet)
+    with pytest.raises(ValueError, match=r"IP-Adapter '.*sd2-ip' does not fit this model"):
+        load_ip_adapter(xl, sd2_ip_adapter)
 
 
 # ----------------------------------------------------------------------------- VAE

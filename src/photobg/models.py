@@ -5,6 +5,8 @@
   `controlnet/`), or from a base model (SD2- or SDXL-inpainting, SD2- or SDXL-base) plus a ControlNet given as
   a Hub id, a folder, or a single state-dict file. The backbone is detected from the folder
   (`photobg.backbones`) and picks the pipeline class (SD2's or SDXL's, both over `photobg.method`).
+- `check_vae`, `load_loras` (`parse_lora`: `PATH[:SCALE]`), `load_ip_adapter`: a replacement VAE, LoRAs and an
+  IP-Adapter, each checked (files, fit with the model) with errors naming it.
 - `convert_controlnet`: a single `.pth`/`.safetensors` ControlNet state dict -> a diffusers ControlNet folder.
 - `build_components` / `write_test_model`: random-weight models from the configs in `photobg.configs`, in
   the exact folder layout of a Hub model (tiny ones for tests, real-size ones for benchmarks).
@@ -587,6 +589,7 @@ def load_ip_adapter(pipe, path, scale=1.0):
     Raises:
         FileNotFoundError: see `ip_adapter_weights`; ValueError: the IP-Adapter does not fit the model, naming it.
     """
+    path = str(path)
     weights = ip_adapter_weights(path)
     try:
         pipe.load_ip_adapter(os.path.dirname(weights), subfolder="", weight_name=os.path.basename(weights))
