@@ -382,6 +382,7 @@ def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_
     off, on = generate(0.0), generate(1.0, tmp_path / "style.png", 0.7)
     assert not np.array_equal(np.asarray(off.image), np.asarray(on.image))
     assert off.parameters["loras"] == [dict(path=str(lora), scale=0.0)] and "reference_image" not in off.parameters
+    assert "--ip-adapter" not in shlex.split(off.parameters["command"])  # which needs a reference image
     command = shlex.split(on.parameters["command"])
     assert command[command.index("--lora") + 1] == f"{lora}:1"
     assert command[command.index("--reference-image") + 1] == "style.png"

@@ -299,6 +299,8 @@ class App:
             "--reference-image": record.get("reference_image"),
             "--ip-adapter-scale": record.get("ip_adapter_scale"),
         }
+        if "reference_image" not in record:  # made without a reference: the IP-Adapter played no part
+            flags["--ip-adapter"] = None
         loras = [["--lora", f"{lora['path']}:{lora['scale']:g}"] for lora in record.get("loras", [])]
         record["command"] = command_line(["photobg", "generate", *inputs, *itertools.chain(*loras)], flags)
         return record
