@@ -904,7 +904,12 @@ def check_model_options(args):
         raise SystemExit(f"--ip-adapter-scale must be a finite number, not {args.ip_adapter_scale}.")
     if not (args.lora or args.ip_adapter):
         return
+    import importlib.util
+
     from .models import ip_adapter_weights, parse_lora
+
+    if args.lora and importlib.util.find_spec("peft") is None:
+        raise SystemExit("--lora needs the peft package: pip install 'photobg[lora]' (or pip install peft).")
 
     try:
         args.loras = [parse_lora(spec) for spec in args.lora]
