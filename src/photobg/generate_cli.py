@@ -120,6 +120,7 @@ def add_arguments(parser):
     model.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
     model.add_argument(
         "--reference-image",
+        metavar="FILE",
         help="an image whose style the background follows, through --ip-adapter (the same for every output)",
     )
     out = parser.add_argument_group("output")
@@ -868,6 +869,7 @@ def add_model_arguments(parser):
     parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE: bounded memory for large canvases")
     parser.add_argument(
         "--vae",
+        metavar="PATH_OR_ID",
         help="a VAE to use instead of the model's (Hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix: SDXL's own "
         "VAE overflows in fp16",
     )
@@ -890,6 +892,7 @@ def add_model_arguments(parser):
         "--ip-adapter-scale",
         type=float,
         default=1.0,
+        metavar="SCALE",
         help="how strongly the reference image steers the background (0 = not at all; default: %(default)s)",
     )
 
