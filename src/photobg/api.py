@@ -14,6 +14,7 @@ background is generated at the model's working size, upscaled to the canvas, and
 from the canvas's own pixels with its soft mask, so it is exact at full resolution.
 """
 
+import contextlib
 import functools
 import secrets
 import warnings
@@ -85,6 +86,18 @@ class BackgroundGenerator:
             Built on first use, so a missing package only matters for photos that need it.
         pipe: an already loaded pipeline to use instead of loading `model`.
         compile, vae_tiling: opt-in speed/memory settings, see `models.optimize`.
+        vae: a VAE to use instead of the model's (Hub id or folder), e.g. the fp16-safe SDXL VAE
+            `madebyollin/sdxl-vae-fp16-fix`; see `models.check_vae`.
+        loras: LoRAs for the UNet and text encoders, each `PATH[:SCALE]`, (path, scale) or `models.Lora`; see
+            `models.load_loras` (a LoRA's `conv_in` trained for another number of UNet input channels is left out,
+            with a warning).
+        fuse_loras: merge the LoRAs into the weights (no cost per step); False keeps them as adapters whose scales
+            `set_lora_scales` changes (the app's scale slider).
+        ip_adapter: an IP-Adapter (weights file, or folder holding one, with `image_encoder/` beside it), so that
+            calls take a reference image for the background's style (`ip_adapter_image`).
+        ip_adapter_scale: how strongly the reference image steers the UNet (0 = not at all; diffusers' default 1).
+
+    Missing LoRA and IP-Adapter files are reported before the model loads.
     """
 
     def __init__(
@@ -99,15 +112,41 @@ class BackgroundGenerator:
         pipe=None,
         compile=False,
         vae_tiling=False,
+        vae=None,
+        loras=(),
+        fuse_loras=True,
+        ip_adapter=None,
+        ip_adapter_scale=1.0,
     ):
-        from .models import load_pipeline, optimize
+        from .models import ip_adapter_weights, load_ip_adapter, load_loras, load_pipeline, optimize, parse_lora
 
+        self.loras = [parse_lora(lora) for lora in loras]  # files checked before the model loads
+        if ip_adapter is not None:
+            ip_adapter_weights(ip_adapter)
         if pipe is None:
-            pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler)
+            pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler, vae=vae)
+        self.lora_names = load_loras(pipe, self.loras, fuse=fuse_loras)
+        self.loras_fused = fuse_loras
+        self.ip_adapter_scale = ip_adapter_scale if ip_adapter is not None else None
+        if ip_adapter is not None:
+            load_ip_adapter(pipe, ip_adapter, ip_adapter_scale)
         self.pipe = optimize(pipe, compile=compile, vae_tiling=vae_tiling)
         self.segmenter = segmenter  # as given: a name or a callable
         self._segment = None if isinstance(segmenter, str) else segmenter  # a named one is built on first use
         self._segmenter_error = None
+
+    def set_lora_scales(self, scales):
+        """Change the scales of the LoRAs (one per LoRA, in order); needs `fuse_loras=False`."""
+        from .models import set_lora_scales
+
+        if self.loras_fused:
+            raise ValueError("The LoRAs are fused into the weights: load with fuse_loras=False to change their scales.")
+        set_lora_scales(self.pipe, self.lora_names, scales)
+
+    @property
+    def has_ip_adapter(self):
+        """Whether an IP-Adapter is loaded, so that generation takes a reference image (`ip_adapter_image`)."""
+        return self.pipe._has_ip_adapter()
 
     @property
     def backbone(self):
@@ -217,6 +256,7 @@ class BackgroundGenerator:
         working_size=None,
         batch_size=1,
         callback_on_step_end=None,
+        ip_adapter_image=None,
     ):
         """Generate one image per `Job`, up to `batch_size` jobs of one working size per pipeline call.
 
@@ -226,6 +266,8 @@ class BackgroundGenerator:
                 image comes back at its own input's canvas size.
             jobs: list of `Job`.
             working_size: long side to generate at (default: the model's native size).
+            ip_adapter_image: a reference image (file path, PIL image or array) for the background's style, used by
+                every output; needs the generator's `ip_adapter`.
             The rest are the pipeline's arguments of the same names (`callback_on_step_end` is called in
             every pipeline call; setting `pipe._interrupt` there skips the call's remaining steps).
 
@@ -241,29 +283,63 @@ class BackgroundGenerator:
             working_size=working_size,
         )
         inputs = prepared if isinstance(prepared, list) else [prepared]
+        reference = None if ip_adapter_image is None else self.reference_image(ip_adapter_image)
         images = []
-        for batch in _batches(
-            jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
-        ):
-            chosen = [inputs[job.input_index] for job in batch]
-            shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
-            width, height = self.working_size(chosen[0].image.size, working_size)
-            result = self.pipe(
-                [job.prompt for job in batch],
-                image=chosen[0].image if shared else [p.image for p in chosen],
-                object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
-                height=height,
-                width=width,
-                negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                controlnet_conditioning_scale=controlnet_conditioning_scale,
-                # CPU generators: the same seed gives the same noise on every device.
-                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
-                callback_on_step_end=callback_on_step_end,
-            )
-            images.extend(result.images)
+        with self._reference_or_placeholder(reference) as reference:
+            for batch in _batches(
+                jobs, batch_size, key=lambda job: self.working_size(inputs[job.input_index].image.size, working_size)
+            ):
+                chosen = [inputs[job.input_index] for job in batch]
+                shared = len({job.input_index for job in batch}) == 1  # one image for all outputs of the call
+                width, height = self.working_size(chosen[0].image.size, working_size)
+                result = self.pipe(
+                    [job.prompt for job in batch],
+                    image=chosen[0].image if shared else [p.image for p in chosen],
+                    object_mask=chosen[0].object_mask if shared else [p.object_mask for p in chosen],
+                    height=height,
+                    width=width,
+                    negative_prompt=None if negative_prompt is None else [negative_prompt] * len(batch),
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    controlnet_conditioning_scale=controlnet_conditioning_scale,
+                    # CPU generators: the same seed gives the same noise on every device.
+                    generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                    callback_on_step_end=callback_on_step_end,
+                    **({} if reference is None else {"ip_adapter_image": reference}),
+                )
+                images.extend(result.images)
         return images
+
+    @contextlib.contextmanager
+    def _reference_or_placeholder(self, reference):
+        """The reference image to generate with. A UNet with an IP-Adapter needs one; without one, the outputs are
+        the model's own: a placeholder image at IP-Adapter scale 0 (which adds exactly nothing), the scale restored
+        after."""
+        if reference is not None or not self.has_ip_adapter:
+            yield reference
+            return
+        self.pipe.set_ip_adapter_scale(0.0)
+        try:
+            yield PIL.Image.new("RGB", (64, 64))
+        finally:
+            self.pipe.set_ip_adapter_scale(self.ip_adapter_scale)
+
+    def reference_image(self, image):
+        """An IP-Adapter reference image as RGB: a file (its errors name it), PIL image or array.
+
+        Raises:
+            ValueError: no IP-Adapter is loaded, or the file cannot be read."""
+        import numpy as np
+
+        if not self.has_ip_adapter:
+            raise ValueError(
+                "a reference image (ip_adapter_image) needs an IP-Adapter: BackgroundGenerator(..., ip_adapter=PATH)."
+            )
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        elif isinstance(image, np.ndarray):
+            image = PIL.Image.fromarray(image)
+        return image.convert("RGB")
 
     def __call__(
         self,
@@ -283,6 +359,7 @@ class BackgroundGenerator:
         position="center",
         working_size=None,
         batch_size=1,
+        ip_adapter_image=None,
     ):
         """New backgrounds around the object in `image`.
 
@@ -300,6 +377,8 @@ class BackgroundGenerator:
             size, aspect, object_scale, position: the output canvas (see `prepare`).
             working_size: long side to generate at (default: the model's native size, 512 for SD2, 1024 for SDXL).
             batch_size: images per pipeline call.
+            ip_adapter_image: a reference image (path, PIL image or array) for the background's style; needs the
+                generator's `ip_adapter`.
 
         Returns:
             list of RGB PIL images, prompt by prompt, at the canvas size (by default the input's), with
@@ -332,6 +411,7 @@ class BackgroundGenerator:
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             working_size=working_size,
             batch_size=batch_size,
+            ip_adapter_image=ip_adapter_image,
         )
         for job, result in zip(jobs, images, strict=True):
             result.info.update(prompt=job.prompt, prompt_index=job.prompt_index, seed=job.seed)
@@ -419,8 +499,10 @@ def _check_object(object_mask):
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_generator(model, controlnet, device, dtype, scheduler, segmenter):
-    return BackgroundGenerator(model, controlnet, device=device, dtype=dtype, scheduler=scheduler, segmenter=segmenter)
+def _cached_generator(model, controlnet, device, dtype, scheduler, segmenter, loading):
+    return BackgroundGenerator(
+        model, controlnet, device=device, dtype=dtype, scheduler=scheduler, segmenter=segmenter, **dict(loading)
+    )
 
 
 def generate(
@@ -434,6 +516,10 @@ def generate(
     dtype=None,
     scheduler=None,
     segmenter=DEFAULT_SEGMENTER,
+    vae=None,
+    loras=(),
+    ip_adapter=None,
+    ip_adapter_scale=1.0,
     **kwargs,
 ):
     """New backgrounds around the object in `image`, with a model loaded on first use and kept for the
@@ -441,13 +527,23 @@ def generate(
 
     Args:
         image, prompt, object_mask: see `BackgroundGenerator.__call__`, which takes the other keyword
-            arguments too (`seed`, `num_images_per_prompt`, `num_inference_steps`, `aspect`, ...).
-        model, controlnet, device, dtype, scheduler, segmenter: see `BackgroundGenerator`.
+            arguments too (`seed`, `num_images_per_prompt`, `num_inference_steps`, `aspect`,
+            `ip_adapter_image`, ...).
+        model, controlnet, device, dtype, scheduler, segmenter, vae, loras, ip_adapter, ip_adapter_scale: see
+            `BackgroundGenerator`.
 
     Returns:
         list of PIL images (see `BackgroundGenerator.__call__`).
     """
-    generator = _cached_generator(model, controlnet, device, dtype, scheduler, segmenter)
+    from .models import parse_lora
+
+    loading = dict(
+        vae=vae,
+        loras=tuple(parse_lora(lora) for lora in loras),
+        ip_adapter=ip_adapter,
+        ip_adapter_scale=ip_adapter_scale,
+    )
+    generator = _cached_generator(model, controlnet, device, dtype, scheduler, segmenter, tuple(loading.items()))
     return generator(image, prompt, object_mask, **kwargs)
 
 

@@ -26,14 +26,16 @@ SAMPLING_FIELDS = {
     "guidance_scale": "Guidance scale",
     "controlnet_conditioning_scale": "ControlNet scale",
 }
+ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": "Reference strength"}
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
 alpha is its object), prompt, mask (optional object mask file, white = object; without one and without alpha
 the app's segmenter finds the object), negative_prompt, num_images, seed (image k uses seed + k), steps,
 guidance, controlnet_scale (0 = plain SD2-inpainting), aspect ('W:H' or ''), size ('WxH' or ''), object_scale
-(0 = keep the framing), position. Returns the full-resolution PNGs and, per image, its parameters and the
-`photobg generate` command that makes it again."""
+(0 = keep the framing), position, reference (optional image file whose style the background follows, for an app
+started with --ip-adapter), ip_adapter_scale, lora_scale (of the app's single --lora). Returns the full-resolution
+PNGs and, per image, its parameters and the `photobg generate` command that makes it again."""
 
 
 def add_arguments(parser):
@@ -70,7 +72,7 @@ def run(args):
 
     from .generate_cli import load_generator
 
-    generator = load_generator(args)
+    generator = load_generator(args, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
     app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, model_flags=model_flags(args))
     demo = build_app(app, default_steps=args.steps)
     demo.queue(default_concurrency_limit=1).launch(
@@ -85,6 +87,7 @@ def run(args):
 def model_flags(args):
     """The `photobg generate` flags that load the model the app serves (for the commands it shows)."""
     flags = {"--model": args.model, "--controlnet": args.controlnet, "--scheduler": args.scheduler}
+    flags.update({"--vae": getattr(args, "vae", None), "--ip-adapter": getattr(args, "ip_adapter", None)})
     flags.update({"--compile": args.compile or None, "--vae-tiling": args.vae_tiling or None})
     return {flag: value for flag, value in flags.items() if value is not None}
 
@@ -123,6 +126,7 @@ class App:
         self.model_flags = {**(model_flags or {}), "--device": str(pipe.device), "--dtype": dtype}
         self._sam = None
         self._pipe_lock = threading.Lock()  # one pipeline call at a time, whatever the queue does
+        self.loras = list(getattr(generator, "loras", []))  # the page's slider sets the scale of a single one
         self._stops = {}  # session -> threading.Event of its running generation
 
     # ------------------------------------------------------------------------- the object
@@ -227,7 +231,10 @@ class App:
             si2 = image if name == "SI2" else None
 
     def _run(self, prepared, job, options, stop, report=None):
-        """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped."""
+        """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped. The
+        options' `lora_scale` and `ip_adapter_scale` are set on the model for this image."""
+        options = dict(options)
+        lora_scale, ip_adapter_scale = options.pop("lora_scale", None), options.pop("ip_adapter_scale", None)
 
         def step_end(pipe, i, t, tensors):
             if report is not None:
@@ -237,6 +244,10 @@ class App:
             return {}
 
         with self._pipe_lock:
+            if lora_scale is not None and len(self.loras) == 1:
+                self.generator.set_lora_scales([lora_scale])
+            if ip_adapter_scale is not None and self.generator.has_ip_adapter:
+                self.generator.pipe.set_ip_adapter_scale(ip_adapter_scale)
             (image,) = self.generator.run(prepared, [job], **options, callback_on_step_end=step_end)
         return None if stop.is_set() else image
 
@@ -263,6 +274,7 @@ class App:
             model=self.model_flags.get("--model"),
             device=self.model_flags["--device"],
             dtype=self.model_flags["--dtype"],
+            **self.adapter_parameters(options),
         )
         if object_file is not None:
             inputs = [Path(object_file).name]
@@ -284,8 +296,28 @@ class App:
             "--guidance": options["guidance_scale"],
             "--controlnet-scale": options["controlnet_conditioning_scale"],
             **self.model_flags,
+            "--reference-image": record.get("reference_image"),
+            "--ip-adapter-scale": record.get("ip_adapter_scale"),
         }
-        record["command"] = command_line(["photobg", "generate", *inputs], flags)
+        if "reference_image" not in record:  # made without a reference: the IP-Adapter played no part
+            flags["--ip-adapter"] = None
+        loras = [["--lora", f"{lora['path']}:{lora['scale']:g}"] for lora in record.get("loras", [])]
+        record["command"] = command_line(["photobg", "generate", *inputs, *itertools.chain(*loras)], flags)
+        return record
+
+    def adapter_parameters(self, options):
+        """The record's LoRA and IP-Adapter settings of an image made with `options` (none without them)."""
+        from pathlib import Path
+
+        record = {}
+        if self.loras:
+            scales = [lora.scale for lora in self.loras]
+            if options.get("lora_scale") is not None and len(scales) == 1:
+                scales = [options["lora_scale"]]
+            record["loras"] = [dict(path=lora.path, scale=s) for lora, s in zip(self.loras, scales, strict=True)]
+        if options.get("ip_adapter_image") is not None:
+            record["reference_image"] = Path(options["ip_adapter_image"]).name
+            record["ip_adapter_scale"] = options.get("ip_adapter_scale")
         return record
 
     @contextlib.contextmanager
@@ -331,9 +363,14 @@ def canvas_options(aspect, size, object_scale, position):
     return dict(size=size, aspect=aspect, object_scale=float(object_scale) or None, position=position or "center")
 
 
-def sampling_options(negative_prompt, steps, guidance, controlnet_scale):
+def sampling_options(
+    negative_prompt, steps, guidance, controlnet_scale, lora_scale=None, reference=None, ip_adapter_scale=None
+):
     """The pipeline's keyword arguments from the app's fields; values that mean nothing are a `ValueError`
-    naming the field (`api.check_sampling`)."""
+    naming the field (`api.check_sampling`). `lora_scale` (of a single LoRA), the `reference` image file and the
+    `ip_adapter_scale` are added when given (`App._run` sets the scales on the model)."""
+    import math
+
     from .api import check_sampling
 
     options = dict(
@@ -342,7 +379,14 @@ def sampling_options(negative_prompt, steps, guidance, controlnet_scale):
         controlnet_conditioning_scale=float(controlnet_scale),
     )
     check_sampling(SAMPLING_FIELDS, **options)
-    return dict(negative_prompt=negative_prompt or None, **options)
+    scales = {"lora_scale": lora_scale, "ip_adapter_scale": ip_adapter_scale if reference else None}
+    extras = {name: float(value) for name, value in scales.items() if value is not None}
+    for name, value in extras.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{ADAPTER_FIELDS[name]} must be a finite number, not {value}.")
+    if reference:
+        extras["ip_adapter_image"] = str(reference)
+    return dict(negative_prompt=negative_prompt or None, **options, **extras)
 
 
 def _report_step(on_step, index, count, label, step, steps):
@@ -387,16 +431,17 @@ def build_app(app, default_steps=20):
 
     # Uploads and results are cached on disk; an hourly sweep removes those older than an hour.
     with gr.Blocks(title="photobg", delete_cache=(3600, 3600)) as demo:
-        ui = _layout(default_steps)
+        ui = _layout(default_steps, app)
         _wire_object(app, ui)
         _wire_generation(app, ui)
         _api_endpoint(app, default_steps)
     return demo
 
 
-def _layout(default_steps):
-    """The components, in a namespace."""
+def _layout(default_steps, app):
+    """The components, in a namespace (the LoRA scale and the reference image only where the model has them)."""
     import types
+    from pathlib import Path
 
     import gradio as gr
 
@@ -464,6 +509,32 @@ def _layout(default_steps):
                 ui.steps = gr.Slider(1, 100, value=default_steps, step=1, label="Denoising steps", elem_id="steps")
                 ui.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
                 ui.controlnet_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale (0 = SI2)")
+                one_lora = app.loras[0] if len(app.loras) == 1 else None
+                ui.lora_scale = gr.Slider(
+                    -1,
+                    2,
+                    value=one_lora.scale if one_lora else 1.0,
+                    step=0.05,
+                    label=f"LoRA scale ({Path(one_lora.path).name if one_lora else ''}; 0 = off)",
+                    visible=one_lora is not None,
+                    elem_id="lora-scale",
+                )
+                has_ip_adapter = app.generator.has_ip_adapter
+                ui.reference = gr.Image(
+                    type="filepath",
+                    label="Reference image: the background's style (IP-Adapter; optional)",
+                    visible=has_ip_adapter,
+                    elem_id="reference",
+                )
+                ui.ip_adapter_scale = gr.Slider(
+                    0,
+                    1.5,
+                    value=app.generator.ip_adapter_scale if has_ip_adapter else 1.0,
+                    step=0.05,
+                    label="Reference strength (IP-Adapter scale; 0 = off)",
+                    visible=has_ip_adapter,
+                    elem_id="ip-adapter-scale",
+                )
             with gr.Row():
                 ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -596,6 +667,9 @@ def _wire_generation(app, ui):
         size,
         object_scale,
         position,
+        lora_scale,
+        reference,
+        ip_adapter_scale,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 (Gradio fills it in)
     ):
@@ -603,7 +677,10 @@ def _wire_generation(app, ui):
             yield _status_only("⚠ Upload a photo (or an RGBA cutout) first.")
             return
         try:
-            options = sampling_options(negative_prompt, steps, guidance, controlnet_scale)
+            lora_scale = lora_scale if len(app.loras) == 1 else None
+            options = sampling_options(
+                negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale
+            )
             canvas = canvas_options(aspect, size, object_scale, position)
         except ValueError as err:
             yield _status_only(f"⚠ {err}")
@@ -628,6 +705,7 @@ def _wire_generation(app, ui):
 
     inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
+    inputs += [ui.lora_scale, ui.reference, ui.ip_adapter_scale]
     outputs = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
     ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
     # Stop must not wait behind the generation it stops.
@@ -691,6 +769,9 @@ def _api_endpoint(app, default_steps):
         size="",
         object_scale=0.0,
         position="center",
+        reference=None,
+        ip_adapter_scale=None,
+        lora_scale=None,
     ):
         import tempfile
 
@@ -698,7 +779,11 @@ def _api_endpoint(app, default_steps):
         with tempfile.TemporaryDirectory(prefix="photobg-api-") as folder:
             try:
                 selection = app.open(photo, mask)
-                options = sampling_options(negative_prompt, steps, guidance, controlnet_scale)
+                if ip_adapter_scale is None:
+                    ip_adapter_scale = app.generator.ip_adapter_scale
+                options = sampling_options(
+                    negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale
+                )
                 canvas = canvas_options(aspect, size, object_scale, position)
                 seed = None if seed is None or seed < 0 else int(seed)
                 stop = threading.Event()  # never set: an API call runs to the end
@@ -722,6 +807,9 @@ def _api_endpoint(app, default_steps):
             gr.Textbox("", label="size"),
             gr.Number(0, label="object_scale"),
             gr.Textbox("center", label="position"),
+            gr.File(label="reference"),
+            gr.Number(None, label="ip_adapter_scale"),
+            gr.Number(None, label="lora_scale"),
         ]
         outputs = [gr.File(file_count="multiple", label="images"), gr.JSON(label="parameters")]
         trigger = gr.Button(visible=False)

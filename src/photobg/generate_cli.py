@@ -52,6 +52,10 @@ failures: a photo that cannot be used or fails is reported and skipped, the rest
 many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
   each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
 
+LoRA, VAE, reference image: --lora PATH[:SCALE] (repeatable; a PATH that exists is taken whole, even with ':'),
+  --vae (madebyollin/sdxl-vae-fp16-fix for SDXL in fp16), --ip-adapter PATH with --reference-image FILE. A
+  few-step LoRA runs with its scheduler: --scheduler LCMScheduler --steps 4 --guidance 0. All of them are keyed.
+
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4
   photobg generate photos/ --masks masks/ --prompts-file prompts.txt --aspect 4:5 --output-dir out/
@@ -114,6 +118,11 @@ def add_arguments(parser):
         "--guidance", type=float, default=recipe.GUIDANCE_SCALE, help="classifier-free guidance (default: %(default)s)"
     )
     model.add_argument("--batch-size", type=int, default=1, help="images per model call (default: %(default)s)")
+    model.add_argument(
+        "--reference-image",
+        metavar="FILE",
+        help="an image whose style the background follows, through --ip-adapter (the same for every output)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
     out.add_argument("--skip-existing", action="store_true", help="keep images already in the output folder")
@@ -691,6 +700,7 @@ def sampling_options(args):
         controlnet_conditioning_scale=args.controlnet_scale,
         working_size=args.working_size,
         batch_size=args.batch_size,
+        ip_adapter_image=args.reference_image,
     )
 
 
@@ -728,10 +738,20 @@ def check_options(args):
             args.negative_prompt is None or args.guidance > 1,
             "--negative-prompt works through classifier-free guidance: it needs --guidance above 1",
         ),
+        (args.reference_image is None or args.ip_adapter, "--reference-image needs --ip-adapter (the weights)"),
+        (args.ip_adapter is None or args.reference_image, "--ip-adapter needs --reference-image (the style)"),
     ]
     for ok, message in checks:
         if not ok:
             raise SystemExit(f"{message}.")
+    check_model_options(args)
+    if args.reference_image:
+        from .masks import load_image
+
+        try:
+            load_image(args.reference_image)
+        except ValueError as err:
+            raise SystemExit(f"--reference-image {err}") from None
     try:
         check_sampling(
             FLAGS,
@@ -847,13 +867,71 @@ def add_model_arguments(parser):
         "--compile", action="store_true", help="torch.compile UNet + ControlNet: slow first call, faster after"
     )
     parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE: bounded memory for large canvases")
+    parser.add_argument(
+        "--vae",
+        metavar="PATH_OR_ID",
+        help="a VAE to use instead of the model's (Hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix: SDXL's own "
+        "VAE overflows in fp16",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="LoRA weights (a .safetensors file, or a folder holding one) for the UNet and text encoders, at SCALE "
+        "(default 1; 0 = off); repeatable. Needs peft. A conv_in trained for a 4-channel UNet is left out on a "
+        "9-channel one, with a warning",
+    )
+    parser.add_argument(
+        "--ip-adapter",
+        metavar="PATH",
+        help="IP-Adapter weights (a file, or a folder holding one) with its image_encoder/ folder beside it: "
+        "lets a reference image steer the background's style",
+    )
+    parser.add_argument(
+        "--ip-adapter-scale",
+        type=float,
+        default=1.0,
+        metavar="SCALE",
+        help="how strongly the reference image steers the background (0 = not at all; default: %(default)s)",
+    )
 
 
-def load_generator(args):
+def check_model_options(args):
+    """Check the LoRA and IP-Adapter options before any model loads (errors name the flag and file); sets
+    `args.loras` to the parsed `models.Lora`s."""
+    import math
+
+    args.loras = []
+    if not math.isfinite(args.ip_adapter_scale):
+        raise SystemExit(f"--ip-adapter-scale must be a finite number, not {args.ip_adapter_scale}.")
+    if not (args.lora or args.ip_adapter):
+        return
+    import importlib.util
+
+    from .models import ip_adapter_weights, parse_lora
+
+    if args.lora and importlib.util.find_spec("peft") is None:
+        raise SystemExit("--lora needs the peft package: pip install 'photobg[lora]' (or pip install peft).")
+
+    try:
+        args.loras = [parse_lora(spec) for spec in args.lora]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--lora: {err}") from None
+    try:
+        if args.ip_adapter:
+            ip_adapter_weights(args.ip_adapter)
+    except OSError as err:
+        raise SystemExit(f"--ip-adapter: {err}") from None
+
+
+def load_generator(args, fuse_loras=True):
     """A `BackgroundGenerator` from the options of `add_model_arguments` (and `--segmenter`); a model that
-    cannot be loaded ends the command with the loader's message."""
+    cannot be loaded ends the command with the loader's message. `fuse_loras`: see `BackgroundGenerator`."""
     from .api import BackgroundGenerator
 
+    if not hasattr(args, "loras"):
+        check_model_options(args)
     try:
         generator = BackgroundGenerator(
             args.model,
@@ -864,8 +942,13 @@ def load_generator(args):
             segmenter=args.segmenter,
             compile=args.compile,
             vae_tiling=args.vae_tiling,
+            vae=args.vae,
+            loras=args.loras,
+            fuse_loras=fuse_loras,
+            ip_adapter=args.ip_adapter,
+            ip_adapter_scale=args.ip_adapter_scale,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         raise SystemExit(f"Could not load the model: {err}") from None
     generator.pipe.set_progress_bar_config(disable=True)  # one bar, over the photos
     return generator
@@ -914,8 +997,13 @@ def manifest_record(args, item, prepared, generator, files):
         compile=args.compile,
         vae_tiling=args.vae_tiling,
         photobg_version=__version__,
+        vae=_model_key(args.vae),
+        loras=[dict(path=str(Path(lora.path).resolve()), scale=lora.scale) for lora in args.loras],
+        ip_adapter=str(Path(args.ip_adapter).expanduser().resolve()) if args.ip_adapter else None,
+        ip_adapter_scale=args.ip_adapter_scale if args.ip_adapter else None,
+        reference_image=str(Path(args.reference_image).resolve()) if args.reference_image else None,
         key=output_key(args, item, files),
-        input_files=files.describe([path] + ([mask] if mask is not None else [])),
+        input_files=files.describe([path] + ([mask] if mask is not None else []) + model_files(args)),
     )
     command = ["photobg", "generate", record["input"], "--prompt", job.prompt, "--seed", str(job.seed)]
     options = {
@@ -933,6 +1021,10 @@ def manifest_record(args, item, prepared, generator, files):
         "--steps": args.steps,
         "--guidance": args.guidance,
         "--scheduler": args.scheduler,
+        "--vae": record["vae"],
+        "--ip-adapter": record["ip_adapter"],
+        "--ip-adapter-scale": record["ip_adapter_scale"],
+        "--reference-image": record["reference_image"],
         "--device": record["device"],
         "--dtype": dtype,
         "--output-dir": str(item.output.parent.resolve()),
@@ -940,6 +1032,8 @@ def manifest_record(args, item, prepared, generator, files):
     for flag, value in options.items():
         if value is not None:
             command += [flag, str(value)]
+    for lora in record["loras"]:
+        command += ["--lora", f"{lora['path']}:{lora['scale']:g}"]
     command += [flag for flag, on in (("--compile", args.compile), ("--vae-tiling", args.vae_tiling)) if on]
     record["command"] = shlex.join(command)
     return record
@@ -948,9 +1042,11 @@ def manifest_record(args, item, prepared, generator, files):
 def output_key(args, item, files):
     """The key of an output: a sha256 of everything that decides what it shows. That is the photo's and the
     mask's content (so an edited photo counts as another), the segmenter (where no mask is given), the prompt,
-    negative prompt and seed, the model, ControlNet, scheduler, steps, guidance and ControlNet scale, and the
-    canvas and working size. How it is computed is left out: device, dtype, --batch-size, --compile and
-    --vae-tiling change only the numerical precision; they and photobg's version are in the record.
+    negative prompt and seed, the model, ControlNet, scheduler, steps, guidance and ControlNet scale, the
+    canvas and working size, and where given the VAE, the LoRAs (each file's content and its scale) and the
+    IP-Adapter (its weights' content, scale, and the reference image's content). How it is computed is left out:
+    device, dtype, --batch-size, --compile and --vae-tiling change only the numerical precision; they and
+    photobg's version are in the record.
 
     Args:
         args: the parsed options; item: the `OutputJob`; files: the run's `FileHashes`.
@@ -961,6 +1057,7 @@ def output_key(args, item, files):
     import hashlib
 
     from .masks import parse_size
+    from .models import ip_adapter_weights
 
     determining = dict(
         photo=files.sha256(item.photo),
@@ -981,7 +1078,26 @@ def output_key(args, item, files):
         position=args.position,
         working_size=args.working_size,
     )
+    # Keyed only when given, so that outputs made before these options existed keep their keys.
+    extras = dict(
+        vae=_model_key(args.vae),
+        loras=[[files.sha256(lora.path), lora.scale] for lora in args.loras] or None,
+        ip_adapter=files.sha256(ip_adapter_weights(args.ip_adapter)) if args.ip_adapter else None,
+        ip_adapter_scale=args.ip_adapter_scale if args.ip_adapter else None,
+        reference_image=files.sha256(args.reference_image) if args.reference_image else None,
+    )
+    determining.update({name: value for name, value in extras.items() if value is not None})
     return hashlib.sha256(json.dumps(determining, sort_keys=True).encode()).hexdigest()
+
+
+def model_files(args):
+    """The files besides the photo and mask that an output is keyed by: LoRAs, IP-Adapter weights, reference."""
+    from .models import ip_adapter_weights
+
+    files = [Path(lora.path) for lora in args.loras]
+    if args.ip_adapter:
+        files += [Path(ip_adapter_weights(args.ip_adapter)), Path(args.reference_image)]
+    return files
 
 
 def _model_key(spec):
