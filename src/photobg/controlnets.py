@@ -59,7 +59,9 @@ def controlnet_config(unet_config, size="full", conditioning_embedding_out_chann
     block_types = list(unet_config["down_block_types"])
     unknown = sorted(set(block_types) - {CROSS_ATTENTION_BLOCK, PLAIN_BLOCK})
     if unknown:
-        raise ValueError(f"A {size!r} ControlNet thins out {CROSS_ATTENTION_BLOCK} blocks only; this UNet has {unknown}.")
+        raise ValueError(
+            f"A {size!r} ControlNet thins out {CROSS_ATTENTION_BLOCK} blocks only; this UNet has {unknown}."
+        )
     layers = unet_config.get("transformer_layers_per_block", 1)
     layers = [layers] * len(block_types) if isinstance(layers, int) else list(layers)
     attention = [k for k, block in enumerate(block_types) if block == CROSS_ATTENTION_BLOCK]
