@@ -1,6 +1,6 @@
 """GPU memory of an SDXL ControlNet training step at 1024 px, and the settings that fit 24, 48 and 80 GB.
 
-    python bench/train_memory.py                    # count (about 15 minutes here), print the tables
+    python bench/train_memory.py                    # count (about 5 minutes here), print the tables
     python bench/train_memory.py --check 256        # also run the real step on this CPU at 256 px and compare
     python bench/train_memory.py --json out.json    # keep every figure
 
@@ -13,8 +13,10 @@ How the figures are made (bench/README.md, "Training memory at 1024 px", has the
   dispatch mode (`LiveBytes`) adds up the bytes of every tensor storage the step creates, as long as it lives. Its
   maximum is the step's activation peak: saved activations, autocast's half-precision copies of the ControlNet's
   fp32 weights, gradients of activations, temporaries. It is counted at batch 1 and 2 (per sample = the
-  difference) for each ControlNet size and gradient-checkpointing setting. CUDA's autocast runs group and layer
-  norms in fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
+  difference) for each ControlNet size and gradient-checkpointing setting, with the ControlNet in fp32 under
+  autocast (DDP); with its weights in half precision (ZeRO-2, FSDP) at batch 1 only, the per-sample figure being
+  the autocast one (how the weights are held changes the fixed part, not the activations a sample adds). CUDA's
+  autocast runs group and layer norms in fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
 - `--check` runs the same step for real on this CPU (fp32: bf16 is emulated on this CPU and 60-200x slower) and
   compares the count with what the step allocated (`LiveBytes` on real tensors) and with the process's peak
   resident memory (VmHWM, independent of the counter).
@@ -42,9 +44,9 @@ from torch.utils._pytree import tree_leaves
 
 CONFIG = "sdxl-inpainting"  # the default architecture
 SIZES = ("full", "mid", "small")
-# Gradient checkpointing: none; the ControlNet's (photobg.train's --gradient_checkpointing today); both the
-# ControlNet's and the frozen UNet's (the UNet's blocks are then recomputed in the backward pass to the residuals).
-CHECKPOINTING = ("none", "controlnet", "controlnet+unet")
+# Gradient checkpointing: none, or the ControlNet's and the frozen UNet's (photobg.train's --gradient_checkpointing,
+# as diffusers' SDXL ControlNet example: the UNet's blocks are recomputed in the backward pass to the residuals).
+CHECKPOINTING = ("none", "controlnet+unet")
 CARDS_GB = (24, 48, 80)
 GIB = 2**30
 
@@ -439,13 +441,15 @@ def main():
     counts = parameter_counts(args.config)
     activations, counted = {}, {}
     for size in SIZES:
-        for kind in ("autocast", "half"):
-            runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, 2)]
-            peaks = count_activations(args.config, size, runs, autocast=kind == "autocast")
-            for setting in CHECKPOINTING:
-                one, two = peaks[args.resolution, 1, setting], peaks[args.resolution, 2, setting]
-                activations[size, kind, setting] = (2 * one - two, two - one)
-                counted[f"{size}/{kind}/{setting}"] = {"batch_1": one, "batch_2": two}
+        runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, 2)]
+        peaks = count_activations(args.config, size, runs, autocast=True)
+        half = count_activations(args.config, size, [(args.resolution, 1, s) for s in CHECKPOINTING], autocast=False)
+        for setting in CHECKPOINTING:
+            one, two = peaks[args.resolution, 1, setting], peaks[args.resolution, 2, setting]
+            activations[size, "autocast", setting] = (2 * one - two, two - one)
+            activations[size, "half", setting] = (half[args.resolution, 1, setting] - (two - one), two - one)
+            counted[f"{size}/autocast/{setting}"] = {"batch_1": one, "batch_2": two}
+            counted[f"{size}/half/{setting}"] = {"batch_1": half[args.resolution, 1, setting]}
     vae_peak = vae_encode_peak(args.config, args.resolution)
     checks = [row for resolution in args.check for row in check_against_cpu(args.config, resolution)]
     tables = {cached: fit_rows(counts, activations, vae_peak, args.gpus, cached) for cached in (True, False)}

@@ -448,7 +448,10 @@ def load_models(config, accelerator):
             frozen.to(dtype=weight_dtype)
     controlnet.train()
     if config.gradient_checkpointing:
+        # Both, as diffusers' SDXL ControlNet example: the loss reaches the ControlNet through the frozen UNet,
+        # whose activations are most of the step's memory.
         controlnet.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
     if config.enable_xformers_memory_efficient_attention:
         unet.enable_xformers_memory_efficient_attention()
         controlnet.enable_xformers_memory_efficient_attention()

@@ -115,7 +115,9 @@ class TrainConfig:
     num_train_epochs: int = arg(1, "epochs (unless --max_train_steps is given)", type=int)
     max_train_steps: int = arg(None, "optimisation steps; overrides --num_train_epochs", type=int)
     gradient_accumulation_steps: int = arg(1, "batches accumulated per optimisation step", type=int)
-    gradient_checkpointing: bool = arg(False, "recompute the ControlNet's activations in backward to save memory")
+    gradient_checkpointing: bool = arg(
+        False, "recompute the ControlNet's and the frozen UNet's activations in backward to save memory"
+    )
     learning_rate: float = arg(5e-6, "learning rate after warmup", type=float)
     scale_lr: bool = arg(False, "multiply the learning rate by processes x accumulation x batch size")
     lr_scheduler: str = arg("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
