@@ -482,7 +482,15 @@ def test_help_documents_the_diffusers_flags(capsys):
         assert flag in text
 
 
-@pytest.mark.parametrize(("name", "kind"), [("deepspeed_zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("ddp", "MULTI_GPU"),
+        ("deepspeed_zero2", "DEEPSPEED"),
+        ("deepspeed_zero2_offload", "DEEPSPEED"),
+        ("fsdp", "FSDP"),
+    ],
+)
 def test_the_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 

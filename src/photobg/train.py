@@ -457,6 +457,8 @@ def load_models(config, accelerator):
         controlnet.enable_xformers_memory_efficient_attention()
     register_checkpoint_hooks(accelerator)
     models.pipeline = make_pipeline(models, controlnet)
+    if models.pipeline.vae_needs_upcast():  # the pipeline's rule: SDXL's VAE overflows in fp16
+        vae.to(dtype=torch.float32)
     return models
 
 
@@ -701,10 +703,10 @@ def encode_for_cache(models, batch, fixed_prompts, device):
     from .pipeline_controlnet_inpaint import inpaint_mask_from_object
 
     with torch.no_grad():
-        pixel_values = batch["pixel_values"].to(device, models.weight_dtype)
+        pixel_values = batch["pixel_values"].to(device, models.vae.dtype)
         cached = {"latent_params": models.vae.encode(pixel_values).latent_dist.parameters, "crop": batch["crop"]}
         if models.in_channels == 9:
-            inpaint_mask = inpaint_mask_from_object(batch["object_mask"]).to(device, models.weight_dtype)
+            inpaint_mask = inpaint_mask_from_object(batch["object_mask"]).to(device, models.vae.dtype)
             masked_image = pixel_values * (inpaint_mask < 0.5)
             cached["masked_latent_params"] = models.vae.encode(masked_image).latent_dist.parameters
         else:
@@ -815,18 +817,19 @@ def encode_batch(models, batch, generator=None):
     from .data import uint8_to_pixels
     from .pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image
 
+    # The VAE may run in float32 where the frozen models are in half precision (`load_models`: SDXL's VAE).
     vae, dtype, device = models.vae, models.weight_dtype, models.vae.device
     scale = vae.config.scaling_factor
     with torch.no_grad():
         if "latent_params" in batch:  # --cache_latents
             object_mask = batch["mask_uint8"].to(device, torch.float32) / 255.0
             pixel_values = uint8_to_pixels(batch["pixels_uint8"]).to(device) if "pixels_uint8" in batch else None
-            latent_dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, dtype))
+            latent_dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, vae.dtype))
         else:
             object_mask = batch["object_mask"].to(device)
             pixel_values = batch["pixel_values"].to(device)
-            latent_dist = vae.encode(pixel_values.to(dtype)).latent_dist
-        latents = latent_dist.sample(generator) * scale  # (B, 4, h, w)
+            latent_dist = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+        latents = (latent_dist.sample(generator) * scale).to(dtype)  # (B, 4, h, w)
         inpaint_mask = inpaint_mask_from_object(object_mask)  # (B, 1, H, W), 1 = generate, binary (the UNet's)
         control_image = make_control_image(pixel_values, 1 - object_mask, models.in_channels)  # (B, 3, H, W), soft
         mask = masked_image_latents = None
@@ -834,10 +837,10 @@ def encode_batch(models, batch, generator=None):
             # As diffusers' prepare_mask_latents: nearest resize of the binary mask to the latent size.
             mask = F.interpolate(inpaint_mask, size=latents.shape[-2:]).to(dtype)
             if "masked_latent_params" in batch:
-                masked_dist = DiagonalGaussianDistribution(batch["masked_latent_params"].to(device, dtype))
+                masked_dist = DiagonalGaussianDistribution(batch["masked_latent_params"].to(device, vae.dtype))
             else:
-                masked_dist = vae.encode((pixel_values * (inpaint_mask < 0.5)).to(dtype)).latent_dist
-            masked_image_latents = masked_dist.sample(generator) * scale
+                masked_dist = vae.encode((pixel_values * (inpaint_mask < 0.5)).to(vae.dtype)).latent_dist
+            masked_image_latents = (masked_dist.sample(generator) * scale).to(dtype)
         conditioning = text_conditioning(models, batch, control_image.shape[-2:], device)
     return {
         "latents": latents,
