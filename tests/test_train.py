@@ -180,6 +180,11 @@ def test_training_and_inference_build_identical_controlnet_inputs(
         models, pipe.controlnet, {**batch, "crop": crop, "captions": [""]}, None, noise=noise, timesteps=t.reshape(1)
     )
     at_training_dropped = calls[-1][1]
+    # In a batch, each example gets its own conditioning, in its place: (caption, dropped, caption).
+    three = Collate()([example] * 3)
+    three.update(crop=crop.repeat(3, 1), captions=[caption, "", caption])
+    training_loss(models, pipe.controlnet, three, None, noise=noise.repeat(3, 1, 1, 1), timesteps=t.repeat(3))
+    at_training_three = calls[-1][1]
 
     assert sample.shape[1] == (9 if backbone.endswith("inpainting") else 4)
     # Equal up to float rounding in the VAE (the latent-size mask channel is exact).
@@ -197,6 +202,14 @@ def test_training_and_inference_build_identical_controlnet_inputs(
         assert at_training["added_cond_kwargs"] is None
     for key, value in halves.items():
         torch.testing.assert_close(at_training_dropped[key], value, rtol=0, atol=0, msg=key)
+    rows = [at_training, at_training_dropped, at_training]
+    for key in ("encoder_hidden_states", "added_cond_kwargs"):
+        expected = [row[key] for row in rows]
+        if key == "added_cond_kwargs":
+            expected = None if not sdxl else {k: torch.cat([e[k] for e in expected]) for k in expected[0]}
+        else:
+            expected = torch.cat(expected)
+        torch.testing.assert_close(at_training_three[key], expected, rtol=0, atol=1e-6, msg=key)
     if backbone.endswith("inpainting"):
         assert torch.equal(train_sample[:, 4], sample[:, 4])
     control = at_training["controlnet_cond"]

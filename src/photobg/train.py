@@ -729,8 +729,9 @@ CACHED_TEXT = ("prompt_embeds", "pooled_prompt_embeds")
 
 def text_conditioning(models, batch, size, device):
     """The ControlNet's and the UNet's text conditioning of a batch: `encoder_hidden_states` and
-    `added_cond_kwargs` (None on SD2), built example by example by the pipeline's own `encode_conditioning`,
-    the function inference calls, so that training conditions exactly as inference does:
+    `added_cond_kwargs` (None on SD2), built by the pipeline's own `encode_conditioning` (the function inference
+    calls; once per group of examples that share their micro-conditioning), so that training conditions exactly
+    as inference does:
 
     - a caption "" (dropped by --proportion_empty_prompts, or missing) is inference's unconditional input, the
       classifier-free-guidance negative of `negative_prompt=None`: zero embeddings where the model sets
@@ -755,19 +756,23 @@ def text_conditioning(models, batch, size, device):
     pipe = models.pipeline
     accepted = inspect.signature(pipe.encode_conditioning).parameters
     height, width = (int(s) for s in size)
-    rows = []
+    # Examples that share the micro-conditioning the backbone takes (all of them on SD2) and whether they are
+    # unconditional are encoded in one call.
+    groups = {}
     for k, caption in enumerate(batch["captions"]):
-        cached = {key: batch[key][k : k + 1].to(device, models.weight_dtype) for key in CACHED_TEXT if key in batch}
-        unconditional = not cached and caption == ""
         original_height, original_width, top, left = (int(v) for v in batch["crop"][k])
-        backbone_kwargs = dict(
+        micro = dict(
             original_size=(original_height, original_width),
             crops_coords_top_left=(top, left),
             target_size=(height, width),
-            pooled_prompt_embeds=cached.get("pooled_prompt_embeds"),
         )
+        micro = tuple((key, value) for key, value in micro.items() if key in accepted)
+        groups.setdefault((not _cached(batch) and caption == "", micro), []).append(k)
+    order, parts = [], []
+    for (unconditional, micro), members in groups.items():
+        cached = {key: batch[key][members].to(device, models.weight_dtype) for key in CACHED_TEXT if key in batch}
         prompt_kwargs = dict(
-            prompt=None if cached else [caption],
+            prompt=None if cached else [batch["captions"][k] for k in members],
             negative_prompt=None,
             prompt_embeds=cached.get("prompt_embeds"),
             negative_prompt_embeds=None,
@@ -777,13 +782,27 @@ def text_conditioning(models, batch, size, device):
             lora_scale=None,
             clip_skip=None,
         )
-        conditioning = pipe.encode_conditioning(
-            prompt_kwargs, height, width, **{key: v for key, v in backbone_kwargs.items() if key in accepted}
-        )
-        # The guidance batch is [negative; positive]: the unconditional example is its negative half.
-        half = 0 if unconditional else -1
-        rows.append(_join([conditioning.for_controlnet()], lambda parts, half=half: parts[0].chunk(2)[half]))
-    return _join(rows, torch.cat)
+        if "pooled_prompt_embeds" in cached:
+            micro += (("pooled_prompt_embeds", cached["pooled_prompt_embeds"]),)
+        conditioning = pipe.encode_conditioning(prompt_kwargs, height, width, **dict(micro))
+        # The guidance batch is [negatives; positives]: unconditional examples are its negative half.
+        pick = _negative_half if unconditional else _whole
+        parts.append(_join([conditioning.for_controlnet()], pick))
+        order += members
+    inverse = torch.argsort(torch.tensor(order))
+    return _join(parts, lambda tensors: torch.cat(tensors)[inverse.to(tensors[0].device)])
+
+
+def _negative_half(tensors):
+    return tensors[0].chunk(2)[0]
+
+
+def _whole(tensors):
+    return tensors[0]
+
+
+def _cached(batch):
+    return any(key in batch for key in CACHED_TEXT)
 
 
 def _join(rows, function):
