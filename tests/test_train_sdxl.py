@@ -172,6 +172,8 @@ def test_a_compact_controlnet_trains_and_loads(sdxl_models, shapes, tmp_path):
     assert compact.num_parameters() < full.num_parameters()
     assert compact.config.transformer_layers_per_block == [0] * len(full.config.down_block_types)
     assert_same_weights(pipe.controlnet.state_dict(), controlnet_weights(out))
+    complete = load_pipeline(out / "pipeline", device="cpu")  # the complete model the run wrote
+    assert complete.controlnet.config.down_block_types == compact.config.down_block_types
     pipe.set_progress_bar_config(disable=True)
     photo, mask = make_photo(64, 48)
     output = pipe("a cat", image=photo, object_mask=mask, num_inference_steps=2).images[0]
