@@ -1,6 +1,7 @@
 """GPU memory of an SDXL ControlNet training step at 1024 px, and the settings that fit 24, 48 and 80 GB.
 
-    python bench/train_memory.py                    # count (about 5 minutes here), print the tables
+    python bench/train_memory.py --sizes full       # count (about 5 minutes here), print the tables
+    python bench/train_memory.py --sizes mid small  # the compact ControlNets (about 4 minutes)
     python bench/train_memory.py --check 256        # also run the real step on this CPU at 256 px and compare
     python bench/train_memory.py --json out.json    # keep every figure
 
@@ -14,9 +15,9 @@ How the figures are made (bench/README.md, "Training memory at 1024 px", has the
   maximum is the step's activation peak: saved activations, autocast's half-precision copies of the ControlNet's
   fp32 weights, gradients of activations, temporaries. It is counted at batch 1 and 2 (per sample = the
   difference) for each ControlNet size and gradient-checkpointing setting, with the ControlNet in fp32 under
-  autocast (DDP); with its weights in half precision (ZeRO-2, FSDP) at batch 1 only, the per-sample figure being
-  the autocast one (how the weights are held changes the fixed part, not the activations a sample adds). CUDA's
-  autocast runs group and layer norms in fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
+  autocast (DDP) and, for the full ControlNet, with its weights in half precision (ZeRO-2, FSDP: the strategies for
+  a ControlNet too large for DDP; the compact ones fit with DDP). CUDA's autocast runs group and layer norms in
+  fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
 - `--check` runs the same step for real on this CPU (fp32: bf16 is emulated on this CPU and 60-200x slower) and
   compares the count with what the step allocated (`LiveBytes` on real tensors) and with the process's peak
   resident memory (VmHWM, independent of the counter).
@@ -389,10 +390,10 @@ def fit_rows(counts, activations, vae_peak, gpus, cached=True):
     frozen = 2 * counts["unet"] + (0 if cached else 2 * counts["text_encoders"] + 4 * counts["vae"])
     rows = []
     for strategy in STRATEGIES:
-        for size in SIZES:
+        kind = "autocast" if strategy == "DDP" else "half"
+        for size in [size for size in SIZES if (size, kind, CHECKPOINTING[0]) in activations]:
             for optimizer in ("adamw", "adamw-8bit") if strategy == "DDP" else ("adamw",):
                 for checkpointing in CHECKPOINTING:
-                    kind = "autocast" if strategy == "DDP" else "half"
                     fixed, per_sample = activations[size, kind, checkpointing]
                     if not cached:
                         # The VAE encode runs before the step: it matters only when its peak is the larger one.
@@ -432,6 +433,7 @@ def main():
     parser.add_argument("--config", default=CONFIG, help="a photobg.configs architecture (default: %(default)s)")
     parser.add_argument("--resolution", type=int, default=1024, help="training resolution (default: %(default)s)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs the sharded strategies shard over (default: 8)")
+    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=SIZES, help="ControlNet sizes (default: all)")
     parser.add_argument(
         "--check", type=int, nargs="*", default=[], help="also run the real step on the CPU at these sizes"
     )
@@ -440,16 +442,14 @@ def main():
     started = time.perf_counter()
     counts = parameter_counts(args.config)
     activations, counted = {}, {}
-    for size in SIZES:
-        runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, 2)]
-        peaks = count_activations(args.config, size, runs, autocast=True)
-        half = count_activations(args.config, size, [(args.resolution, 1, s) for s in CHECKPOINTING], autocast=False)
-        for setting in CHECKPOINTING:
-            one, two = peaks[args.resolution, 1, setting], peaks[args.resolution, 2, setting]
-            activations[size, "autocast", setting] = (2 * one - two, two - one)
-            activations[size, "half", setting] = (half[args.resolution, 1, setting] - (two - one), two - one)
-            counted[f"{size}/autocast/{setting}"] = {"batch_1": one, "batch_2": two}
-            counted[f"{size}/half/{setting}"] = {"batch_1": half[args.resolution, 1, setting]}
+    for size in args.sizes:
+        for kind in ("autocast", "half") if size == "full" else ("autocast",):
+            runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, 2)]
+            peaks = count_activations(args.config, size, runs, autocast=kind == "autocast")
+            for setting in CHECKPOINTING:
+                one, two = peaks[args.resolution, 1, setting], peaks[args.resolution, 2, setting]
+                activations[size, kind, setting] = (2 * one - two, two - one)
+                counted[f"{size}/{kind}/{setting}"] = {"batch_1": one, "batch_2": two}
     vae_peak = vae_encode_peak(args.config, args.resolution)
     checks = [row for resolution in args.check for row in check_against_cpu(args.config, resolution)]
     tables = {cached: fit_rows(counts, activations, vae_peak, args.gpus, cached) for cached in (True, False)}
