@@ -14,12 +14,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from accelerate.state import AcceleratorState
 from conftest import make_photo
 from diffusers import ControlNetModel
 from PIL import Image
-from test_train import ROOT, assert_same_weights, controlnet_weights, script_env
+from test_train import (  # noqa: F401  (an autouse fixture: one thread, fresh accelerate state)
+    ROOT,
+    _one_thread_fresh_accelerate,
+    assert_same_weights,
+    controlnet_weights,
+    script_env,
+)
 
 from photobg.cli import main as photobg_main
 from photobg.controlnets import make_controlnet
@@ -27,15 +32,6 @@ from photobg.data import write_synthetic_dataset
 from photobg.models import load_pipeline
 from photobg.train import cli_main, main
 from photobg.train_config import TrainConfig
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_fresh_accelerate():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")
