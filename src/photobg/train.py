@@ -383,9 +383,7 @@ class Models:
             weight_dtype=weight_dtype or pipe.unet.dtype,
             in_channels=pipe.unet.config.in_channels,
             backbone=backbone,
-            pipeline_attributes={
-                k: v for k, v in pipe.config.items() if not k.startswith("_") and not isinstance(v, (list, tuple))
-            },
+            pipeline_attributes=pipeline_settings(pipe.config),
             **{name: getattr(pipe, name) for name in (*backbone.text_encoders, *backbone.tokenizers)},
         )
         models.pipeline = pipe
@@ -395,6 +393,11 @@ class Models:
     def frozen(self):
         """The frozen modules: VAE, UNet and the text encoders."""
         return [self.vae, self.unet, *(getattr(self, name) for name in self.backbone.text_encoders)]
+
+
+def pipeline_settings(model_index):
+    """The settings of a `model_index.json` (e.g. `force_zeros_for_empty_prompt`), without its components."""
+    return {k: v for k, v in model_index.items() if not k.startswith("_") and not isinstance(v, (list, tuple))}
 
 
 def load_models(config, accelerator):
@@ -438,7 +441,7 @@ def load_models(config, accelerator):
         weight_dtype=weight_dtype,
         in_channels=unet.config.in_channels,
         backbone=backbone,
-        pipeline_attributes={k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)},
+        pipeline_attributes=pipeline_settings(index),
         **text,
     )
     for frozen in models.frozen:
