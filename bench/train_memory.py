@@ -1,7 +1,7 @@
 """GPU memory of an SDXL ControlNet training step at 1024 px, and the settings that fit 24, 48 and 80 GB.
 
-    python bench/train_memory.py --sizes full       # count (about 5 minutes here), print the tables
-    python bench/train_memory.py --sizes mid small  # the compact ControlNets (about 4 minutes)
+    python bench/train_memory.py --sizes full       # count (about 3 minutes here), print the tables
+    python bench/train_memory.py --sizes mid small  # the compact ControlNets (about 1 minute)
     python bench/train_memory.py --check 256        # also run the real step on this CPU at 256 px and compare
     python bench/train_memory.py --json out.json    # keep every figure
 
@@ -14,13 +14,12 @@ How the figures are made (bench/README.md, "Training memory at 1024 px", has the
   dispatch mode (`LiveBytes`) adds up the bytes of every tensor storage the step creates, as long as it lives. Its
   maximum is the step's activation peak: saved activations, autocast's half-precision copies of the ControlNet's
   fp32 weights, gradients of activations, temporaries. It is counted at batch 1 and `LARGE_BATCH` (4) for each
-  ControlNet size and gradient-checkpointing setting (per sample = the slope between the two; not batch 2: the
-  peak moves from one part of the step to another as the batch grows, e.g. from the ControlNet's forward, while
-  autocast holds its half-precision weight copies, to the UNet's backward, so the slope from 1 to 2 understates
-  later samples; larger batches are extrapolated linearly), with the ControlNet in fp32 under autocast (DDP)
-  and, for the full ControlNet, with its weights in half precision (ZeRO-2, FSDP: the strategies for a
-  ControlNet too large for DDP; the compact ones fit with DDP). CUDA's autocast runs group and layer norms in
-  fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
+  ControlNet size and gradient-checkpointing setting (per sample = the slope between the two; the counts grow
+  linearly with the batch: full ControlNet, autocast, no checkpointing: 8.80, 15.60 and 29.19 GiB at batch 1, 2
+  and 4; with checkpointing 2.93, 3.53, 4.72 GiB; larger batches are extrapolated), with the ControlNet in fp32
+  under autocast (DDP) and, for the full ControlNet, with its weights in half precision (ZeRO-2, FSDP: the
+  strategies for a ControlNet too large for DDP; the compact ones fit with DDP). CUDA's autocast runs group and
+  layer norms in fp32 (CPU's does not), so the count does too (`cuda_autocast_norms`).
 - `--check` runs the same step for real on this CPU (fp32: bf16 is emulated on this CPU and 60-200x slower) and
   compares the count with what the step allocated (`LiveBytes` on real tensors) and with the process's peak
   resident memory (VmHWM, independent of the counter).
