@@ -22,6 +22,7 @@ from test_train import (  # noqa: F401  (an autouse fixture: one thread, fresh a
     ROOT,
     _one_thread_fresh_accelerate,
     assert_same_weights,
+    config,
     controlnet_weights,
     script_env,
 )
@@ -31,7 +32,6 @@ from photobg.controlnets import make_controlnet
 from photobg.data import write_synthetic_dataset
 from photobg.models import load_pipeline
 from photobg.train import cli_main, main
-from photobg.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -45,29 +45,17 @@ def overfit(sdxl_models, tmp_path_factory):
     """One SDXL-inpainting run on 4 examples (one batch): random 32 px crops of 40 px photos, flips, a quarter of
     the captions dropped; checkpoint at step 40 of 60. Returns (result, config)."""
     data = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "four", 4, (40, 40), seed=1)
-    config = sdxl_config(sdxl_models["inpaint"], data, tmp_path_factory.mktemp("runs") / "overfit")
-    config.max_train_steps, config.checkpointing_steps = 60, 40
-    config.random_flip, config.proportion_empty_prompts = True, 0.25
-    result = main(config)
+    settings = sdxl_config(sdxl_models["inpaint"], data, tmp_path_factory.mktemp("runs") / "overfit")
+    settings.max_train_steps, settings.checkpointing_steps = 60, 40
+    settings.random_flip, settings.proportion_empty_prompts = True, 0.25
+    result = main(settings)
     AcceleratorState._reset_state(reset_partial_state=True)
-    return result, config
+    return result, settings
 
 
 def sdxl_config(model, data, output_dir, **overrides):
-    values = dict(
-        pretrained_model_name_or_path=str(model),
-        train_data_dir=str(data),
-        output_dir=str(output_dir),
-        resolution=32,
-        resize_short_side=40,
-        train_batch_size=4,
-        learning_rate=1e-3,
-        lr_warmup_steps=0,
-        seed=0,
-        report_to="none",
-        checkpointing_steps=1000,
-    )
-    return TrainConfig(**{**values, **overrides})
+    """`test_train.config` on an SDXL base model, 32 px crops of photos resized to a 40 px short side."""
+    return config(output_dir, data, pretrained_model_name_or_path=str(model), **{"resize_short_side": 40, **overrides})
 
 
 def flags(model, data, output_dir, *extra):
@@ -105,13 +93,13 @@ def test_the_loss_falls_when_overfitting_four_examples(overfit):
 
 
 def test_resume_equals_the_uninterrupted_run(overfit, tmp_path):
-    straight, config = overfit
+    straight, settings = overfit
     split = tmp_path / "split"
-    shutil.copytree(config.output_dir, split)
-    resumed = main(dataclasses.replace(config, output_dir=str(split), resume_from_checkpoint="checkpoint-40"))
+    shutil.copytree(settings.output_dir, split)
+    resumed = main(dataclasses.replace(settings, output_dir=str(split), resume_from_checkpoint="checkpoint-40"))
     assert resumed.step == 60 and len(resumed.losses) == 20
     np.testing.assert_allclose(resumed.losses, straight.losses[40:], rtol=1e-5)
-    assert_same_weights(controlnet_weights(split), controlnet_weights(config.output_dir))
+    assert_same_weights(controlnet_weights(split), controlnet_weights(settings.output_dir))
 
 
 def test_the_seed_command_trains_on_two_processes_an_sdxl_controlnet_that_generate_uses(sdxl_models, shapes, tmp_path):
