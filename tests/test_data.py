@@ -224,3 +224,18 @@ def test_the_authors_crop_recipe_averages_areas_and_exposes_the_crop():
         transform_pair(photo, object_mask, 32, np.random.default_rng(s), short_side=48)[2].box for s in range(20)
     }
     assert len(positions) > 5  # the crop moves over the whole resized photo
+
+
+def test_the_crop_gives_sdxl_time_ids_in_the_frame_the_model_sees(tmp_path):
+    from photobg.data import Crop, TrainExamples, load_train_dataset, write_synthetic_dataset
+
+    crop = Crop(original_size=(90, 60), resized_size=(72, 48), box=(10, 6, 42, 38), flipped=False)
+    assert crop.as_tensor().tolist() == [60, 90, 6, 10]  # original (height, width), crop (top, left)
+    mirrored = Crop(original_size=(90, 60), resized_size=(72, 48), box=(10, 6, 42, 38), flipped=True)
+    assert mirrored.top_left == (6, 72 - 42)  # flipped: the left edge is the mirrored right edge
+    # Each example carries its own crop: photos of 40x32, short side 48, 32 px crops.
+    data = write_synthetic_dataset(tmp_path / "shapes", 4, (40, 32), seed=0)
+    examples = TrainExamples(load_train_dataset(train_data_dir=str(data)), resolution=32, resize_short_side=48)
+    crops = [examples[k]["crop"].tolist() for k in range(4)]
+    assert all(c[:2] == [32, 40] and 0 <= c[2] <= 16 and 0 <= c[3] <= 28 for c in crops)
+    assert len({tuple(c) for c in crops}) > 1

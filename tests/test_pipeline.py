@@ -399,21 +399,12 @@ def test_training_builds_the_same_soft_control_image(pipe):
 
     photo, object_mask = make_photo(32, 32)
     object_soft = torch.from_numpy(np.asarray(object_mask) / 255.0).float()[None, None]
-    models = Models(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        unet=pipe.unet,
-        noise_scheduler=pipe.scheduler,
-        controlnet=pipe.controlnet,
-        scheduler_config=dict(pipe.scheduler.config),
-        weight_dtype=torch.float32,
-        in_channels=9,
-    )
+    models = Models.from_pipeline(pipe)
     batch = {
         "pixel_values": pipe.image_processor.preprocess(photo),
         "object_mask": object_soft,
-        "input_ids": pipe.tokenizer([""], padding="max_length", return_tensors="pt").input_ids,
+        "captions": [""],
+        "crop": torch.tensor([[32, 32, 0, 0]]),
     }
     inputs = encode_batch(models, batch, generator(0))
     torch.testing.assert_close(inputs["control_image"], (1 - object_soft).expand(-1, 3, -1, -1))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from conftest import generator, make_photo
-from diffusers import ControlNetModel, DDPMScheduler
+from diffusers import ControlNetModel
 from safetensors.torch import load_file
 from train_recorder import read_records, record_into
 
@@ -130,61 +130,87 @@ def test_loss_falls_and_the_output_generates(variant, fixed_batch, tmp_path):
 # ----------------------------------------------------------------------------- training == inference
 
 
-@pytest.mark.parametrize("variant", ["inpaint", "base"])
+@pytest.mark.parametrize("backbone", ["sd2-inpainting", "sd2-base", "sdxl-inpainting", "sdxl-base"])
 def test_training_and_inference_build_identical_controlnet_inputs(
-    variant, fixed_batch, inpaint_model, base_variant_model, monkeypatch
+    backbone, fixed_batch, inpaint_model, base_variant_model, sdxl_models, monkeypatch
 ):
+    import datasets
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from photobg.data import Collate, load_train_dataset, read_object_mask
 
     # Compare the conditioning, not the VAE's sampling: both sides take the latent distribution's mean.
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
-    pipe = load_pipeline(inpaint_model if variant == "inpaint" else base_variant_model, device="cpu")
+    folders = {"sd2-inpainting": inpaint_model, "sd2-base": base_variant_model}
+    folders.update({"sdxl-inpainting": sdxl_models["inpaint"], "sdxl-base": sdxl_models["base"]})
+    pipe = load_pipeline(folders[backbone], device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    models = Models(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        unet=pipe.unet,
-        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-        controlnet=pipe.controlnet,
-        scheduler_config=dict(pipe.scheduler.config),
-        weight_dtype=torch.float32,
-        in_channels=pipe.unet.config.in_channels,
-    )
-    import datasets
-
-    from photobg.data import Collate, load_train_dataset, read_object_mask
+    models = Models.from_pipeline(pipe)
+    sdxl = backbone.startswith("sdxl")
 
     dataset = load_train_dataset(train_data_dir=str(fixed_batch))
     example = TrainExamples(dataset, resolution=32)[0]
     row = datasets.load_dataset(str(fixed_batch))["train"][0]
     photo, object_mask, caption = row["image"], read_object_mask(row["conditioning_image"]), row["text"]
+    # SDXL's time ids: an example cropped at (top 4, left 8) from a 64x48 photo, and the same at inference.
+    crop = torch.tensor([[64, 48, 4, 8]])
+    micro = dict(original_size=(64, 48), crops_coords_top_left=(4, 8)) if sdxl else {}
 
     calls = []
     pipe.controlnet.register_forward_pre_hook(lambda m, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
-    pipe(
-        caption,
-        image=photo,
-        object_mask=object_mask,
-        strength=0.5,
-        num_inference_steps=4,
-        guidance_scale=1.0,
-        generator=generator(7),
-        output_type="latent",
-    )
+    for guidance in (1.0, 2.0):  # without CFG: the caption's conditioning; with: the unconditional half too
+        pipe(
+            caption,
+            image=photo,
+            object_mask=object_mask,
+            strength=0.5,
+            num_inference_steps=4,
+            guidance_scale=guidance,
+            generator=generator(7),
+            output_type="latent",
+            **micro,
+        )
     (sample, t), at_inference = calls[0]
+    unconditional = calls[2][1]  # the first step with CFG: (negative=None's form, caption)
     noise = torch.randn(sample[:, :4].shape, generator=generator(7))  # the pipeline's first draw (the VAE draws none)
-    batch = Collate(pipe.tokenizer)([example])
-    training_loss(models, pipe.controlnet, batch, None, noise=noise, timesteps=t.reshape(1))
-    (train_sample, train_t), at_training = calls[-1]  # after the pipeline's 2 steps
+    batch = Collate()([example])
+    training_loss(models, pipe.controlnet, {**batch, "crop": crop}, None, noise=noise, timesteps=t.reshape(1))
+    (train_sample, train_t), at_training = calls[-1]
+    training_loss(
+        models, pipe.controlnet, {**batch, "crop": crop, "captions": [""]}, None, noise=noise, timesteps=t.reshape(1)
+    )
+    at_training_dropped = calls[-1][1]
+    # In a batch, each example gets its own conditioning, in its place: (caption, dropped, caption).
+    three = Collate()([example] * 3)
+    three.update(crop=crop.repeat(3, 1), captions=[caption, "", caption])
+    training_loss(models, pipe.controlnet, three, None, noise=noise.repeat(3, 1, 1, 1), timesteps=t.repeat(3))
+    at_training_three = calls[-1][1]
 
-    assert sample.shape[1] == (9 if variant == "inpaint" else 4)
+    assert sample.shape[1] == (9 if backbone.endswith("inpainting") else 4)
     # Equal up to float rounding in the VAE (the latent-size mask channel is exact).
     torch.testing.assert_close(train_sample, sample, rtol=0, atol=1e-5)
     assert train_t.item() == t.item()
-    for key in ("encoder_hidden_states", "controlnet_cond"):
+    for key in ("encoder_hidden_states", "controlnet_cond", "added_cond_kwargs"):
         torch.testing.assert_close(at_training[key], at_inference[key], rtol=0, atol=0, msg=key)
-    if variant == "inpaint":
+    # A dropped caption trains the unconditional input inference uses (SDXL: zeros, force_zeros_for_empty_prompt).
+    halves = {"encoder_hidden_states": unconditional["encoder_hidden_states"].chunk(2)[0]}
+    if sdxl:
+        halves["added_cond_kwargs"] = {k: v.chunk(2)[0] for k, v in unconditional["added_cond_kwargs"].items()}
+        assert at_training["added_cond_kwargs"]["time_ids"].tolist() == [[64, 48, 4, 8, 32, 32]]
+        assert halves["encoder_hidden_states"].abs().max() == 0
+    else:
+        assert at_training["added_cond_kwargs"] is None
+    for key, value in halves.items():
+        torch.testing.assert_close(at_training_dropped[key], value, rtol=0, atol=0, msg=key)
+    rows = [at_training, at_training_dropped, at_training]
+    for key in ("encoder_hidden_states", "added_cond_kwargs"):
+        expected = [row[key] for row in rows]
+        if key == "added_cond_kwargs":
+            expected = None if not sdxl else {k: torch.cat([e[k] for e in expected]) for k in expected[0]}
+        else:
+            expected = torch.cat(expected)
+        torch.testing.assert_close(at_training_three[key], expected, rtol=0, atol=1e-6, msg=key)
+    if backbone.endswith("inpainting"):
         assert torch.equal(train_sample[:, 4], sample[:, 4])
     control = at_training["controlnet_cond"]
     assert control.min() >= 0 and control.max() <= 1 and control.shape == (1, 3, 32, 32)
@@ -469,7 +495,15 @@ def test_help_documents_the_diffusers_flags(capsys):
         assert flag in text
 
 
-@pytest.mark.parametrize(("name", "kind"), [("deepspeed_zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("ddp", "MULTI_GPU"),
+        ("deepspeed_zero2", "DEEPSPEED"),
+        ("deepspeed_zero2_offload", "DEEPSPEED"),
+        ("fsdp", "FSDP"),
+    ],
+)
 def test_the_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 

@@ -338,13 +338,18 @@ TRAINING_SETTINGS = [
 ]
 
 
-def measure_training(config_name, resolution, batch, steps, examples, mixed_precision="no", **settings):
+def measure_training(
+    config_name, resolution, batch, steps, examples, mixed_precision="no", controlnet_size="full", **settings
+):
     """Train the inpaint variant on drawn shapes in this process; samples/s over the steps after the first.
 
     Args:
-        config_name: a `photobg.configs` name; real-size ones are written once (random weights) to the cache.
+        config_name: a `photobg.configs` name (SD2 or SDXL); real-size ones are written once (random weights) to
+            the cache, in the complete model's layout that the inference benchmark shares (training reads its base
+            model's components and builds its own ControlNet).
         resolution, batch, steps, examples: the run's size.
         mixed_precision: "no", "fp16" or "bf16".
+        controlnet_size: the ControlNet trained (`--controlnet_size`: full, mid or small).
         settings: `TrainConfig` fields, e.g. `cache_latents`, `gradient_checkpointing`.
 
     Returns:
@@ -356,7 +361,7 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
     from .train import main
     from .train_config import TrainConfig
 
-    folder = random_model_folder(config_name, with_controlnet=False)
+    folder = random_model_folder(config_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as work:
         data = write_synthetic_dataset(Path(work, "data"), examples, (resolution * 5 // 4, resolution), seed=0)
@@ -371,6 +376,8 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
             report_to="none",
             seed=0,
             mixed_precision=mixed_precision,
+            controlnet_size=controlnet_size,
+            proportion_empty_prompts=0,  # fixed prompts: --cache_latents caches the text embeddings too
             **settings,
         )
         started = time.perf_counter()
@@ -385,6 +392,7 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
         batch_size=batch,
         steps=steps,
         mixed_precision=mixed_precision,
+        controlnet_size=controlnet_size,
         **settings,
         samples_per_second=(len(times) - 1) * batch / (times[-1] - times[0]),
         seconds_before_first_step=times[0] - started,
@@ -392,7 +400,7 @@ def measure_training(config_name, resolution, batch, steps, examples, mixed_prec
     )
 
 
-def run_training_suite(config_name, resolution, batch, steps, examples, mixed_precision="no"):
+def run_training_suite(config_name, resolution, batch, steps, examples, controlnet_size="full", mixed_precision="no"):
     """Every setting of `TRAINING_SETTINGS`, each in its own process (peak memory is per process)."""
     import subprocess
     import sys
@@ -400,7 +408,7 @@ def run_training_suite(config_name, resolution, batch, steps, examples, mixed_pr
     rows = []
     for settings in TRAINING_SETTINGS:
         kwargs = dict(settings, config_name=config_name, resolution=resolution, batch=batch, steps=steps)
-        kwargs.update(examples=examples, mixed_precision=mixed_precision)
+        kwargs.update(examples=examples, mixed_precision=mixed_precision, controlnet_size=controlnet_size)
         code = "import json, sys; from photobg.bench import measure_training as m; "
         code += "print(json.dumps(m(**json.loads(sys.argv[1]))))"
         out = subprocess.run(
@@ -517,7 +525,8 @@ def machine_info(device, dtype):
 INFERENCE_COLUMNS = ["model", "size", "steps", "variant", "seconds_per_image", "cpu_seconds_per_image", "peak_mb"]
 INFERENCE_COLUMNS += ["vs_si2", "cpu_vs_si2"]
 INFERENCE_COLUMNS += ["flop_ratio_vs_si2", "gflops_per_image", "achieved_tflops"]
-TRAINING_COLUMNS = ["model", "resolution", "batch_size", "mixed_precision", "cache_latents", "gradient_checkpointing"]
+TRAINING_COLUMNS = ["model", "controlnet_size", "resolution", "batch_size", "mixed_precision", "cache_latents"]
+TRAINING_COLUMNS += ["gradient_checkpointing"]
 TRAINING_COLUMNS += ["samples_per_second", "speedup_vs_uncached", "peak_mb"]
 FLOP_COLUMNS = ["model", "size", "steps", "unet_tflop_per_step", "controlnet_tflop_per_step", "controlnet_vs_unet"]
 FLOP_COLUMNS += ["vae_encode_tflop", "vae_decode_tflop", "text_encoders_tflop", "si2_tflop_per_image"]
@@ -536,7 +545,9 @@ def markdown_table(rows, columns=INFERENCE_COLUMNS):
 # ----------------------------------------------------------------------------- CLI
 
 
-# Each mode: inference runs (config, sizes, steps) and training runs (config, resolution, batch, steps, examples).
+# Each mode: inference runs (config, sizes, steps) and training runs (config, resolution, batch, steps, examples[,
+# ControlNet size]). On a CPU with 23 GB the real-size SDXL step fits with the small ControlNet only (the full
+# one's fp32 weights, gradients and AdamW moments alone are 20 GB): see bench/README.md's memory table.
 MODES = {
     "quick": dict(
         inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [256], 1)],
@@ -544,7 +555,11 @@ MODES = {
     ),
     "cpu": dict(
         inference=[("tiny-inpainting", [256, 512], 20), ("sd2-inpainting", [512], 2), ("sdxl-inpainting", [256], 1)],
-        training=[("tiny-inpainting", 64, 4, 150, 32), ("sd2-inpainting", 64, 1, 4, 4)],
+        training=[
+            ("tiny-inpainting", 64, 4, 150, 32),
+            ("sd2-inpainting", 64, 1, 4, 4),
+            ("sdxl-inpainting", 64, 1, 4, 4, "small"),
+        ],
     ),
     "full": dict(
         inference=[
@@ -552,7 +567,7 @@ MODES = {
             ("sd2-inpainting", [512, 1024], 20),
             ("sdxl-inpainting", [1024], 20),
         ],
-        training=[("sd2-inpainting", 512, 4, 20, 64)],
+        training=[("sd2-inpainting", 512, 4, 20, 64), ("sdxl-inpainting", 1024, 1, 20, 32)],
     ),
 }
 
@@ -581,6 +596,12 @@ def add_arguments(parser):
     parser.add_argument("--skip-training", action="store_true", help="inference only")
     parser.add_argument("--skip-inference", action="store_true", help="training only")
     parser.add_argument(
+        "--train-config",
+        action="append",
+        choices=sorted(MODEL_CONFIGS),
+        help="only the mode's training runs of these model config(s)",
+    )
+    parser.add_argument(
         "--flops-only",
         action="store_true",
         help="count the inference runs' FLOPs (meta device, any size, SDXL included) without timing anything",
@@ -600,7 +621,8 @@ def plan(args, device):
         (c, args.sizes or by_config.get(c, ([512], 1))[0], args.steps or by_config.get(c, ([512], 1))[1])
         for c in configs
     ]
-    return [] if args.skip_inference else inference, [] if args.skip_training else mode["training"]
+    training = [run for run in mode["training"] if not args.train_config or run[0] in args.train_config]
+    return [] if args.skip_inference else inference, [] if args.skip_training else training
 
 
 def run(args):

@@ -214,6 +214,18 @@ class Crop:
     box: tuple
     flipped: bool
 
+    @property
+    def top_left(self):
+        """(top, left) of the crop in the resized photo as the model sees it: after a flip, the left edge is
+        measured from the mirrored side (diffusers' examples use `width - left`, which is off by the crop's width)."""
+        left, top, right, _ = self.box
+        return top, self.resized_size[0] - right if self.flipped else left
+
+    def as_tensor(self):
+        """(4,) int64: original height and width, crop top and left; what a batch carries for SDXL's time ids."""
+        width, height = self.original_size
+        return torch.tensor([height, width, *self.top_left], dtype=torch.int64)
+
 
 def crop_box(size, resolution, rng, center_crop):
     """(left, top, right, bottom) of a `resolution` square in an image of `size` = (w, h) whose short side is
@@ -281,7 +293,8 @@ class TrainExamples(torch.utils.data.Dataset):
     """Examples of a `datasets.Dataset` as training tensors.
 
     Item `i` is a dict: `pixel_values` (3, R, R) in [-1, 1], `object_mask` (1, R, R) in [0, 1] (white =
-    object), `caption` (str), `name` (the example's id, file or index, for messages), `row` (the dataset row
+    object), `crop` (`Crop.as_tensor()`: original size and crop corner, SDXL's time ids), `caption` (str),
+    `name` (the example's id, file or index, for messages), `row` (the dataset row
     used: `i`, or the one that replaced it) and `bad` (why example `i` itself could not be used, a key of
     `BAD_KINDS`, or ""). A bad example is named in a warning and replaced by
     the next good one (`bad_examples="skip"`), or raises `BadExample` naming it (`"fail"`); when no good one is
@@ -365,7 +378,7 @@ class TrainExamples(torch.utils.data.Dataset):
         if problem == "full":
             raise BadExample("its object mask covers the whole image (no background to learn)", "full")
         caption = pick_caption(row[self.caption_column], rng, self.proportion_empty_prompts)
-        image, object_mask, _ = transform_pair(
+        image, object_mask, crop = transform_pair(
             image,
             object_mask,
             self.resolution,
@@ -377,6 +390,7 @@ class TrainExamples(torch.utils.data.Dataset):
         return {
             "pixel_values": image_to_tensor(image),
             "object_mask": object_mask_to_tensor(object_mask, object_mask.size)[0],
+            "crop": crop.as_tensor(),
             "caption": caption,
             "name": self.name(row, index),
             "row": index,
@@ -407,9 +421,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class Collate:
-    """Stack examples into a batch and tokenize the captions (`input_ids`, padded to the tokenizer's length)."""
+    """Stack examples into a batch; with a `tokenizer`, tokenize the captions too (`input_ids`, padded to the
+    tokenizer's length). Training passes none: the pipeline's own `encode_conditioning` tokenizes."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer=None):
         self.tokenizer = tokenizer
 
     def __call__(self, examples):
@@ -422,7 +437,7 @@ class Collate:
         for key in examples[0]:
             if isinstance(examples[0][key], torch.Tensor):
                 batch[key] = torch.stack([e[key] for e in examples]).contiguous()
-        if "prompt_embeds" not in batch:
+        if self.tokenizer is not None and "prompt_embeds" not in batch:
             batch["input_ids"] = tokenize(self.tokenizer, batch["captions"])
         return batch
 

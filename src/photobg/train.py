@@ -1,12 +1,17 @@
-"""Train the salient-aware ControlNet: one accelerate training loop for both variants.
+"""Train the salient-aware ControlNet: one accelerate training loop for every backbone and both variants.
 
-- `inpaint` variant: SD2-inpainting's 9-channel UNet; the ControlNet (from that UNet) takes the same
-  9-channel input (noisy latents, latent-size inpaint mask, masked-image latents) and, as
+- `inpaint` variant: an inpainting UNet (SD2- or SDXL-inpainting, 9 channels); the ControlNet (from that UNet)
+  takes the same 9-channel input (noisy latents, latent-size inpaint mask, masked-image latents) and, as
   `controlnet_cond`, the inpaint mask (3 channels, [0, 1]).
-- `base` variant: SD2-base's 4-channel UNet; `controlnet_cond` is the object's pixels on black.
+- `base` variant: a text-to-image UNet (SD2- or SDXL-base, 4 channels); `controlnet_cond` is the object's pixels
+  on black.
 
-Only the ControlNet trains (fp32 weights); UNet, VAE and text encoder are frozen in `weight_dtype`. The
-conditioning is built by the pipeline's own convention functions, so training and inference agree.
+Only the ControlNet trains (fp32 weights); UNet, VAE and text encoder(s) are frozen in `weight_dtype`. The
+backbone (`photobg.backbones`, detected from the base model's folder) picks the pipeline class; training builds
+the ControlNet's inputs with the method's convention functions and the text conditioning (SDXL: both encoders,
+pooled embedding, time ids from each example's crop) with that pipeline's own `encode_conditioning`, so training
+and inference agree by construction. The ControlNet is full-size or compact (`--controlnet_size`,
+`photobg.controlnets`).
 
 Entry points: `train_controlnet_inpaint.py` / `train_controlnet.py` at the repository root (the diffusers
 ControlNet example's flags) and `photobg train --variant inpaint|base`. `main(config)` is the loop.
@@ -124,7 +129,7 @@ def main(config):
     models = load_models(config, accelerator)
     if config.cache_latents:
         examples = cache_latents(config, examples, models, accelerator)
-    loader, sampler = make_loader(config, examples, models.tokenizer, seed)
+    loader, sampler = make_loader(config, examples, seed)
     steps = plan_steps(config, len(loader), accelerator.num_processes)
     optimizer = make_optimizer(config, models.controlnet, accelerator.num_processes)
     lr_scheduler = make_lr_scheduler(config, optimizer, steps["max_train_steps"], accelerator.num_processes)
@@ -339,7 +344,12 @@ def prepare_output_dir(config, accelerator):
 
 @dataclass
 class Models:
-    """The modules of a training run; only `controlnet` trains."""
+    """The modules of a training run; only `controlnet` trains.
+
+    `backbone` (`photobg.backbones.Backbone`) names the text encoders and tokenizers (SDXL adds `text_encoder_2`
+    and `tokenizer_2`); `pipeline_attributes` are the base model's `model_index.json` settings (e.g.
+    `force_zeros_for_empty_prompt`); `pipeline` is photobg's pipeline around these very modules, whose
+    `encode_conditioning` builds the text conditioning in training as in inference."""
 
     tokenizer: object
     text_encoder: object
@@ -350,44 +360,79 @@ class Models:
     scheduler_config: dict
     weight_dtype: object
     in_channels: int
+    backbone: object
+    tokenizer_2: object = None
+    text_encoder_2: object = None
+    pipeline_attributes: dict = dataclasses.field(default_factory=dict)
+    pipeline: object = None
+
+    @classmethod
+    def from_pipeline(cls, pipe, weight_dtype=None):
+        """The training modules of a loaded photobg pipeline (its own modules, no copies)."""
+        from diffusers import DDPMScheduler
+
+        from .backbones import get_backbone
+
+        backbone = get_backbone(pipe.variant_backbones[pipe.unet.config.in_channels])
+        models = cls(
+            vae=pipe.vae,
+            unet=pipe.unet,
+            noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+            controlnet=pipe.controlnet,
+            scheduler_config=dict(pipe.scheduler.config),
+            weight_dtype=weight_dtype or pipe.unet.dtype,
+            in_channels=pipe.unet.config.in_channels,
+            backbone=backbone,
+            pipeline_attributes=pipeline_settings(pipe.config),
+            **{name: getattr(pipe, name) for name in (*backbone.text_encoders, *backbone.tokenizers)},
+        )
+        models.pipeline = pipe
+        return models
+
+    @property
+    def frozen(self):
+        """The frozen modules: VAE, UNet and the text encoders."""
+        return [self.vae, self.unet, *(getattr(self, name) for name in self.backbone.text_encoders)]
+
+
+def pipeline_settings(model_index):
+    """The settings of a `model_index.json` (e.g. `force_zeros_for_empty_prompt`), without its components."""
+    return {k: v for k, v in model_index.items() if not k.startswith("_") and not isinstance(v, (list, tuple))}
 
 
 def load_models(config, accelerator):
-    """Load the base model's components (frozen, `weight_dtype`, on the device) and the ControlNet (fp32)."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+    """Load the base model's components (frozen, `weight_dtype`, on the device) and the ControlNet (fp32).
 
-    from .models import resolve_model
+    The backbone, detected from the folder, says which text encoders and tokenizers there are; each text
+    encoder's class is the one its `model_index.json` entry names (SDXL's second: `CLIPTextModelWithProjection`)."""
+    import torch
+    import transformers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer
+
+    from .backbones import detect_backbone
+    from .models import _load_config, resolve_model
 
     model = resolve_model(config.pretrained_model_name_or_path, "Base model")
+    backbone = detect_backbone(model)
+    index = _load_config(model, None, "Model", filename="model_index.json")
     hub = dict(revision=config.revision, cache_dir=config.cache_dir)
-    if config.tokenizer_name:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name, **hub)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **hub)
-    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", variant=config.variant, **hub)
+    text = {}
+    for name in backbone.tokenizers:
+        source = dict(pretrained_model_name_or_path=model, subfolder=name)
+        if config.tokenizer_name and name == "tokenizer":
+            source = dict(pretrained_model_name_or_path=config.tokenizer_name)
+        text[name] = AutoTokenizer.from_pretrained(**source, **hub)
+    for name in backbone.text_encoders:
+        cls = getattr(transformers, index[name][1])
+        text[name] = cls.from_pretrained(model, subfolder=name, variant=config.variant, **hub)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", variant=config.variant, **hub)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant=config.variant, **hub)
     noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", **hub)
     scheduler_config = dict(DDPMScheduler.load_config(model, subfolder="scheduler", **hub))
     controlnet = load_controlnet(config, unet)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (vae, unet, text_encoder):
-        frozen.requires_grad_(False)
-        frozen.to(accelerator.device)
-        if weight_dtype != torch.float32:
-            frozen.to(dtype=weight_dtype)
-    controlnet.train()
-    if config.gradient_checkpointing:
-        controlnet.enable_gradient_checkpointing()
-    if config.enable_xformers_memory_efficient_attention:
-        unet.enable_xformers_memory_efficient_attention()
-        controlnet.enable_xformers_memory_efficient_attention()
-    register_checkpoint_hooks(accelerator)
-    return Models(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
+    models = Models(
         vae=vae,
         unet=unet,
         noise_scheduler=noise_scheduler,
@@ -395,20 +440,45 @@ def load_models(config, accelerator):
         scheduler_config=scheduler_config,
         weight_dtype=weight_dtype,
         in_channels=unet.config.in_channels,
+        backbone=backbone,
+        pipeline_attributes=pipeline_settings(index),
+        **text,
     )
+    for frozen in models.frozen:
+        frozen.requires_grad_(False)
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+    controlnet.train()
+    if config.gradient_checkpointing:
+        # Both, as diffusers' SDXL ControlNet example: the loss reaches the ControlNet through the frozen UNet,
+        # whose activations are most of the step's memory.
+        controlnet.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
+    if config.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+        controlnet.enable_xformers_memory_efficient_attention()
+    register_checkpoint_hooks(accelerator)
+    models.pipeline = make_pipeline(models, controlnet)
+    if models.pipeline.vae_needs_upcast():  # the pipeline's rule: SDXL's VAE overflows in fp16
+        vae.to(dtype=torch.float32)
+    return models
 
 
 def load_controlnet(config, unet):
     """--controlnet_model_name_or_path (folder, a complete model's `controlnet/`, Hub id or state-dict file),
-    else a ControlNet initialised from the UNet; always fp32, with the UNet's input channels."""
+    else a ControlNet of --controlnet_size initialised from the UNet (`photobg.controlnets.make_controlnet`);
+    always fp32, with the UNet's input channels. Its `config.json` records its architecture (a compact one
+    loads with plain `ControlNetModel.from_pretrained`)."""
     import torch
     from diffusers import ControlNetModel
 
+    from .controlnets import make_controlnet
     from .models import STATE_DICT_SUFFIXES, controlnet_from_state_dict, resolve_model
 
     spec = config.controlnet_model_name_or_path
     if spec is None:
-        return ControlNetModel.from_unet(unet)
+        return make_controlnet(unet, config.controlnet_size)
     if os.path.isfile(spec) and spec.endswith(STATE_DICT_SUFFIXES):
         controlnet = controlnet_from_state_dict(spec, dict(unet.config))
     else:
@@ -477,7 +547,7 @@ def make_examples(config, seed):
     return examples
 
 
-def make_loader(config, examples, tokenizer, seed):
+def make_loader(config, examples, seed):
     """The DataLoader (before `accelerator.prepare` shards it) and its sampler, whose `epoch` the loop sets."""
     import torch
 
@@ -488,7 +558,7 @@ def make_loader(config, examples, tokenizer, seed):
         examples,
         batch_size=config.train_batch_size,
         sampler=sampler,
-        collate_fn=Collate(tokenizer),
+        collate_fn=Collate(),
         num_workers=config.dataloader_num_workers,
         # Workers decode the next batches while the device computes; pinned pages make the copy asynchronous.
         # (Not persistent: each epoch's workers must see the dataset's new `epoch`, which seeds crop and flip.)
@@ -615,7 +685,7 @@ def cache_latents(config, examples, models, accelerator):
         num_processes=accelerator.num_processes,
         barrier=accelerator.wait_for_everyone,
         batch_size=config.train_batch_size,
-        collate=Collate(models.tokenizer),
+        collate=Collate(),
         fixed_prompts=fixed_prompts,
         num_workers=config.dataloader_num_workers,
     )
@@ -628,25 +698,126 @@ def _captions_are_strings(examples):
 
 def encode_for_cache(models, batch, fixed_prompts, device):
     """What `--cache_latents` stores per example: the VAE's latent distributions (sampled anew each step),
-    the object mask (uint8), the photo (uint8, base variant: its control image needs the pixels) and, with
-    fixed prompts, the text embeddings."""
+    the object mask (uint8), the photo (uint8, base variant: its control image needs the pixels), the crop
+    (SDXL's time ids) and, with fixed prompts, the text embeddings (`text_conditioning`'s, without time ids:
+    `prompt_embeds`, and SDXL's `pooled_prompt_embeds`)."""
     import torch
 
     from .pipeline_controlnet_inpaint import inpaint_mask_from_object
 
     with torch.no_grad():
-        pixel_values = batch["pixel_values"].to(device, models.weight_dtype)
-        cached = {"latent_params": models.vae.encode(pixel_values).latent_dist.parameters}
+        pixel_values = batch["pixel_values"].to(device, models.vae.dtype)
+        cached = {"latent_params": models.vae.encode(pixel_values).latent_dist.parameters, "crop": batch["crop"]}
         if models.in_channels == 9:
-            inpaint_mask = inpaint_mask_from_object(batch["object_mask"]).to(device, models.weight_dtype)
+            inpaint_mask = inpaint_mask_from_object(batch["object_mask"]).to(device, models.vae.dtype)
             masked_image = pixel_values * (inpaint_mask < 0.5)
             cached["masked_latent_params"] = models.vae.encode(masked_image).latent_dist.parameters
         else:
             cached["pixels_uint8"] = ((batch["pixel_values"] + 1) * 127.5).round().to(torch.uint8)
         cached["mask_uint8"] = (batch["object_mask"] * 255).round().to(torch.uint8)
         if fixed_prompts:
-            cached["prompt_embeds"] = models.text_encoder(batch["input_ids"].to(device))[0]
+            conditioning = text_conditioning(models, batch, pixel_values.shape[-2:], device)
+            cached["prompt_embeds"] = conditioning["encoder_hidden_states"]
+            if conditioning["added_cond_kwargs"]:
+                cached["pooled_prompt_embeds"] = conditioning["added_cond_kwargs"]["text_embeds"]
     return {k: v.cpu() for k, v in cached.items()}
+
+
+# ----------------------------------------------------------------------------- text conditioning
+
+
+# What a batch may carry instead of captions (cached embeddings), under the names of `encode_conditioning`.
+CACHED_TEXT = ("prompt_embeds", "pooled_prompt_embeds")
+
+
+def text_conditioning(models, batch, size, device):
+    """The ControlNet's and the UNet's text conditioning of a batch: `encoder_hidden_states` and
+    `added_cond_kwargs` (None on SD2), built by the pipeline's own `encode_conditioning` (the function inference
+    calls; once per group of examples that share their micro-conditioning), so that training conditions exactly
+    as inference does:
+
+    - a caption "" (dropped by --proportion_empty_prompts, or missing) is inference's unconditional input, the
+      classifier-free-guidance negative of `negative_prompt=None`: zero embeddings where the model sets
+      `force_zeros_for_empty_prompt` (SDXL), the encoded "" otherwise (SD2);
+    - SDXL's time ids: the example's original size and crop corner (`batch["crop"]`, see `data.Crop`), target
+      size = the training size;
+    - cached embeddings (`CACHED_TEXT` keys of the batch) stand for the captions.
+
+    Args:
+        models: the run's `Models`.
+        batch: a collated batch: `captions` and `crop`, or cached embeddings and `crop`.
+        size: (height, width) of the training images.
+        device: where the conditioning goes.
+
+    Returns:
+        dict(encoder_hidden_states=(B, 77, D), added_cond_kwargs=None or {"text_embeds", "time_ids"}).
+    """
+    import inspect
+
+    import torch
+
+    pipe = models.pipeline
+    accepted = inspect.signature(pipe.encode_conditioning).parameters
+    height, width = (int(s) for s in size)
+    # Examples that share the micro-conditioning the backbone takes (all of them on SD2) and whether they are
+    # unconditional are encoded in one call.
+    groups = {}
+    for k, caption in enumerate(batch["captions"]):
+        original_height, original_width, top, left = (int(v) for v in batch["crop"][k])
+        micro = dict(
+            original_size=(original_height, original_width),
+            crops_coords_top_left=(top, left),
+            target_size=(height, width),
+        )
+        micro = tuple((key, value) for key, value in micro.items() if key in accepted)
+        groups.setdefault((not _cached(batch) and caption == "", micro), []).append(k)
+    order, parts = [], []
+    for (unconditional, micro), members in groups.items():
+        cached = {key: batch[key][members].to(device, models.weight_dtype) for key in CACHED_TEXT if key in batch}
+        prompt_kwargs = dict(
+            prompt=None if cached else [batch["captions"][k] for k in members],
+            negative_prompt=None,
+            prompt_embeds=cached.get("prompt_embeds"),
+            negative_prompt_embeds=None,
+            num_images_per_prompt=1,
+            device=device,
+            do_classifier_free_guidance=unconditional,
+            lora_scale=None,
+            clip_skip=None,
+        )
+        if "pooled_prompt_embeds" in cached:
+            micro += (("pooled_prompt_embeds", cached["pooled_prompt_embeds"]),)
+        conditioning = pipe.encode_conditioning(prompt_kwargs, height, width, **dict(micro))
+        # The guidance batch is [negatives; positives]: unconditional examples are its negative half.
+        pick = _negative_half if unconditional else _whole
+        parts.append(_join([conditioning.for_controlnet()], pick))
+        order += members
+    inverse = torch.argsort(torch.tensor(order))
+    return _join(parts, lambda tensors: torch.cat(tensors)[inverse.to(tensors[0].device)])
+
+
+def _negative_half(tensors):
+    return tensors[0].chunk(2)[0]
+
+
+def _whole(tensors):
+    return tensors[0]
+
+
+def _cached(batch):
+    return any(key in batch for key in CACHED_TEXT)
+
+
+def _join(rows, function):
+    """`for_controlnet()`-style dicts -> one, each tensor (also inside `added_cond_kwargs`) being `function` of
+    the list of the rows' tensors."""
+    added = rows[0]["added_cond_kwargs"]
+    return {
+        "encoder_hidden_states": function([row["encoder_hidden_states"] for row in rows]),
+        "added_cond_kwargs": {key: function([row["added_cond_kwargs"][key] for row in rows]) for key in added}
+        if added
+        else None,
+    }
 
 
 # ----------------------------------------------------------------------------- one step
@@ -658,7 +829,8 @@ def encode_batch(models, batch, generator=None):
     Returns:
         dict: `latents` (B, 4, h, w) scaled, `mask` (B, 1, h, w) latent-size inpaint mask (None for the base
         variant), `masked_image_latents` (B, 4, h, w) (None for the base variant), `control_image`
-        (B, 3, H, W) in [0, 1], `prompt_embeds` (B, 77, D).
+        (B, 3, H, W) in [0, 1], `conditioning` (`text_conditioning`'s dict: the ControlNet's and UNet's
+        `encoder_hidden_states` and `added_cond_kwargs`).
     """
     import torch
     import torch.nn.functional as F
@@ -667,18 +839,19 @@ def encode_batch(models, batch, generator=None):
     from .data import uint8_to_pixels
     from .pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image
 
+    # The VAE may run in float32 where the frozen models are in half precision (`load_models`: SDXL's VAE).
     vae, dtype, device = models.vae, models.weight_dtype, models.vae.device
     scale = vae.config.scaling_factor
     with torch.no_grad():
         if "latent_params" in batch:  # --cache_latents
             object_mask = batch["mask_uint8"].to(device, torch.float32) / 255.0
             pixel_values = uint8_to_pixels(batch["pixels_uint8"]).to(device) if "pixels_uint8" in batch else None
-            latent_dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, dtype))
+            latent_dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, vae.dtype))
         else:
             object_mask = batch["object_mask"].to(device)
             pixel_values = batch["pixel_values"].to(device)
-            latent_dist = vae.encode(pixel_values.to(dtype)).latent_dist
-        latents = latent_dist.sample(generator) * scale  # (B, 4, h, w)
+            latent_dist = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+        latents = (latent_dist.sample(generator) * scale).to(dtype)  # (B, 4, h, w)
         inpaint_mask = inpaint_mask_from_object(object_mask)  # (B, 1, H, W), 1 = generate, binary (the UNet's)
         control_image = make_control_image(pixel_values, 1 - object_mask, models.in_channels)  # (B, 3, H, W), soft
         mask = masked_image_latents = None
@@ -686,20 +859,17 @@ def encode_batch(models, batch, generator=None):
             # As diffusers' prepare_mask_latents: nearest resize of the binary mask to the latent size.
             mask = F.interpolate(inpaint_mask, size=latents.shape[-2:]).to(dtype)
             if "masked_latent_params" in batch:
-                masked_dist = DiagonalGaussianDistribution(batch["masked_latent_params"].to(device, dtype))
+                masked_dist = DiagonalGaussianDistribution(batch["masked_latent_params"].to(device, vae.dtype))
             else:
-                masked_dist = vae.encode((pixel_values * (inpaint_mask < 0.5)).to(dtype)).latent_dist
-            masked_image_latents = masked_dist.sample(generator) * scale
-        if "prompt_embeds" in batch:
-            prompt_embeds = batch["prompt_embeds"].to(device, dtype)
-        else:
-            prompt_embeds = models.text_encoder(batch["input_ids"].to(device))[0]
+                masked_dist = vae.encode((pixel_values * (inpaint_mask < 0.5)).to(vae.dtype)).latent_dist
+            masked_image_latents = (masked_dist.sample(generator) * scale).to(dtype)
+        conditioning = text_conditioning(models, batch, control_image.shape[-2:], device)
     return {
         "latents": latents,
         "mask": mask,
         "masked_image_latents": masked_image_latents,
         "control_image": control_image.to(dtype),
-        "prompt_embeds": prompt_embeds,
+        "conditioning": conditioning,
     }
 
 
@@ -727,7 +897,7 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
     down_residuals, mid_residual = controlnet(
         model_input,
         timesteps,
-        encoder_hidden_states=inputs["prompt_embeds"],
+        **inputs["conditioning"],
         controlnet_cond=inputs["control_image"],
         return_dict=False,
     )
@@ -735,7 +905,7 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
     prediction = models.unet(
         model_input,
         timesteps,
-        encoder_hidden_states=inputs["prompt_embeds"],
+        **inputs["conditioning"],
         down_block_additional_residuals=[r.to(dtype) for r in down_residuals],
         mid_block_additional_residual=mid_residual.to(dtype),
         return_dict=False,
@@ -754,22 +924,20 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
 
 
 def make_pipeline(models, controlnet, scheduler=None):
-    """The photobg pipeline around the modules being trained (no copies)."""
-    from .models import make_scheduler
-    from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+    """The photobg pipeline of the backbone (`photobg.models.pipeline_class`) around the modules being trained (no
+    copies), with the base model's `model_index.json` settings and no safety checker."""
+    from .models import _pipeline, make_scheduler, pipeline_class
 
     config = models.scheduler_config
-    return StableDiffusionControlNetInpaintPipeline(
+    components = dict(
         vae=models.vae,
-        text_encoder=models.text_encoder,
-        tokenizer=models.tokenizer,
         unet=models.unet,
         controlnet=controlnet,
         scheduler=make_scheduler(scheduler or config["_class_name"], config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **{name: getattr(models, name) for name in (*models.backbone.text_encoders, *models.backbone.tokenizers)},
     )
+    attributes = {**models.pipeline_attributes, "requires_safety_checker": False}
+    return _pipeline(pipeline_class(models.backbone), components, attributes)
 
 
 def validation_pairs(config):

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from .checkpoints import CheckpointError, named_checkpoint
+from .controlnets import CONTROLNET_SIZES
 
 VARIANTS = {"inpaint": 9, "base": 4}  # variant -> the UNet input channels it needs
 SCRIPTS = {"inpaint": "train_controlnet_inpaint.py", "base": "train_controlnet.py"}
@@ -34,15 +35,24 @@ def arg(default, help, **argparse_kwargs):
 class TrainConfig:
     """Every training option. Field names are the flags (`--field_name`), as in diffusers' ControlNet example."""
 
-    controlnet_variant: str = arg("inpaint", "inpaint (SD2-inpainting, 9 channels) or base (SD2-base, 4 channels)")
+    controlnet_variant: str = arg(
+        "inpaint", "inpaint (SD2- or SDXL-inpainting, 9 channels) or base (SD2- or SDXL-base, 4 channels)"
+    )
     # Models
     pretrained_model_name_or_path: str = arg(
         None,
-        "base model: Hub id or folder (SD2-inpainting for the inpaint variant, SD2-base for the base variant); "
-        "`tiny-inpainting` / `tiny-base` build a tiny random model locally",
+        "base model: Hub id or folder (SD2- or SDXL-inpainting for the inpaint variant, SD2- or SDXL-base for the "
+        "base variant; the backbone is detected from the folder); `tiny-inpainting`, `tiny-base`, "
+        "`tiny-sdxl-inpainting`, `tiny-sdxl-base` build a tiny random model locally",
     )
     controlnet_model_name_or_path: str = arg(
         None, "ControlNet to start from (folder, Hub id or .pth state dict); default: initialised from the UNet"
+    )
+    controlnet_size: str = arg(
+        "full",
+        "ControlNet built from the UNet: full (a copy of its encoder), mid or small (compact: fewer transformer "
+        "layers, see photobg.controlnets); ignored with --controlnet_model_name_or_path",
+        choices=tuple(CONTROLNET_SIZES),
     )
     revision: str = arg(None, "revision (branch, tag or commit) of the Hub model")
     variant: str = arg(None, "variant of the model files, e.g. fp16 (diffusers' --variant)")
@@ -105,7 +115,9 @@ class TrainConfig:
     num_train_epochs: int = arg(1, "epochs (unless --max_train_steps is given)", type=int)
     max_train_steps: int = arg(None, "optimisation steps; overrides --num_train_epochs", type=int)
     gradient_accumulation_steps: int = arg(1, "batches accumulated per optimisation step", type=int)
-    gradient_checkpointing: bool = arg(False, "recompute the ControlNet's activations in backward to save memory")
+    gradient_checkpointing: bool = arg(
+        False, "recompute the ControlNet's and the frozen UNet's activations in backward to save memory"
+    )
     learning_rate: float = arg(5e-6, "learning rate after warmup", type=float)
     scale_lr: bool = arg(False, "multiply the learning rate by processes x accumulation x batch size")
     lr_scheduler: str = arg("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
@@ -195,6 +207,8 @@ def check_config(config):
         raise ConfigError(f"--variant: {c.controlnet_variant!r} is not one of {', '.join(VARIANTS)}.")
     if not c.pretrained_model_name_or_path:
         raise ConfigError("--pretrained_model_name_or_path is required.")
+    if c.controlnet_size not in CONTROLNET_SIZES:
+        raise ConfigError(f"--controlnet_size: {c.controlnet_size!r} is not one of {', '.join(CONTROLNET_SIZES)}.")
     if (c.dataset_name is None) == (c.train_data_dir is None):
         raise ConfigError("--dataset_name / --train_data_dir: give exactly one of them.")
     if not 0 <= c.proportion_empty_prompts <= 1:
@@ -292,6 +306,7 @@ def _check_resume(c):
 def _check_base_model(c):
     from diffusers import UNet2DConditionModel
 
+    from .backbones import detect_backbone
     from .models import resolve_model
 
     try:
@@ -299,6 +314,7 @@ def _check_base_model(c):
         unet_config = UNet2DConditionModel.load_config(
             model, subfolder="unet", revision=c.revision, cache_dir=c.cache_dir
         )
+        detect_backbone(model)  # an unsupported layout is named here, before anything loads
     except (OSError, ValueError) as err:
         raise ConfigError(f"--pretrained_model_name_or_path: {err}") from err
     channels, want = unet_config["in_channels"], VARIANTS[c.controlnet_variant]
