@@ -182,9 +182,18 @@ def test_a_killed_process_leaves_nothing_a_rerun_keeps(inputs, tmp_path):
 
 
 SILENT = """
-import sys, time
+import os, sys, time
+from pathlib import Path
+
+import accelerate, torch.distributed  # the slow imports, before the process group's short timeout starts
 from photobg.distributed import LostProcess, current_processes
 
+# Both processes set up the process group together: an import that takes longer on one of them (a loaded
+# machine) must not use up the timeout under test before the collective call is reached.
+ready = Path(sys.argv[1])
+(ready / f"rank{os.environ['RANK']}").touch()
+while len(list(ready.glob("rank*"))) < 2:
+    time.sleep(0.05)
 processes = current_processes()
 if processes.index == 1:
     time.sleep(120)  # alive, but it never makes the collective call: a machine that went silent
@@ -208,7 +217,7 @@ def test_a_silent_process_does_not_hold_the_others_forever(tmp_path):
     env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     processes = [
         subprocess.Popen(
-            [sys.executable, str(tmp_path / "silent.py")],
+            [sys.executable, str(tmp_path / "silent.py"), str(tmp_path)],
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             text=True,
