@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from photobg.masks import load_image, split_object
 from photobg.models import load_pipeline
-from photobg.pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image, object_mask_to_tensor
+from photobg.pipeline_controlnet_inpaint import make_control_image, object_mask_to_tensor
 
 TILE = 300
 LABELS = ["cutout (RGBA)", "object_mask", "control: inpaint variant", "control: base variant", "tiny test model"]
@@ -31,10 +31,11 @@ def main():
     shown = checkerboard(cutout.size)
     shown.paste(photo, mask=object_mask)
     image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    inpaint_mask = inpaint_mask_from_object(object_mask_to_tensor(object_mask, photo.size))
+    # The control image is made from the soft mask (1 - object mask), as in training and the pipeline.
+    soft_inpaint = 1 - object_mask_to_tensor(object_mask, photo.size)
     panels = [shown, object_mask.convert("RGB")]
     for channels in (9, 4):
-        control = make_control_image(image, inpaint_mask, channels)[0].permute(1, 2, 0).numpy()
+        control = make_control_image(image, soft_inpaint, channels)[0].permute(1, 2, 0).numpy()
         panels.append(Image.fromarray((control * 255).round().astype(np.uint8)))
     pipe = load_pipeline("tiny-inpainting", device="cpu")
     pipe.set_progress_bar_config(disable=True)
