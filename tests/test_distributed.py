@@ -202,7 +202,6 @@ try:
     processes.sum([1])
 except LostProcess as lost:
     print(f"lost after {time.time() - start:.1f} s: {lost}", flush=True)
-    sys.exit(3)
 """
 
 
@@ -230,7 +229,7 @@ def test_a_silent_process_does_not_hold_the_others_forever(tmp_path):
         for process in processes:
             process.kill()
             process.wait()
-    assert processes[0].returncode == 3, printed
+    assert processes[0].returncode == 1, printed  # a failure status, never an abort while tearing down
     assert "another process stopped or did not answer" in printed
     assert 3 <= float(re.search(r"lost after ([\d.]+) s", printed).group(1)) < 30  # PHOTOBG_TIMEOUT, not forever
 

@@ -13,9 +13,11 @@ the other processes of its machine), or after `COLLECTIVE_TIMEOUT` when it hangs
 went silent; NCCL). They then raise `LostProcess` and end with a message instead of waiting forever.
 """
 
+import atexit
 import datetime
 import functools
 import os
+import sys
 from contextlib import contextmanager
 
 # How long a collective call waits for the slowest process. Between two calls a process loads its model (a
@@ -38,9 +40,20 @@ def _collective(method):
         try:
             return method(self, *args, **kwargs)
         except RuntimeError as err:  # torch.distributed's errors (DistBackendError, ...) are RuntimeErrors
+            atexit.register(_exit_without_teardown)
             raise LostProcess(f"another process stopped or did not answer ({str(err).splitlines()[0]})") from err
 
     return call
+
+
+def _exit_without_teardown():
+    """At exit after `LostProcess`: leave with status 1 without tearing down the process group. Its transport still
+    waits on the lost process, and destroying it then aborts the interpreter at random (SIGABRT, "terminate called
+    without an active exception"), replacing the command's status. Runs after the command has returned or printed
+    its message, so nothing of the command's own is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class Processes:
