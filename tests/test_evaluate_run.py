@@ -142,6 +142,22 @@ def test_prepared_dataset_benchmark(tmp_path):
     np.testing.assert_array_equal(np.asarray(bench[1].image), np.asarray(photos[0][0]))
 
 
+def test_prepared_dataset_with_an_unreadable_image(tmp_path):
+    import datasets
+
+    photo, mask = bright_object_photo(0)
+    table = {"image": [{"bytes": b"", "path": None}, photo], "conditioning_image": [mask, mask], "id": ["bad", "ok"]}
+    features = datasets.Features(
+        image=datasets.Image(), conditioning_image=datasets.Image(), id=datasets.Value("string")
+    )
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    bench = Benchmark(tmp_path, resolution=0)
+    with pytest.raises(ValueError, match=r"\[bad\]: not a readable image"):  # a sample that is skipped, named
+        bench[0]
+    assert bench[1].image.size == (W, H)
+
+
 # ----------------------------------------------------------------------------- segmenters
 
 
@@ -357,3 +373,79 @@ def test_models_sharing_weights_load_them_once(monkeypatch):
     assert cache.get(si2) is cache.get(ours)
     cache.get(other)
     assert loads == ["m", "n"]
+
+
+# ----------------------------------------------------------------------------- bad samples, early failures
+
+
+@pytest.fixture()
+def bench_with_bad_samples(folder_benchmark, tmp_path):
+    """The three good samples, a zero-byte image and a mask of another aspect ratio than its photo's."""
+    import shutil
+
+    root = tmp_path / "bench"
+    shutil.copytree(folder_benchmark, root)
+    (root / "images" / "empty_file.png").write_bytes(b"")
+    photo, _ = bright_object_photo(0)
+    photo.save(root / "images" / "wrong_mask.png")
+    Image.new("L", (H, H), 255).save(root / "masks" / "wrong_mask.png")  # square mask, 64x48 photo
+    return root
+
+
+def test_evaluate_skips_bad_samples_and_evaluates_the_rest(bench_with_bad_samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = evaluate(bench_with_bad_samples, out, "--segmenter", "threshold", "--metrics", "expansion")
+    assert status == 1  # as `photobg generate`: something was skipped
+    rows = read_csv(out / "report" / "per_image.csv")
+    assert sorted({r["id"] for r in rows}) == ["item0", "item1", "item2"]
+    assert len(rows) == 2 * 3 + 3  # models x good samples, plus the input photos
+    log = capsys.readouterr().out
+    assert "skipped empty_file: " in log and "empty_file.png: not a readable image" in log
+    assert "skipped wrong_mask: " in log and "masks/wrong_mask.png: the mask is (48, 48), the image (64, 48)" in log
+    assert "2 of 5 samples skipped:" in log
+    report = (out / "report" / "results.md").read_text()
+    assert "- skipped samples (2): empty_file (" in report and ", wrong_mask (" in report
+
+
+def test_evaluate_that_stops_before_evaluating_writes_nothing(
+    bench_with_bad_samples, folder_benchmark, tmp_path, capsys
+):
+    # A model that is not there: found before anything is generated.
+    out = tmp_path / "out" / "eval"
+    with pytest.raises(SystemExit, match="--model SI2"):
+        cli.main(
+            ["evaluate", "--data", str(folder_benchmark), "--output-dir", str(out), "--resolution", "0"]
+            + ["--model", f"{tmp_path / 'no-model'}@name=SI2", "--segmenter", "threshold", "--metrics", "expansion"]
+        )
+    assert not (tmp_path / "out").exists()
+    # No sample can be evaluated: each is named.
+    for name in ("item0", "item1", "item2"):
+        (bench_with_bad_samples / "images" / f"{name}.png").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"bench: no usable sample: all 5 were skipped \(see above\)\.$"):
+        evaluate(bench_with_bad_samples, out, "--segmenter", "threshold", "--metrics", "expansion")
+    log = capsys.readouterr().out
+    for name in ("empty_file", "item0", "item1", "item2", "wrong_mask"):
+        assert f"skipped {name}: " in log
+    assert not (tmp_path / "out").exists()
+    # A file where the folder should be: said before anything loads.
+    (tmp_path / "out").write_text("")
+    with pytest.raises(SystemExit, match=r"--output-dir .*out/eval: .*out is not a folder"):
+        evaluate(folder_benchmark, out, "--segmenter", "threshold", "--metrics", "expansion")
+
+
+def test_several_processes_remove_the_output_folder_they_made_when_stopping_early(tmp_path):
+    import types
+
+    from photobg.evaluate.command import shared_output_dir
+
+    main_process = types.SimpleNamespace(count=2, is_main=True, gather=lambda items: items)  # sees its own file
+    out = tmp_path / "new" / "eval"
+    with pytest.raises(SystemExit), shared_output_dir(out, main_process):
+        assert out.is_dir()  # made now: every process must see the folder, checked with a file in it
+        raise SystemExit("photobg evaluate: stopped before anything was written")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit), shared_output_dir(out, main_process):
+        (out / "generated").mkdir()
+        (out / "generated" / "a_s0.png").write_bytes(b"")
+        raise SystemExit("photobg evaluate: stopped after an image was written")
+    assert (out / "generated" / "a_s0.png").exists()  # what was written is kept

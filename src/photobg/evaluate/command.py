@@ -1,6 +1,8 @@
 """`photobg evaluate`: the argument parser and `run(args)`; heavy imports happen inside `run`."""
 
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 METRIC_NAMES = ("expansion", "fid", "clip", "lpips")
@@ -13,7 +15,11 @@ object mask, text, id), or DIR/images/ + DIR/masks/ (same file stems; white = ob
 + optional DIR/prompts.jsonl ({{"id": STEM, "text": PROMPT}} per line).
 
 Output (--output-dir): generated/MODEL/ID_sSEED.png (a rerun skips what exists), segmented/SEGMENTER/...,
-report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt).
+report/ (results.md, per_image.csv, metrics.json, expansion.png, worst_cases.png, command.txt). The folder is
+made with the first file written in it: a run that stops before evaluating anything leaves nothing behind.
+
+Bad samples (an unreadable file, a mask that does not fit its photo, an empty or full object) are skipped and named
+in the log and the report, the rest evaluated, and the exit status is 1, as with `photobg generate`.
 
 Many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg evaluate ... splits the samples between
 the processes; the report is the one a single process writes.
@@ -99,11 +105,29 @@ def check_arguments(args):
         raise SystemExit("--tolerance is a share of the image: 0 <= tolerance < 1.")
     if args.segmenter == "given-masks" and not args.given_masks:
         raise SystemExit("--segmenter given-masks needs --given-masks DIR.")
+    check_output_dir(args.output_dir)
     return metrics
 
 
+def check_output_dir(folder):
+    """Check that `folder` is a folder that can be written, or can be made one, without making it: the run makes
+    it with its first file, so a run that stops before it has anything to write leaves nothing behind."""
+    import tempfile
+
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        raise SystemExit(f"--output-dir {folder}: {existing} is not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # a nameless file where the folder would be made
+            pass
+    except OSError as err:
+        raise SystemExit(f"--output-dir {folder}: cannot write there ({err.strerror or err}).") from None
+
+
 def run(args):
-    """Run the evaluation; Ctrl-C ends it with one line (and exit status 130) unless --debug."""
+    """Run the evaluation. Returns the exit status: 0, or 1 when a sample was skipped; Ctrl-C ends the run with
+    one line (and exit status 130) unless --debug."""
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -118,7 +142,7 @@ def run(args):
 
 
 def _run(args):
-    from ..distributed import LostProcess, check_shared_folder, current_processes
+    from ..distributed import LostProcess, current_processes
     from ..segment import SegmenterUnavailable, get_segmenter
     from .data import Benchmark, native_resolution, parse_model_specs
     from .quality import QualityMetricUnavailable
@@ -143,26 +167,26 @@ def _run(args):
         raise SystemExit(f"photobg evaluate: {err}") from err
     settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, device, args.dtype)
     try:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        check_shared_folder(args.output_dir, processes, "--output-dir")
-        results = run_evaluation(
-            benchmark,
-            specs,
-            args.output_dir,
-            settings,
-            segmenter,
-            segmenter_settings,
-            quality,
-            args.baseline,
-            processes,
-        )
+        with shared_output_dir(args.output_dir, processes):
+            results = run_evaluation(
+                benchmark,
+                specs,
+                args.output_dir,
+                settings,
+                segmenter,
+                segmenter_settings,
+                quality,
+                args.baseline,
+                processes,
+            )
     except (ValueError, FileNotFoundError) as err:  # bad input found on the way (a mask file, resumed settings)
         raise SystemExit(f"photobg evaluate: {err}") from err
     except LostProcess as lost:
         raise SystemExit(f"photobg evaluate: stopped: {lost}. What was written is complete: run it again.") from None
+    status = 1 if results["skipped"] else 0  # as `photobg generate`: 1 when anything was skipped
     if not processes.is_main:
         processes.barrier()  # the main process writes the report
-        return 0
+        return status
     description = {
         "benchmark": f"{args.data} ({benchmark.kind}, {len(benchmark)} samples)",
         "models": "; ".join(
@@ -183,7 +207,33 @@ def _run(args):
     folder = write_report(results, benchmark, args.output_dir, description, command, args.worst)
     print(f"wrote {folder}")
     print((folder / "results.md").read_text().split("\n\n")[1])
+    if results["skipped"]:
+        skipped = [f"{sample_id}: {reason}" for sample_id, reason in results["skipped"]]
+        print("\n  ".join([f"{len(skipped)} of {len(benchmark)} samples skipped:", *skipped]))
     processes.barrier()
+    return status
+
+
+@contextmanager
+def shared_output_dir(folder, processes):
+    """Several processes must write to one folder, which `check_shared_folder` checks with a file in it: they make
+    it now, and remove what they made when the run stops before writing anything (one process makes the folder
+    with its first file)."""
+    from ..distributed import check_shared_folder
+
+    if processes.count == 1:
+        yield
+        return
+    folder = Path(folder)
+    made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # the top folder made here
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        check_shared_folder(folder, processes, "--output-dir")
+        yield
+    except BaseException:
+        if made is not None and processes.is_main and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def _segmenter_settings(args):

@@ -58,8 +58,8 @@ class Benchmark:
         return len(self.ids)
 
     def __getitem__(self, index):
-        image, object_mask, prompt = self._read(index)
-        image, object_mask = split_and_resize(image, object_mask, self.resolution, f"{self.path} [{self.ids[index]}]")
+        image, object_mask, prompt, where = self._read(index)
+        image, object_mask = split_and_resize(image, object_mask, self.resolution, where)
         return Sample(self.ids[index], image, object_mask, prompt or self.default_prompt)
 
     def _open_dataset(self):
@@ -77,8 +77,13 @@ class Benchmark:
         return sorted(ids)
 
     def _read_row(self, index):
-        row = self._dataset[self._rows[self.ids[index]]]
-        return row["image"], row["conditioning_image"], row.get("text") or ""
+        """The row's image, object mask, prompt, and how messages name it (raising `ValueError` if unreadable)."""
+        where = f"{self.path} [{self.ids[index]}]"
+        try:
+            row = self._dataset[self._rows[self.ids[index]]]  # decodes the images
+        except OSError as err:
+            raise ValueError(f"{where}: not a readable image ({err}).") from err
+        return row["image"], row["conditioning_image"], row.get("text") or "", where
 
     def _open_folders(self):
         self._images = {
@@ -100,6 +105,7 @@ class Benchmark:
         return sorted(self._images)
 
     def _read_files(self, index):
+        """The sample's image, object mask, prompt, and how messages name it (raising `ValueError` if unreadable)."""
         from ..masks import load_image
 
         name = self.ids[index]
@@ -109,7 +115,7 @@ class Benchmark:
         object_mask = load_image(mask_file) if mask_file else None
         if object_mask is None and image.mode not in ("RGBA", "LA", "PA"):
             raise ValueError(f"{self._images[name]}: no mask {mask_files[0]} and no alpha channel to use instead.")
-        return image, object_mask, self._prompts.get(name, "")
+        return image, object_mask, self._prompts.get(name, ""), str(mask_file or self._images[name])
 
 
 def split_and_resize(image, object_mask, resolution, where):

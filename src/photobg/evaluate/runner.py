@@ -49,8 +49,14 @@ def generate_image(pipe, sample, spec, seed, steps, guidance):
     ).images[0]
 
 
-def usable(sample):
-    """Why a sample cannot be evaluated (an empty or full object mask), or None when it can."""
+def sample_problem(benchmark, index):
+    """Why sample `index` cannot be evaluated (an unreadable file, a mask that does not fit its photo, an empty or
+    full object mask), or None when it can. Such a sample is skipped and listed, as `photobg generate` skips a
+    photo."""
+    try:
+        sample = benchmark[index]
+    except ValueError as err:  # the reader's message names the file (or row) and what is wrong
+        return str(err)
     problem = object_coverage_problem(sample.object_mask)
     return {"empty": "empty object mask", "full": "object mask covers the whole image"}.get(problem)
 
@@ -199,14 +205,16 @@ def run_evaluation(
     output_dir = Path(output_dir)
     check_models(specs)
     checked = [
-        (i, usable(benchmark[i]))
+        (i, sample_problem(benchmark, i))
         for i in tqdm(processes.share(range(len(benchmark))), desc="check samples", disable=not processes.is_main)
     ]
     checked = processes.gather(checked)
     indices = [i for i, reason in checked if not reason]
     skipped = [(benchmark.ids[i], reason) for i, reason in checked if reason]
+    for sample_id, reason in skipped if processes.is_main else []:
+        tqdm.write(f"skipped {sample_id}: {reason}")
     if not indices:
-        raise ValueError(f"{benchmark.path}: no usable sample (all object masks are empty or full).")
+        raise ValueError(f"{benchmark.path}: no usable sample: all {len(skipped)} were skipped (see above).")
     pipelines = PipelineCache(settings)
     for spec in specs:
         generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines, processes)
