@@ -1,18 +1,30 @@
-"""What a diffusers user relies on, checked on our pipeline class: loading a saved folder with plain diffusers,
+"""What a diffusers user relies on, checked on our pipeline classes: loading a saved folder with plain diffusers,
 callback objects, IP-Adapters, and the contracts of diffusers' fast pipeline tests (output types, batches,
-num_images_per_prompt, prompt embeddings, callbacks, interruption, schedulers, save/load)."""
+num_images_per_prompt, prompt embeddings, callbacks, interruption, schedulers, save/load, a TAESD VAE, the
+`__call__` signature, one ControlNet, the defaults we change on purpose).
 
+diffusers' own test files are not in its PyPI sdist (0.42.1 ships only `tests/testing_utils.py`) and may not be
+copied here, so the contracts of theirs that apply to our classes are written below; the last section runs them
+on both classes (SD2 and SDXL)."""
+
+import inspect
 import json
 import os
+import re
+from pathlib import Path
 
+import diffusers
 import numpy as np
 import pytest
+import torch
 from conftest import generator, make_photo, write_ip_adapter
 from diffusers import (
+    AutoencoderTiny,
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    MultiControlNetModel,
     PNDMScheduler,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
@@ -169,3 +181,167 @@ def test_schedulers_give_finite_images_and_same_seed_same_image(pipe, scheduler_
     first = call(pipe, output_type="np").images
     assert np.isfinite(first).all()
     np.testing.assert_array_equal(call(pipe, output_type="np").images, first)
+
+
+# ----------------------------------------------------------------------------- both classes (SD2 and SDXL)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# The defaults of `__call__` that differ from diffusers' namesake class on purpose: (ours, diffusers'), as README
+# lists them. Any other difference fails `test_only_the_listed_defaults_differ_from_diffusers`.
+CHANGED_DEFAULTS = {
+    "StableDiffusionControlNetInpaintPipeline": {"controlnet_conditioning_scale": (1.0, 0.5)},
+    "StableDiffusionXLControlNetInpaintPipeline": {"strength": (1.0, 0.9999), "guidance_scale": (7.5, 5.0)},
+}
+# diffusers' `__call__` arguments our classes do not take, as README lists them.
+NOT_TAKEN = {
+    "StableDiffusionControlNetInpaintPipeline": {"padding_mask_crop"},
+    "StableDiffusionXLControlNetInpaintPipeline": {
+        "padding_mask_crop",
+        "denoising_start",
+        "denoising_end",
+        "guidance_rescale",
+    },
+}
+# What `encode_prompt` returns, by the names `__call__` takes them (SD2: the first two).
+ENCODED_PROMPT = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+@pytest.fixture(scope="module")
+def loaded(inpaint_model, sdxl_models):
+    return {
+        "sd2": load_pipeline(inpaint_model, device="cpu"),
+        "sdxl": load_pipeline(sdxl_models["inpaint"], device="cpu"),
+    }
+
+
+def rebuilt(pipe, **components):
+    """A new pipeline object of `pipe`'s class over its components, some replaced."""
+    pipe = type(pipe)(**{**pipe.components, **components})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(params=["sd2", "sdxl"])
+def each(request, loaded):
+    """Each class on its tiny inpainting model: a new pipeline object (own scheduler and settings), shared weights."""
+    return rebuilt(loaded[request.param])
+
+
+def call_parameters(pipe):
+    return inspect.signature(type(pipe).__call__).parameters
+
+
+def tiny_taesd(latent_channels):
+    """A random `AutoencoderTiny` (TAESD's architecture: 3 downsamplings, scaling factor 1) with small channels."""
+    torch.manual_seed(0)
+    four = (1, 1, 1, 1)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8,) * 4,
+        decoder_block_out_channels=(8,) * 4,
+        num_encoder_blocks=four,
+        num_decoder_blocks=four,
+        latent_channels=latent_channels,
+    )
+
+
+def test_a_tiny_autoencoder_taesd_encodes_and_decodes(each):
+    photo, object_mask = make_photo(64, 48)
+    with_kl = np.asarray(call(each).images[0])
+    taesd = rebuilt(each, vae=tiny_taesd(each.vae.config.latent_channels))
+    assert taesd.vae_scale_factor == each.vae_scale_factor == 8
+    decoded = []
+    taesd.vae.decoder.register_forward_hook(lambda module, args, out: decoded.append(out.shape))
+    (image,) = call(taesd).images
+    assert image.size == (64, 48) and decoded == [(1, 3, 48, 64)]
+    full = np.asarray(object_mask) == 255
+    np.testing.assert_array_equal(np.asarray(image)[full], np.asarray(photo)[full])  # the object's pixels kept
+    assert np.abs(np.asarray(image, float)[~full] - with_kl[~full]).mean() > 1  # TAESD drew the background
+    latents = call(taesd, output_type="latent").images
+    assert latents.shape == (1, 4, 6, 8) and torch.isfinite(latents).all()
+
+
+def test_the_signature_lists_every_argument_the_class_takes(each):
+    parameters = call_parameters(each)
+    assert all(p.kind is not p.VAR_KEYWORD for p in parameters.values())
+    own = [n for n, p in inspect.signature(each.encode_conditioning).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert set(own) <= set(parameters)
+    if "XL" in type(each).__name__:
+        assert {"prompt_2", "negative_prompt_2", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"} <= set(own)
+        assert {"original_size", "crops_coords_top_left", "target_size", "aesthetic_score"} <= set(own)
+        for name in own:  # by keyword: positional calls mean the same on both classes
+            assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+            assert parameters[name].default == inspect.signature(each.encode_conditioning).parameters[name].default
+    photo, object_mask = make_photo(64, 48)
+    with pytest.raises(TypeError, match="takes no argument 'prompt_3'"):
+        each(PROMPT, image=photo, object_mask=object_mask, prompt_3="a cat")
+
+
+def test_encode_prompt_in_isolation_gives_the_prompts_image(each):
+    # As diffusers' test does: a pipeline of the text encoders alone encodes the prompt; its outputs, by the names
+    # the call's signature takes, give the prompt's image.
+    text_only = {name: None for name in each.components if not name.startswith(("text_encoder", "tokenizer"))}
+    encoder = rebuilt(each, **text_only)
+    encoded = encoder.encode_prompt(
+        prompt=PROMPT, device=each.device, num_images_per_prompt=1, do_classifier_free_guidance=True
+    )
+    embeds = {name: tensor for name, tensor in zip(ENCODED_PROMPT, encoded) if name in call_parameters(each)}
+    assert len(embeds) == len(encoded)
+    by_prompt = call(each, output_type="np").images
+    np.testing.assert_allclose(call(each, prompt=None, **embeds, output_type="np").images, by_prompt, atol=1e-6)
+
+
+@pytest.mark.parametrize("several", ["list", "MultiControlNetModel"])
+def test_several_controlnets_are_refused_when_the_pipeline_is_built(each, several):
+    controlnets = [each.controlnet, each.controlnet]
+    given = controlnets if several == "list" else MultiControlNetModel(controlnets)
+    message = (
+        f"{type(each).__name__} runs exactly one ControlNetModel, not MultiControlNetModel: the method gives its "
+        "ControlNet the UNet's own input, so it takes one ControlNet trained on this base model."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rebuilt(each, controlnet=given)
+
+
+def _defaults(cls):
+    return {
+        name: list(p.default) if isinstance(p.default, tuple) else p.default  # ("latents",) == ["latents"]
+        for name, p in inspect.signature(cls.__call__).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+    }
+
+
+def test_only_the_listed_defaults_differ_from_diffusers(each):
+    name = type(each).__name__
+    ours, theirs = _defaults(type(each)), _defaults(getattr(diffusers, name))
+    differing = {arg: (ours[arg], theirs[arg]) for arg in ours.keys() & theirs.keys() if ours[arg] != theirs[arg]}
+    assert differing == CHANGED_DEFAULTS[name]
+    assert theirs.keys() - ours.keys() == NOT_TAKEN[name]
+    listed = README.read_text().split("**Where the pipeline classes differ from diffusers' namesakes**")[1]
+    listed = listed.split("\n\n")[1]  # the list after the heading line
+    for arg, (our_default, their_default) in differing.items():
+        assert f"`{arg}` {our_default} (diffusers: {their_default})" in listed
+    photo, object_mask = make_photo(64, 48)
+    for arg in NOT_TAKEN[name]:
+        assert f"`{arg}`" in listed
+        with pytest.raises(TypeError, match=f"{name} takes no argument '{arg}'"):
+            each(PROMPT, image=photo, object_mask=object_mask, **{arg: 0.5})
+
+
+def test_same_seed_same_image_and_a_batch_equals_its_single_calls(each):
+    first = call(each, output_type="np").images
+    np.testing.assert_array_equal(call(each, output_type="np").images, first)
+    assert np.abs(call(each, generator=generator(1), output_type="np").images - first).max() > 1e-3
+    prompts = [PROMPT, "a cat on a sofa"]
+    batch = call(each, prompt=prompts, generator=[generator(0), generator(1)], output_type="np").images
+    for k, prompt in enumerate(prompts):
+        single = call(each, prompt=prompt, generator=generator(k), output_type="np").images
+        np.testing.assert_allclose(batch[k], single[0], atol=1e-5)
+
+
+def test_attention_slicing_gives_the_same_image(each):
+    before = call(each, output_type="np").images
+    each.enable_attention_slicing(slice_size=1)
+    try:
+        np.testing.assert_allclose(call(each, output_type="np").images, before, atol=1e-5)
+    finally:
+        each.disable_attention_slicing()  # the models are shared with the other tests

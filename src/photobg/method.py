@@ -25,6 +25,7 @@ module imports only torch, diffusers, numpy and PIL, so a pipeline file that imp
 (`from .method import ...`) works as a Hub custom pipeline with this file beside it.
 """
 
+import functools
 import inspect
 import json
 import math
@@ -64,6 +65,7 @@ _prefer_pil_image_processors()  # before diffusers binds the names
 from diffusers import ControlNetModel  # noqa: E402
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents  # noqa: E402
 
 __all__ = [
     "OBJECT_THRESHOLD",
@@ -517,7 +519,8 @@ class BackgroundMethodMixin:
     brings the components, `encode_prompt`, `prepare_latents`, `prepare_mask_latents`, `get_timesteps`, ...).
 
     `__call__` takes the arguments every backbone shares, by diffusers' names, and passes the rest
-    (`backbone_kwargs`, e.g. SDXL's `prompt_2` and `original_size`) to the backbone's `encode_conditioning`. A
+    (`backbone_kwargs`, e.g. SDXL's `prompt_2` and `original_size`) to the backbone's `encode_conditioning`; each
+    class's `__call__` signature names them (`__init_subclass__`). The class takes one ControlNet. A
     backbone's class adds `encode_conditioning` and `pipeline_output`; it may override `vae_needs_upcast` and
     `finish_decoded`. `save_pretrained` writes the class's file and this one into the folder and names the class
     in `model_index.json`, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder,
@@ -527,6 +530,34 @@ class BackgroundMethodMixin:
 
     # The registry names (`photobg.backbones`) of the class's backbones by UNet input channels, for messages.
     variant_backbones = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """Give each class a `__call__` whose signature names every argument it takes: the shared ones, then the
+        backbone's own (`encode_conditioning`'s keyword-only parameters) in place of `**backbone_kwargs`. Tools
+        that read the signature (diffusers' tests pass only the `encode_prompt` outputs it names) see SDXL's
+        `pooled_prompt_embeds` and the rest; the call itself is the inherited one."""
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            return
+        inherited = cls.__call__
+
+        @functools.wraps(inherited)
+        def __call__(self, *args, **kwargs):
+            return inherited(self, *args, **kwargs)
+
+        shared = inspect.signature(BackgroundMethodMixin.__call__).parameters.values()
+        own = inspect.signature(cls.encode_conditioning).parameters.values()
+        __call__.__signature__ = inspect.Signature(
+            [p for p in shared if p.kind is not p.VAR_KEYWORD] + [p for p in own if p.kind is p.KEYWORD_ONLY]
+        )
+        cls.__call__ = __call__
+
+    def register_modules(self, **kwargs):
+        """diffusers' `register_modules`, which its `__init__` calls: refuses several ControlNets when the
+        pipeline is built (diffusers' `__init__` has wrapped a list in a `MultiControlNetModel` by then)."""
+        if kwargs.get("controlnet") is not None:  # None: a pipeline of some components only, as in diffusers
+            _check_one_controlnet(kwargs["controlnet"], type(self).__name__)
+        super().register_modules(**kwargs)
 
     # ------------------------------------------------------------------------- a backbone's hooks
 
@@ -826,8 +857,7 @@ class BackgroundMethodMixin:
         ip_adapter_image_embeds=None,
     ):
         """Raise a `ValueError` that says what is wrong with the call's inputs or with the loaded models."""
-        if not isinstance(getattr(self.controlnet, "_orig_mod", self.controlnet), ControlNetModel):  # maybe compiled
-            raise ValueError("This pipeline runs exactly one ControlNetModel.")
+        _check_one_controlnet(self.controlnet, type(self).__name__)  # it may have been replaced since
         unet_channels, controlnet_channels = self.unet.config.in_channels, self.controlnet.config.in_channels
         if unet_channels not in (4, 9):
             raise ValueError(f"The UNet takes {unet_channels} input channels; expected 9 (inpainting) or 4 (base).")
@@ -1029,10 +1059,10 @@ class BackgroundMethodMixin:
             self.vae.float()  # not .to(): diffusers logs a warning at every .to(dtype)
         image = image.to(self.vae.dtype)
         if isinstance(generator, list):
-            rows = [self.vae.encode(image[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generator)]
+            rows = [retrieve_latents(self.vae.encode(image[i : i + 1]), g) for i, g in enumerate(generator)]
             latents = torch.cat(rows)
         else:
-            latents = self.vae.encode(image).latent_dist.sample(generator)
+            latents = retrieve_latents(self.vae.encode(image), generator)  # AutoencoderKL's sample, TAESD's latents
         if upcast:
             self.vae.half()
         return self.vae.config.scaling_factor * latents.to(dtype)
@@ -1069,6 +1099,15 @@ def _load_object(image, object_mask, k):
     if problem == "full":
         raise ValueError(f"The object mask of image {k} covers the whole image: nothing to generate.")
     return rgb, obj
+
+
+def _check_one_controlnet(controlnet, pipeline_name):
+    """Raise a `ValueError` unless `controlnet` is one `ControlNetModel` (maybe compiled)."""
+    if not isinstance(getattr(controlnet, "_orig_mod", controlnet), ControlNetModel):
+        raise ValueError(
+            f"{pipeline_name} runs exactly one ControlNetModel, not {type(controlnet).__name__}: the method gives "
+            "its ControlNet the UNet's own input, so it takes one ControlNet trained on this base model."
+        )
 
 
 def _prompt_count(prompt, prompt_embeds):

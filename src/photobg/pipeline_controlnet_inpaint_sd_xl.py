@@ -28,7 +28,8 @@ class StableDiffusionXLControlNetInpaintPipeline(BackgroundMethodMixin, _Diffuse
     folder, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds
     this class.
 
-    SDXL's own `__call__` arguments, by keyword (diffusers' names, taken by `encode_conditioning`):
+    SDXL's own `__call__` arguments, keyword-only (diffusers' names, taken by `encode_conditioning`; the call's
+    signature lists them after the shared ones):
         prompt_2, negative_prompt_2 (`str` or `list[str]`): the prompts for the second text encoder (default:
             `prompt` and `negative_prompt`).
         negative_prompt: None (the default) gives the zero negative embedding where the model says so
