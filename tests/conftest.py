@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models in the Hub folder layout, written once per test session."""
 
 import os
+from pathlib import Path
 
 # No test may reach the Hub; huggingface_hub reads this once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -85,6 +86,12 @@ def make_photo(width=72, height=48, seed=0):
     dist = ((xx - width * 0.45) / (width * 0.25)) ** 2 + ((yy - height * 0.55) / (height * 0.3)) ** 2
     object_mask = np.clip((1.2 - dist) * 5, 0, 1) * 255
     return Image.fromarray(photo.astype(np.uint8)), Image.fromarray(object_mask.round().astype(np.uint8), "L")
+
+
+def output_image(folder, stem, seed=0):
+    """The one image `photobg generate` wrote in `folder` for photo `stem` and `seed` (STEM_PROMPT_KEY_sSEED.png)."""
+    (path,) = Path(folder).glob(f"{stem}_*_s{seed}.png")
+    return path
 
 
 def generator(seed=0):

@@ -71,6 +71,7 @@ def test_readme_offline_generate_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "[transformers]" not in result.stderr and "Warning" not in result.stderr  # an ordinary run: no warnings
     (out,) = tmp_path.glob("*.png")
+    assert out.name == "coffee_cutout_a-cup-on-a-marble-table_a1c7a4e8_s0.png"  # the name README shows
     cutout = Image.open(REPO / "assets/coffee_cutout.png")
     generated = np.asarray(Image.open(out))
     assert generated.shape == (cutout.height, cutout.width, 3)

@@ -46,6 +46,20 @@ the batch goes on and the exit status is 1.
 11.12 Ctrl-C during generation (generate, evaluate)
       -> one line with the state of the outputs, exit status 130; the traceback only with --debug
       -> test_ctrl_c_ends_with_one_line_and_a_consistent_folder
+19.4  a second run into the same folder with another prompt or setting (with --compare)
+      -> its images and grid get other names; the first run's are untouched; the manifest lists both
+      -> test_another_prompt_or_setting_keeps_the_earlier_images
+19.4  --skip-existing over an image named as before issue 19 (STEM_p0_s0.png) with the same key
+      -> kept under its old name, not made again; with another key, the new image is made beside it
+      -> test_an_image_named_as_before_is_kept_by_skip_existing
+19.4  a prompt given twice  -> made once, with a warning  -> test_a_prompt_given_twice_is_made_once
+19.7  the model fails to load  -> no manifest.jsonl is left behind
+      -> test_a_model_that_fails_to_load_leaves_no_manifest
+19.7  manifest.jsonl is a folder  -> the image is written and counted; the summary says the manifest could not
+      be written and why; exit status 1
+      -> test_a_manifest_that_cannot_be_written_does_not_count_the_image_as_failed
+19.7  a mask of another size (same aspect)  -> one line `warning: the mask ... resized ...`, no source line
+      -> test_a_resized_mask_is_one_line_above_the_progress_bar
 today unreadable or missing files; CMYK, 16-bit, palette-with-transparency and EXIF-rotated photos; masks of
       another size or aspect; empty or full masks  -> read correctly, or a ValueError naming the file
       -> test_bad_and_unusual_photos, test_generate.py::test_folder_of_every_format_skips_only_the_bad_photos
@@ -57,13 +71,14 @@ today an output folder that cannot be written  -> stops before loading
 
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_photo
+from conftest import make_photo, output_image
 from PIL import Image
 
 from photobg import generate_cli
@@ -100,10 +115,17 @@ def png_record(path):
         return json.loads(image.info["photobg"])
 
 
+def outputs_of(folder):
+    """{file name: (modification time, record)} of the images (not the grids) in `folder`."""
+    return {
+        p.name: (p.stat().st_mtime_ns, png_record(p)) for p in folder.glob("*.png") if "photobg" in Image.open(p).info
+    }
+
+
 def assert_manifest_matches_pngs(folder):
     """One record per image, each equal to the record inside its PNG."""
     records = manifest(folder)
-    pngs = sorted(p.name for p in folder.glob("*_p*_s*.png") if p.is_file())
+    pngs = sorted(p.name for p in folder.glob("*.png") if p.is_file() and re.search(r"_s\d+\.png$", p.name))
     assert sorted(r["output"].rsplit("/", 1)[-1] for r in records) == pngs
     for record in records:
         assert png_record(folder / record["output"].rsplit("/", 1)[-1]) == record
@@ -137,7 +159,7 @@ def first_run(tmp_path_factory, shared_pipe):
 def test_skip_existing_keys_each_image_by_its_parameters(first_run, tmp_path, fast, inpaint_model, capsys, change):
     shutil.copytree(first_run, tmp_path / "run")  # copies keep their modification times
     photo, mask, out = tmp_path / "run/in/photo.png", tmp_path / "run/in/mask.png", tmp_path / "run/out"
-    before = {p.name: (p.stat().st_mtime_ns, png_record(p)) for p in out.glob("photo_p*.png")}
+    before = outputs_of(out)
     args = [photo, "--mask", mask, "--prompt", "a cup", "--num-images", 2, "--output-dir", out, "--skip-existing"]
     if change == "prompt":
         args[args.index("a cup")] = "a mug"
@@ -150,13 +172,16 @@ def test_skip_existing_keys_each_image_by_its_parameters(first_run, tmp_path, fa
     capsys.readouterr()
     assert generate(*args, model=inpaint_model if change == "model" else "tiny-inpainting") == 0
     printed = capsys.readouterr().out
-    after = {p.name: (p.stat().st_mtime_ns, png_record(p)) for p in out.glob("photo_p*.png")}
-    assert after.keys() == before.keys() and len(after) == 2
+    after = outputs_of(out)
     if change is None:
         assert after == before and "2 were already there" in printed.replace("2 of 2", "2")
-    else:
+    elif change in ("photo", "mask"):  # the photo's images keep their names: made again in their place
+        assert after.keys() == before.keys() and len(after) == 2
         assert all(after[name][1] != before[name][1] for name in after), "the old image was kept"
         assert "2 there were made with other parameters and generated again" in printed
+    else:  # names carry the prompt and settings: the new images are written beside the earlier ones, untouched
+        assert {name: after[name] for name in before} == before and len(after) == 4
+        assert "2 images written" in printed and "other parameters" not in printed
     assert_manifest_matches_pngs(out)
 
 
@@ -232,7 +257,7 @@ def test_guidance_zero_and_one_mean_off(tmp_path, fast):
     (path,) = cutouts(tmp_path / "in", 1)
     for guidance in ("0", "1"):
         assert generate(path, "--prompt", "p", "--guidance", guidance, "--output-dir", tmp_path / guidance) == 0
-    zero, one = (np.asarray(Image.open(tmp_path / g / "a_p0_s0.png")) for g in ("0", "1"))
+    zero, one = (np.asarray(Image.open(output_image(tmp_path / g, "a"))) for g in ("0", "1"))
     np.testing.assert_array_equal(zero, one)  # as diffusers: guidance is applied only above 1
 
 
@@ -254,21 +279,20 @@ def test_guidance_zero_and_one_mean_off(tmp_path, fast):
 def test_a_failing_photo_is_skipped_and_the_batch_goes_on(tmp_path, fast, monkeypatch, capsys, fault):
     paths = cutouts(tmp_path / "in", 3)
     out = tmp_path / "out"
-    if fault == "folder-in-the-way":
-        (out / "b_p0_s0.png").mkdir(parents=True)  # saving b's image fails with IsADirectoryError
-    else:
-        save_png = generate_cli.save_png
+    save_png = generate_cli.save_png
 
-        def failing_save(image, path, chunks=None):
-            if path.name.startswith("b_"):
-                raise fault
-            save_png(image, path, chunks)
+    def failing_save(image, path, chunks=None):
+        if path.name.startswith("b_") and fault == "folder-in-the-way":
+            path.mkdir()  # saving b's image fails with IsADirectoryError
+        elif path.name.startswith("b_"):
+            raise fault
+        save_png(image, path, chunks)
 
-        monkeypatch.setattr(generate_cli, "save_png", failing_save)
+    monkeypatch.setattr(generate_cli, "save_png", failing_save)
     assert generate(*paths, "--prompt", "p", "--output-dir", out) == 1
     printed = capsys.readouterr().out
     assert "1 of 3 photos failed" in printed and f"{paths[1]}: " in printed
-    assert sorted(p.name for p in out.glob("*.png") if p.is_file()) == ["a_p0_s0.png", "c_p0_s0.png"]
+    assert sorted(p.name[:2] for p in out.glob("*.png") if p.is_file()) == ["a_", "c_"]
     assert_manifest_matches_pngs(out)
 
 
@@ -302,7 +326,7 @@ def test_failures_that_hit_every_photo_stop_the_batch(tmp_path, fast, monkeypatc
     assert "Traceback" not in printed.err
     assert not any(name.startswith("c_") for name in calls)  # the batch did not go on
     if fault != "folder-gone":
-        assert [p.name for p in out.glob("*.png")] == ["a_p0_s0.png"]
+        assert [p.name[:2] for p in out.glob("*.png")] == ["a_"]
         assert_manifest_matches_pngs(out)
 
 
@@ -319,7 +343,7 @@ def test_missing_segmenter_skips_only_the_photos_that_need_it(tmp_path, fast, mo
     assert code == 1
     assert "c.png will be skipped" in printed.err and "pip install transparent-background" in printed.err
     assert "1 of 3 photos failed" in printed.out
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_p0_s0.png", "b_p0_s0.png"]
+    assert sorted(p.name[:2] for p in (tmp_path / "out").glob("*.png")) == ["a_", "b_"]
 
 
 def test_a_named_segmenter_is_built_once_and_named_in_every_record(monkeypatch):
@@ -363,7 +387,6 @@ def test_a_kill_between_png_and_manifest_is_repaired_on_resume(tmp_path, fast, m
     paths = cutouts(tmp_path / "in", 2)
     out = tmp_path / "out"
     args = [*paths, "--prompt", "p", "--num-images", 2, "--output-dir", out]
-    first = out / "a_p0_s0.png"
     save = Image.Image.save
 
     def killed_while_writing(image, fp, *a, **kw):
@@ -375,12 +398,13 @@ def test_a_kill_between_png_and_manifest_is_repaired_on_resume(tmp_path, fast, m
         m.setattr(Image.Image, "save", killed_while_writing)
         with pytest.raises(Killed):
             generate(*args)
-        assert not first.exists()  # written under a temporary name: never taken for a finished image
+        assert not list(out.glob("*.png"))  # written under a temporary name: never taken for a finished image
         m.setattr(Image.Image, "save", save)
         m.setattr(generate_cli, "append_line", lambda manifest, record: (_ for _ in ()).throw(Killed()))
         with pytest.raises(Killed):
             generate(*args, "--skip-existing")  # killed after the PNG is renamed into place, before its line
-    assert first.exists() and not (out / "manifest.jsonl").exists()
+    first = output_image(out, "a")
+    assert not (out / "manifest.jsonl").exists()
     written = first.stat().st_mtime_ns
     assert generate(*args, "--skip-existing") == 0
     assert first.stat().st_mtime_ns == written  # kept, and its record recovered from the PNG
@@ -517,3 +541,95 @@ def test_clashes_stop_before_loading(tmp_path):
     ]:
         with pytest.raises(SystemExit, match=message):
             main(["generate", *map(str, extra), "--model", "nowhere/none"])
+
+
+# ----------------------------------------------------------------------------- 19.4 names that keep every run
+
+
+def test_another_prompt_or_setting_keeps_the_earlier_images(tmp_path, fast, capsys):
+    (path,) = cutouts(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert generate(path, "--prompt", "a cup", "--num-images", 2, "--compare", "--output-dir", out) == 0
+    first = outputs_of(out)
+    assert sorted(r["seed"] for _, r in first.values()) == [0, 1]
+    assert all(name.startswith("a_a-cup_") for name in first)
+    assert generate(path, "--prompt", "A mug!", "--num-images", 2, "--compare", "--output-dir", out) == 0
+    assert generate(path, "--prompt", "a cup", "--steps", 2, "--output-dir", out) == 0
+    after = outputs_of(out)
+    assert {name: after[name] for name in first} == first  # untouched
+    assert sorted((r["prompt"], r["num_inference_steps"], r["seed"]) for _, r in after.values()) == [
+        ("A mug!", 1, 0),
+        ("A mug!", 1, 1),
+        ("a cup", 1, 0),
+        ("a cup", 1, 1),
+        ("a cup", 2, 0),
+    ]
+    assert sum(name.startswith("a_a-mug_") for name in after) == 2
+    assert len(list(out.glob("a_compare*.png"))) == 2  # one grid per run, neither overwritten
+    assert len(manifest(out)) == 5
+    assert_manifest_matches_pngs(out)
+    capsys.readouterr()
+    assert generate(path, "--prompt", "a cup", "--num-images", 2, "--output-dir", out, "--skip-existing") == 0
+    assert "2 of 2 were already there" in capsys.readouterr().out
+    assert outputs_of(out) == after
+
+
+def test_an_image_named_as_before_is_kept_by_skip_existing(tmp_path, fast, capsys):
+    (path,) = cutouts(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert generate(path, "--prompt", "a cup", "--output-dir", out) == 0
+    (name,) = outputs_of(out)
+    old = out / "a_p0_s0.png"  # what photobg before issue 19 named it, with its record
+    image = Image.open(out / name)
+    generate_cli.save_png(image, old, {"photobg": {**png_record(out / name), "output": str(old)}})
+    (out / name).unlink()
+    (out / "manifest.jsonl").unlink()
+    kept = old.stat().st_mtime_ns
+    capsys.readouterr()
+    assert generate(path, "--prompt", "a cup", "--output-dir", out, "--skip-existing") == 0
+    assert "0 images written" in capsys.readouterr().out
+    assert old.stat().st_mtime_ns == kept and [p.name for p in out.glob("*.png")] == ["a_p0_s0.png"]
+    assert_manifest_matches_pngs(out)
+    assert generate(path, "--prompt", "a mug", "--output-dir", out, "--skip-existing") == 0  # another key
+    assert old.stat().st_mtime_ns == kept and len(manifest(out)) == 2
+
+
+# ----------------------------------------------------------------------------- 19.7 small ones
+
+
+def test_a_prompt_given_twice_is_made_once(capsys):
+    assert generate_cli.read_prompts(["a cup", "a mug", "a cup"], None) == ["a cup", "a mug"]
+    assert "warning: 1 repeated prompt left out: each prompt is made once." in capsys.readouterr().err
+
+
+def test_a_model_that_fails_to_load_leaves_no_manifest(tmp_path):
+    (path,) = cutouts(tmp_path / "in", 1)
+    with pytest.raises(SystemExit, match="Could not load the model"):
+        generate(path, "--prompt", "p", "--output-dir", tmp_path / "out", model="nowhere/none")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_manifest_that_cannot_be_written_does_not_count_the_image_as_failed(tmp_path, fast, capsys):
+    (path,) = cutouts(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    (out / "manifest.jsonl").mkdir(parents=True)
+    assert generate(path, "--prompt", "p", "--output-dir", out) == 1
+    printed = capsys.readouterr()
+    assert len(outputs_of(out)) == 1
+    assert "failed" not in printed.out and "1 images written to" in printed.out
+    assert f"the manifest {out / 'manifest.jsonl'} could not be written (Is a directory)" in printed.out
+    assert "Traceback" not in printed.err
+
+
+def test_a_resized_mask_is_one_line_above_the_progress_bar(tmp_path, fast, capsys):
+    photo, mask = make_photo(64, 48, seed=1)
+    photo.save(tmp_path / "photo.png")
+    mask.resize((32, 24)).save(tmp_path / "mask.png")
+    assert (
+        generate(tmp_path / "photo.png", "--mask", tmp_path / "mask.png", "--prompt", "p", "--output-dir", tmp_path)
+        == 0
+    )
+    err = capsys.readouterr().err
+    line = f"warning: the mask {tmp_path / 'mask.png'} is 32x24 but the image is 64x48: resized to the image's size."
+    assert line in err.splitlines()
+    assert "UserWarning" not in err and "warnings.warn" not in err

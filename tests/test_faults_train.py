@@ -4,6 +4,9 @@
 | row | fault | what photobg does |
 | --- | --- | --- |
 | missing-dataset | `--train_data_dir` does not exist | one line naming the flag and path, exit 2, nothing loaded |
+| bad-value | a flag's value is refused (`--resolution 30`) | one line naming the flag and the rule, exit 2 |
+| bad-value-photobg-train | the same through `photobg train` | the same: exit 2 (usage errors exit 2 everywhere) |
+| wrong-column-photobg-train | a column flag names no column, through `photobg train` | as wrong-column, exit 2 |
 | wrong-column | a column flag names no column | one line naming the flag, listing the columns, exit 2 |
 | wrong-column-debug | the same with `--debug` | the error is raised, with its traceback |
 | some-full-masks | some masks cover the whole image | each skipped and named, counted at the end; trains on |
@@ -37,6 +40,7 @@ from diffusers import ControlNetModel
 from PIL import Image
 
 from photobg.checkpoints import STATE_FILE
+from photobg.cli import main as photobg_main
 from photobg.data import draw_example, training_set_features, write_synthetic_dataset
 from photobg.models import load_pipeline
 from photobg.train import cli_main, main
@@ -191,6 +195,7 @@ class Fault:
     exit: object  # 0 (trained), 1, 2 (a bad flag), "raises" (--debug) or "killed"
     says: str  # regex: in the error line (exit 1 or 2), the exception ("raises"), else the log
     then: Callable = None  # (Case) -> None: further checks
+    command: str = "script"  # "script": train_controlnet_inpaint.py's `cli_main`; "photobg": `photobg train`
 
 
 LATEST = ["--resume_from_checkpoint", "latest"]
@@ -201,6 +206,23 @@ FAULTS = [
         ["--train_data_dir", "no/such/folder"],
         2,
         r"--train_data_dir 'no/such/folder': no such folder",
+    ),
+    Fault("bad-value", no_change, ["--resolution", "30"], 2, r"--resolution must be a positive multiple of 8, not 30"),
+    Fault(
+        "bad-value-photobg-train",
+        no_change,
+        ["--resolution", "30"],
+        2,
+        r"^photobg train: error: --resolution must be a positive multiple of 8, not 30",
+        command="photobg",
+    ),
+    Fault(
+        "wrong-column-photobg-train",
+        no_change,
+        ["--caption_column", "caption"],
+        2,
+        r"^photobg train: error: --caption_column 'caption': no such column",
+        command="photobg",
     ),
     Fault(
         "wrong-column",
@@ -282,10 +304,13 @@ FAULTS = [
 ]
 
 
-def run(case, extra):
-    """The inpaint entry script's `cli_main` on the case's run; returns the exit status (or "raises"/"killed")."""
+def run(case, extra, command="script"):
+    """The inpaint entry script's `cli_main` (or `photobg train --variant inpaint`) on the case's run; returns the
+    exit status (or "raises"/"killed")."""
     argv = flags(run_settings(case.data, case.out)) + extra
     try:
+        if command == "photobg":
+            return photobg_main(["train", "--variant", "inpaint", *argv])
         return cli_main("inpaint", argv)
     except SystemExit as err:
         return err.code
@@ -303,7 +328,7 @@ def test_training_faults(fault, checkpointed, shapes, tmp_path, monkeypatch, cap
     case = Case(out=out, data=shapes, tmp=tmp_path, monkeypatch=monkeypatch, before=weights_of(out))
     fault.setup(case)
     with caplog.at_level("INFO"):
-        status = run(case, fault.flags)
+        status = run(case, fault.flags, fault.command)
     assert status == fault.exit
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from conftest import make_photo
+from conftest import make_photo, output_image
 from PIL import Image, ImageDraw
 
 import photobg
@@ -210,30 +210,30 @@ def write_folder(folder, masks):
 def test_folder_of_every_format_skips_only_the_bad_photos(tmp_path, inpaint_model, capsys):
     folder, masks, out = tmp_path / "photos", tmp_path / "masks", tmp_path / "out"
     write_folder(folder, masks)
-    with pytest.warns(UserWarning, match="gray.png is 226x150 but the image is 451x300: resized"):
-        code = cli(tmp_path, inpaint_model, folder, "--masks", masks, "--prompt", "a photo", "--output-dir", out)
-    printed = capsys.readouterr().out
+    code = cli(tmp_path, inpaint_model, folder, "--masks", masks, "--prompt", "a photo", "--output-dir", out)
+    printed, err = capsys.readouterr()
+    assert "warning: the mask " in err and "gray.png is 226x150 but the image is 451x300: resized" in err
     assert code == 1
     assert "3 of 10 photos failed" in printed
     assert "broken.png: not a readable image" in printed
     assert "empty.png: the object mask is empty" in printed and "full.png: the object fills the whole image" in printed
     good = ["cutout", "cat", "gray", "cmyk", "deep", "palette", "exif"]
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{stem}_p0_s0.png" for stem in good)
+    assert sorted(p.name.rsplit("_", 3)[0] for p in out.glob("*.png")) == sorted(good)
     records = {r["input"].rsplit("/", 1)[-1]: r for r in manifest(out)}
     assert len(records) == 7 and records["cutout.png"]["object_source"] == "alpha"
     assert records["cat.png"]["object_source"] == "mask" and records["palette.png"]["object_source"] == "alpha"
     for stem, (photo, mask) in {"cutout": coffee(), "cat": chelsea()}.items():
-        assert_object_exact(Image.open(out / f"{stem}_p0_s0.png"), photo, mask)
+        assert_object_exact(Image.open(output_image(out, stem)), photo, mask)
     drawn, drawn_mask = make_photo(96, 64, seed=1)
     palette = Image.open(folder / "palette.png")
     assert_object_exact(
-        Image.open(out / "palette_p0_s0.png"), palette.convert("RGB"), palette.convert("RGBA").getchannel("A")
+        Image.open(output_image(out, "palette")), palette.convert("RGB"), palette.convert("RGBA").getchannel("A")
     )
-    assert_object_exact(Image.open(out / "deep_p0_s0.png"), drawn.convert("L"), drawn_mask)  # 16-bit, scaled
+    assert_object_exact(Image.open(output_image(out, "deep")), drawn.convert("L"), drawn_mask)  # 16-bit, scaled
     for stem in ("cmyk", "exif"):  # JPEGs: the object is the decoded photo's pixels, upright
         decoded = photobg.masks.load_image(folder / f"{stem}.jpg").convert("RGB")
         assert decoded.size == (96, 64)
-        assert_object_exact(Image.open(out / f"{stem}_p0_s0.png"), decoded, drawn_mask)
+        assert_object_exact(Image.open(output_image(out, stem)), decoded, drawn_mask)
 
 
 def test_mask_of_another_aspect_and_unreadable_files_are_reported(tmp_path, inpaint_model, capsys):
@@ -303,14 +303,13 @@ def test_skip_existing_resumes_and_compare_writes_a_grid(tmp_path, inpaint_model
     out = tmp_path / "out"
     args = [tmp_path / "cat.png", "--prompt", "a cat", "--num-images", "2", "--output-dir", out]
     assert cli(tmp_path, inpaint_model, *args, "--compare") == 0
-    grid = Image.open(out / "cat_compare.png")
-    assert grid.width == 4 * 512 and grid.height > 2 * 512 * 300 / 451
-    first = {p.name: p.stat().st_mtime_ns for p in out.glob("cat_p*.png")}
-    assert len(first) == 2
-    (out / "cat_p0_s1.png").unlink()
+    (grid,) = out.glob("cat_compare_*.png")
+    assert Image.open(grid).width == 4 * 512 and Image.open(grid).height > 2 * 512 * 300 / 451
+    first = {seed: output_image(out, "cat", seed).stat().st_mtime_ns for seed in (0, 1)}
+    output_image(out, "cat", 1).unlink()
     assert cli(tmp_path, inpaint_model, *args, "--skip-existing") == 0
-    assert (out / "cat_p0_s0.png").stat().st_mtime_ns == first["cat_p0_s0.png"]
-    assert (out / "cat_p0_s1.png").exists()  # only the missing image was generated again
+    assert output_image(out, "cat", 0).stat().st_mtime_ns == first[0]
+    assert output_image(out, "cat", 1).exists()  # only the missing image was generated again
     assert [r["seed"] for r in manifest(out)] == [0, 1]  # one record per image
 
 
@@ -354,7 +353,7 @@ def test_canvas_working_size_and_base_model_options(tmp_path, inpaint_model, inp
     assert main(args) == 0
     (record,) = manifest(out)
     assert record["size"] == [96, 64] and record["working_size"] == [32, 24] and record["controlnet"]
-    placed = Image.open(out / "drawn_p0_s0.png")
+    placed = Image.open(output_image(out, "drawn"))
     assert placed.size == (96, 64)
     _, expected_mask = photobg.masks.place_on_canvas(photo, mask, (96, 64), 0.5, "bottom-left")
     left, top, right, bottom = expected_mask.getbbox()

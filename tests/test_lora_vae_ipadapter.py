@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import generator, make_photo, write_ip_adapter
+from conftest import generator, make_photo, output_image, write_ip_adapter
 from PIL import Image
 
 from photobg.api import BackgroundGenerator
@@ -276,13 +276,14 @@ def test_generate_records_and_keys_lora_vae_and_reference(inpaint_model, tmp_pat
     common += ["--output-dir", str(out), "--skip-existing", "--vae", str(vae), "--guidance", "0"]
     common += ["--scheduler", "LCMScheduler"]
     common += ["--ip-adapter", str(ip_adapter), "--reference-image", str(tmp_path / "ref.png")]
-    output = out / "cup_p0_s0.png"
 
     def generate(scale):
+        """Run; returns the newest image (the one made, or the one kept), its record and the summary."""
         assert main([*common, "--lora", f"{lora}:{scale}"]) == 0
-        return read_record(output), capsys.readouterr().out
+        output = max(out.glob("cup_*_s0.png"), key=lambda path: path.stat().st_mtime_ns)
+        return output, read_record(output), capsys.readouterr().out
 
-    first, _ = generate(0.5)
+    output, first, _ = generate(0.5)
     assert first["loras"] == [dict(path=str(lora.resolve()), scale=0.5)]
     assert first["vae"] == str(vae.resolve()) and first["ip_adapter"] == str(ip_adapter.resolve())
     assert first["ip_adapter_scale"] == 1.0
@@ -290,21 +291,21 @@ def test_generate_records_and_keys_lora_vae_and_reference(inpaint_model, tmp_pat
     command = shlex.split(first["command"])
     assert command[command.index("--lora") + 1] == f"{lora.resolve()}:0.5" and "--reference-image" in command
     pixels = np.asarray(Image.open(output))
-    again, printed = generate(0.5)
+    _, again, printed = generate(0.5)
     assert again["key"] == first["key"] and "1 of 1 were already there" in printed
-    changed, printed = generate(0.8)  # another LoRA scale: made again
-    assert changed["key"] != first["key"] and "1 there were made with other parameters" in printed
-    assert not np.array_equal(np.asarray(Image.open(output)), pixels)
+    changed_output, changed, printed = generate(0.8)  # another LoRA scale: another image, beside the first
+    assert changed["key"] != first["key"] and changed_output != output and read_record(output) == first
+    assert not np.array_equal(np.asarray(Image.open(changed_output)), pixels)
     # The recorded command makes the same image.
     assert main(shlex.split(changed["command"])[1:] + ["--output-dir", str(tmp_path / "again")]) == 0
-    remade = tmp_path / "again" / "cup_p0_s0.png"
-    np.testing.assert_array_equal(np.asarray(Image.open(remade)), np.asarray(Image.open(output)))
+    remade = output_image(tmp_path / "again", "cup")
+    np.testing.assert_array_equal(np.asarray(Image.open(remade)), np.asarray(Image.open(changed_output)))
     # The reference image's content is keyed: another reference is another image.
     Image.new("RGB", (32, 32), "red").save(tmp_path / "ref.png")
-    replaced, printed = generate(0.8)
-    assert replaced["key"] != changed["key"] and "made with other parameters" in printed
+    _, replaced, printed = generate(0.8)
+    assert replaced["key"] != changed["key"] and "1 images written" in printed
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [record["key"] for record in manifest] == [replaced["key"]]
+    assert sorted(record["key"] for record in manifest) == sorted([first["key"], changed["key"], replaced["key"]])
 
 
 def test_keys_of_outputs_without_the_new_options_are_unchanged():
@@ -391,7 +392,7 @@ def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_
     command[command.index("--reference-image") + 1] = str(tmp_path / "style.png")
     command[command.index("cup.png")] = str(tmp_path / "cup.png")
     assert main([*command[1:], "--output-dir", str(tmp_path / "cli")]) == 0
-    remade = np.asarray(Image.open(tmp_path / "cli" / "cup_p0_s0.png"), dtype=int)
+    remade = np.asarray(Image.open(output_image(tmp_path / "cli", "cup")), dtype=int)
     assert np.abs(remade - np.asarray(on.image, dtype=int)).max() <= 1
     # The page shows the LoRA scale and the reference image for such a model.
     demo = build_app(app)

@@ -1,7 +1,8 @@
 """`photobg generate`: new backgrounds around the objects in photos, for one photo or a folder of thousands.
 
 A run is a flat list of outputs (`OutputJob`: photo x prompt x image, each with its seed), each keyed by
-everything that determines its pixels (`output_key`). An output is written as one step: the PNG, with its
+everything that determines its pixels (`output_key`) and named by its photo, prompt, settings and seed
+(`output_name`), so that runs into one folder add up. An output is written as one step: the PNG, with its
 record in the `photobg` text chunk, is renamed into place, then the record is appended to the manifest. The
 manifest is rewritten from the PNGs' own records at the end of every run (also after Ctrl-C or a fatal error),
 so it holds exactly one record per image and a rerun after a kill repairs it. `--skip-existing` keeps an
@@ -39,11 +40,13 @@ canvas: by default the output has the photo's size and the object stays where it
   model's working size (--working-size, default the model's native size, 512 px for SD2) and upscaled;
   the object's own pixels are pasted back at full resolution.
 
-output: DIR/STEM_pPROMPT_sSEED.png per image and DIR/manifest.jsonl, one line per image with every
-  parameter and the `command` that regenerates exactly that image (same device and dtype; images made
-  with --batch-size above 1 come back equal up to floating-point rounding). --skip-existing keeps an
-  image only if it was made from the same photo, mask, prompt, seed, model and settings; others are
-  generated again.
+output: DIR/STEM_PROMPT_KEY_sSEED.png per image (e.g. cutout_a-bottle-on-a-beach-at_3f9a1c02_s0.png: the
+  prompt's first words and a key of the prompt and settings, so another prompt or setting never overwrites
+  earlier images) and DIR/manifest.jsonl, one line per image with every parameter and the `command` that
+  regenerates exactly that image (same device and dtype; images made with --batch-size above 1 come back
+  equal up to floating-point rounding). --skip-existing keeps an image only if it was made from the same
+  photo, mask, prompt, seed, model and settings (also one named STEM_pN_sSEED.png by earlier versions);
+  others are generated again.
 
 failures: a photo that cannot be used or fails is reported and skipped, the rest generated, and the exit
   status is 1; a full disk, a vanished output folder or a lost device stop the batch. Ctrl-C stops it too
@@ -126,7 +129,7 @@ def add_arguments(parser):
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="outputs", help="where results go (default: %(default)s)")
     out.add_argument("--skip-existing", action="store_true", help="keep images already in the output folder")
-    out.add_argument("--compare", action="store_true", help="also write STEM_compare.png: input|mask|SI2|ours")
+    out.add_argument("--compare", action="store_true", help="also write STEM_compare_KEY.png: input|mask|SI2|ours")
     out.add_argument("--debug", action="store_true", help="print the traceback of errors and of Ctrl-C")
 
 
@@ -150,8 +153,9 @@ def run(args):
         raise SystemExit(f"Stopped: {lost}.") from None
     if processes.device and args.device in (None, "cuda"):
         args.device = processes.device  # one accelerator per process
-    outputs = plan_outputs(inputs, masks, prompts, args, output_dir)
-    return Batch(args, output_dir, processes).run(outputs)
+    files = FileHashes()
+    outputs = plan_outputs(inputs, masks, prompts, args, output_dir, files)
+    return Batch(args, output_dir, processes, files).run(outputs)
 
 
 @dataclass
@@ -164,13 +168,14 @@ class OutputJob:
     output: Path
 
 
-def plan_outputs(inputs, masks, prompts, args, output_dir):
+def plan_outputs(inputs, masks, prompts, args, output_dir, files):
     """The flat list of outputs, photo by photo, then prompt by prompt, then image by image. Every process of a
     run plans the same list: its order decides each process's share and the order of the manifest.
 
     Args:
         inputs: photo paths; masks: {stem: mask path} (from --masks); prompts: list of str.
-        args: the parsed options (--mask, --num-images, --seed); output_dir: the output folder.
+        args: the parsed options (--mask, --num-images, --seed, and what `settings_key` reads);
+        output_dir: the output folder; files: the run's `FileHashes`.
 
     Returns:
         list of `OutputJob`.
@@ -178,15 +183,39 @@ def plan_outputs(inputs, masks, prompts, args, output_dir):
     from .api import make_jobs
 
     jobs = make_jobs(prompts, args.num_images, args.seed)
+    keys = {}  # (prompt, whether a mask is given) -> its settings key
     outputs = []
     for photo in inputs:
         mask = Path(args.mask) if args.mask else masks.get(photo.stem)
-        outputs += [OutputJob(photo, mask, job, output_dir / output_name(photo.stem, job)) for job in jobs]
+        for job in jobs:
+            if (job.prompt, mask is None) not in keys:
+                keys[job.prompt, mask is None] = settings_key(args, job.prompt, mask is not None, files)
+            name = output_name(photo.stem, job, keys[job.prompt, mask is None])
+            outputs.append(OutputJob(photo, mask, job, output_dir / name))
     return outputs
 
 
-def output_name(stem, job):
-    return f"{stem}_p{job.prompt_index}_s{job.seed}.png"
+def output_name(stem, job, settings):
+    """STEM_SLUG_SETTINGS_sSEED.png: the photo's stem, the prompt's slug (`prompt_slug`), the settings key
+    (`settings_key`) and the seed. Images made from another prompt or with other settings get other names, so a
+    run never overwrites those of an earlier one; a photo edited under the same name is made under the same names
+    (and `--skip-existing` sees that its key changed)."""
+    return f"{stem}_{prompt_slug(job.prompt)}_{settings}_s{job.seed}.png"
+
+
+def prompt_slug(prompt, length=24):
+    """A short file-name form of a prompt: its first words (letters and digits), lowercase, joined by '-', at
+    most `length` characters; 'empty-prompt' when it has no words. Two prompts of one slug differ by their
+    settings key, which hashes the whole prompt."""
+    import re
+
+    words = re.findall(r"[^\W_]+", prompt.lower())
+    slug = words[0][:length] if words else "empty-prompt"
+    for word in words[1:]:
+        if len(slug) + 1 + len(word) > length:
+            break
+        slug += f"-{word}"
+    return slug
 
 
 def plan_batches(outputs, batch_size, key=lambda item: item.photo):
@@ -219,9 +248,10 @@ class Batch:
     Args:
         args: the parsed options; output_dir: the (writable) output folder.
         processes: the run's `distributed.Processes` (default: this process alone).
+        files: the run's `FileHashes` (default: new ones).
     """
 
-    def __init__(self, args, output_dir, processes=None):
+    def __init__(self, args, output_dir, processes=None, files=None):
         from .distributed import Processes
 
         self.args, self.output_dir = args, output_dir
@@ -230,9 +260,12 @@ class Batch:
         # Each record is appended as its image is written: to the manifest, or with several processes to this
         # process's part of it (one writer per file); the manifest is rewritten from the PNGs at the end anyway.
         self.lines = self.manifest if self.processes.count == 1 else manifest_part(output_dir, self.processes.index)
-        self.files = FileHashes()
+        self.files = files or FileHashes()
         self.generator = None
         self.written, self.kept, self.replaced = 0, 0, []
+        self.kept_as = {}  # output path -> the old-named image kept in its place (`legacy_images`)
+        self.legacy = {}  # photo stem -> {key: path} of its old-named images (`legacy_images`)
+        self.manifest_problem = None  # why the manifest could not be rewritten
         self.failures = {}  # photo -> the line that says why it was skipped
         self.grids = {}  # photo -> all its outputs, for the photos whose comparison grid is (re)made
         self.canvases = {}  # photo -> its outputs' canvas size, read from its header (batches group by it)
@@ -272,13 +305,13 @@ class Batch:
                 pass
         if totals["interrupted"]:
             return 130
-        return 1 if totals["failures"] or totals["stopped"] or totals["lost"] else 0
+        return 1 if totals["failures"] or totals["stopped"] or totals["lost"] or totals["manifest_problem"] else 0
 
     def select(self, outputs):
-        """The outputs to make: all, or with --skip-existing those whose file is missing or was made with other
-        parameters (counted in `replaced`). Each process checks its share; all learn the answer (and the photos'
-        digests, and with --batch-size above 1 their canvas sizes). Also chooses the photos whose --compare grid
-        is made."""
+        """The outputs to make: all, or with --skip-existing those whose file is missing (and not found under its
+        old name, `legacy_images`) or was made with other parameters (counted in `replaced`). Each process checks
+        its share; all learn the answer (and the photos' digests, and with --batch-size above 1 their canvas
+        sizes). Also chooses the photos whose --compare grid is made."""
         processes, args = self.processes, self.args
         photos = _by_photo(outputs)
         found = {i: self.existing(outputs[i]) for i in processes.share(range(len(outputs)))}
@@ -293,9 +326,10 @@ class Batch:
             grids_done += part["grids_done"]
             self.canvases.update(part["canvases"])
             self.files.known.update(part["digests"])
-        self.kept = sum(state == "kept" for state in found.values())
+        self.kept_as = {outputs[i].output: state for i, state in found.items() if isinstance(state, Path)}
+        self.kept = sum(state == "kept" for state in found.values()) + len(self.kept_as)
         self.replaced = [item.output.name for i, item in enumerate(outputs) if found[i] == "replaced"]
-        todo = [item for i, item in enumerate(outputs) if found[i] != "kept"]
+        todo = [item for i, item in enumerate(outputs) if found[i] == "missing" or found[i] == "replaced"]
         if args.compare:
             keep = set(grids_done) - {item.photo for item in todo}  # a grid is made again with any of its images
             self.grids = {photo: group for photo, group in photos.items() if photo not in keep}
@@ -303,9 +337,13 @@ class Batch:
 
     def existing(self, item):
         """What --skip-existing finds for an output: "kept" when its file's record was made with the same
-        parameters, "replaced" when its file was made otherwise, else "missing"."""
-        if not (self.args.skip_existing and item.output.exists()):
+        parameters, "replaced" when its file was made otherwise, the path of an image of the same key under its
+        old name (`legacy_images`; kept there), else "missing"."""
+        if not self.args.skip_existing:
             return "missing"
+        if not item.output.exists():
+            old = self.legacy_images(item.photo.stem)
+            return old.get(self.key(item), "missing") if old else "missing"
         record = read_record(item.output)
         if record is not None:
             self.files.learn(record)
@@ -313,11 +351,33 @@ class Batch:
                 return "kept"
         return "replaced"
 
+    def legacy_images(self, stem):
+        """{key: path} of a photo's images under the names photobg gave before they carried the prompt and settings
+        (issue 19): STEM_pINDEX_sSEED.png, INDEX the prompt's index in its run (so matched by key, not by name).
+        Read once per photo, and only for outputs whose own file is missing."""
+        import glob
+        import re
+
+        if stem not in self.legacy:
+            self.legacy[stem] = {}
+            pattern = re.escape(stem) + r"_p\d+_s\d+\.png"
+            for path in sorted(self.output_dir.glob(f"{glob.escape(stem)}_p*_s*.png")):
+                record = read_record(path) if re.fullmatch(pattern, path.name) else None
+                if record and record.get("key") and Path(str(record.get("output", ""))).name == path.name:
+                    self.files.learn(record)
+                    self.legacy[stem][record.get("key")] = path
+        return self.legacy[stem]
+
+    def image_of(self, item):
+        """The file holding an output's image: its own, or the old-named one --skip-existing kept in its place."""
+        return self.kept_as.get(item.output, item.output)
+
     def grid_is_done(self, group):
-        path = grid_path(group[0])
-        if not (self.args.skip_existing and path.exists()):
+        """Whether --skip-existing finds the photo's grid of these outputs, under its name or its old one."""
+        paths = [path for path in (grid_path(group), legacy_grid_path(group)) if path.exists()]
+        if not (self.args.skip_existing and paths):
             return False
-        return read_record(path, GRID_CHUNK) == {"key": self.grid_key(group)}
+        return any(read_record(path, GRID_CHUNK) == {"key": self.grid_key(group)} for path in paths)
 
     def key(self, item):
         """`output_key` of an output; None when its photo or mask cannot be read (it fails later, with the reason)."""
@@ -340,7 +400,7 @@ class Batch:
         masks = {item.photo: item.mask for item in todo}
         masks.update({photo: group[0].mask for photo, group in self.grids.items()})
         self.check_segmenter(masks)
-        with self.ctrl_c_ends_the_round():
+        with self.ctrl_c_ends_the_round(), warnings_as_lines():
             self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
             if self.stop_requested:
                 self.interrupted = True
@@ -454,7 +514,10 @@ class Batch:
             raise Cancelled
         try:
             save_png(image, item.output, {RECORD_CHUNK: record})
-            append_line(self.lines, record)
+            try:
+                append_line(self.lines, record)
+            except OSError:
+                pass  # the image is written with its record; the manifest, rewritten from the images, says why not
         except Exception as err:
             if fatal_problem(err, self.output_dir):
                 self.halt.set()
@@ -492,7 +555,7 @@ class Batch:
             group = self.grids[photo]
             if self.stopped is not None or self.stop_requested:
                 break
-            if photo in self.failures or not all(item.output.exists() for item in group):
+            if photo in self.failures or not all(self.image_of(item).exists() for item in group):
                 continue  # the photo failed, and was reported
             try:
                 self.make_grid(self.prepare(group[0]), group)
@@ -503,19 +566,20 @@ class Batch:
                     self.stopped = stop
 
     def make_grid(self, prepared, group):
-        """STEM_compare.png: input | object mask | SI2 (ControlNet scale 0) | ours, one row per output."""
+        """STEM_compare_KEY.png (`grid_path`): input | object mask | SI2 (ControlNet scale 0) | ours, one row per
+        output."""
         from PIL import Image
 
         from .api import comparison_grid
 
         jobs = [item.job for item in group]
-        ours = [Image.open(item.output) for item in group]
+        ours = [Image.open(self.image_of(item)) for item in group]
         si2 = self.generator.run(prepared, jobs, **{**sampling_options(self.args), "controlnet_conditioning_scale": 0})
         rows = [[prepared.image, prepared.object_mask, a, b] for a, b in zip(si2, ours, strict=True)]
         labels = ["input", "object mask", "SI2 (ControlNet scale 0)", "ours"]
         row_labels = [f"prompt {job.prompt_index}, seed {job.seed}" for job in jobs]
         grid = comparison_grid(rows, labels, row_labels)
-        save_png(grid, grid_path(group[0]), {GRID_CHUNK: {"key": self.grid_key(group)}})
+        save_png(grid, grid_path(group), {GRID_CHUNK: {"key": self.grid_key(group)}})
 
     def fail(self, photo, err):
         """Report a photo's failure and go on, or raise `Stopped` when the failure would hit every photo."""
@@ -572,7 +636,7 @@ class Batch:
                 if self.processes.is_main:
                     write_manifest(self.output_dir)
         except OSError as err:
-            print(f"Could not rewrite {self.manifest}: {err}", file=sys.stderr)
+            self.manifest_problem = err.strerror or str(err)
         return together
 
     def totals(self, together):
@@ -582,6 +646,7 @@ class Batch:
 
         stopped = str(self.stopped) if self.stopped is not None else None
         mine = dict(written=self.written, failures=self.failures, stopped=stopped, interrupted=self.interrupted)
+        mine["manifest_problem"] = self.manifest_problem
         parts = [dict(mine, lost=self.lost)]
         if together:
             try:
@@ -599,19 +664,26 @@ class Batch:
             stopped=first("stopped"),
             interrupted=any(part["interrupted"] for part in parts),
             lost=first("lost"),
+            manifest_problem=first("manifest_problem"),
             alone=not together,
         )
 
     def report(self, total, photos, totals):
-        written, failures = totals["written"], totals["failures"]
-        summary = f"{written} images written to {self.output_dir} (manifest: {self.manifest})"
+        written, failures, problem = totals["written"], totals["failures"], totals["manifest_problem"]
+        summary = f"{written} images written to {self.output_dir}"
         if written and self.seconds and not totals["alone"]:
             count = self.processes.count
             rate = f"{written / self.seconds:.2f} images/s on {count} process{'es' if count > 1 else ''}"
-            summary = summary.replace(" (manifest", f" in {self.seconds:.1f} s ({rate}) (manifest", 1)
+            summary += f" in {self.seconds:.1f} s ({rate})"
+        summary += f" (manifest: {self.manifest})" if problem is None else ""
         summary += f"; {self.kept} of {total} were already there" if self.kept else ""
         if self.replaced:
             summary += f"; {len(self.replaced)} there were made with other parameters and generated again"
+        if problem is not None:
+            summary += (
+                f"; the manifest {self.manifest} could not be written ({problem}): each image carries its record, "
+                "and a rerun with --skip-existing writes the manifest once that is fixed"
+            )
         summary += f"; {len(failures)} of {photos} photos failed:" if failures else "."
         if totals["alone"]:
             summary = f"Process {self.processes.index}: " + summary.replace("written to", "written by this process to")
@@ -629,6 +701,26 @@ class Batch:
             )
         if totals["lost"]:
             print(f"Stopped: {totals['lost']}. The images written are complete; {resume}.", file=sys.stderr)
+
+
+@contextmanager
+def warnings_as_lines():
+    """Warnings shown while the batch runs become one line each above the progress bar, `warning: MESSAGE`
+    (photobg's own, e.g. a mask resized to its photo, name the photo), instead of warnings' format with a source
+    line, which breaks into the bar. Warnings from the worker threads are shown the same way."""
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        tqdm.write(f"warning{kind}: {message}", file=sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def prefetched(batches, prepare):
@@ -719,7 +811,14 @@ def read_prompts(prompts, prompts_file):
         prompts += [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise SystemExit("Give at least one prompt: --prompt TEXT or --prompts-file FILE.")
-    return prompts
+    unique = list(dict.fromkeys(prompts))  # a prompt given twice would name the same images twice
+    if len(unique) < len(prompts):
+        repeated = len(prompts) - len(unique)
+        print(
+            f"warning: {repeated} repeated prompt{'s' * (repeated > 1)} left out: each prompt is made once.",
+            file=sys.stderr,
+        )
+    return unique
 
 
 def check_options(args):
@@ -1054,18 +1153,30 @@ def output_key(args, item, files):
     Raises:
         OSError: when the photo or mask file cannot be read.
     """
-    import hashlib
+    determining = dict(
+        photo=files.sha256(item.photo),
+        mask=files.sha256(item.mask) if item.mask is not None else None,
+        seed=item.job.seed,
+        **_settings(args, item.job.prompt, item.mask is not None, files),
+    )
+    return _sha256_of(determining)
 
+
+def settings_key(args, prompt, has_mask, files):
+    """The part of an output's key that its file name carries (8 hex digits): what decides the image besides the
+    photo's and mask's content and the seed, i.e. the prompt and every keyed setting (see `output_key`)."""
+    return _sha256_of(_settings(args, prompt, has_mask, files))[:8]
+
+
+def _settings(args, prompt, has_mask, files):
+    """What decides an output besides its photo, mask and seed (`output_key`'s other entries)."""
     from .masks import parse_size
     from .models import ip_adapter_weights
 
     determining = dict(
-        photo=files.sha256(item.photo),
-        mask=files.sha256(item.mask) if item.mask is not None else None,
-        segmenter=args.segmenter if item.mask is None else None,
-        prompt=item.job.prompt,
+        segmenter=None if has_mask else args.segmenter,
+        prompt=prompt,
         negative_prompt=args.negative_prompt,
-        seed=item.job.seed,
         model=_model_key(args.model),
         controlnet=_model_key(args.controlnet),
         scheduler=args.scheduler,
@@ -1087,7 +1198,13 @@ def output_key(args, item, files):
         reference_image=files.sha256(args.reference_image) if args.reference_image else None,
     )
     determining.update({name: value for name, value in extras.items() if value is not None})
-    return hashlib.sha256(json.dumps(determining, sort_keys=True).encode()).hexdigest()
+    return determining
+
+
+def _sha256_of(value):
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def model_files(args):
@@ -1150,8 +1267,16 @@ def _size_and_mtime(path):
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def grid_path(item):
-    return item.output.with_name(f"{item.photo.stem}_compare.png")
+def grid_path(group):
+    """STEM_compare_KEY.png: KEY (8 hex digits) hashes the names of the grid's outputs, so that runs with other
+    prompts or settings write other grids."""
+    names = " ".join(item.output.name for item in group)
+    return group[0].output.with_name(f"{group[0].photo.stem}_compare_{_sha256_of(names)[:8]}.png")
+
+
+def legacy_grid_path(group):
+    """The grid's name before issue 19 (STEM_compare.png), which `--skip-existing` still reads."""
+    return group[0].output.with_name(f"{group[0].photo.stem}_compare.png")
 
 
 def save_png(image, path, chunks=None):
@@ -1227,7 +1352,8 @@ def write_manifest(folder, processes=None):
             return write_manifest(folder)
         records = [json.loads(line) for part in parts for line in part.read_text(encoding="utf-8").splitlines()]
     records.sort(key=lambda r: (str(r.get("input")), r.get("prompt_index") or 0, r.get("seed") or 0, r["output"]))
-    _write_records(folder / MANIFEST, records)
+    if records or (folder / MANIFEST).exists():  # no empty manifest where nothing was ever written
+        _write_records(folder / MANIFEST, records)
     for part in folder.glob(MANIFEST_PART.format("*")):
         part.unlink(missing_ok=True)
     return len(records)

@@ -72,13 +72,9 @@ def cli_main(variant, argv=None):
 
 
 def run(args):
-    """`photobg train`."""
-    config = config_from_args(args)
-    try:
-        check_config(config)
-    except ConfigError as err:
-        raise SystemExit(f"photobg train: error: {err}") from None
-    return main_reporting_errors(config, "photobg train", args.debug)
+    """`photobg train`: a bad flag value exits with status 2, as the entry scripts' usage errors do (`main` checks
+    the flags first)."""
+    return main_reporting_errors(config_from_args(args), "photobg train", args.debug)
 
 
 # Failures that a user's data, flags or files cause: reported in one line (the traceback with --debug).
@@ -86,8 +82,9 @@ EXPECTED_ERRORS = (ConfigError, CheckpointError, FloatingPointError)
 
 
 def main_reporting_errors(config, prog, debug=False):
-    """`main(config)`; an expected failure prints `PROG: error: MESSAGE` and exits with status 2 (a bad flag)
-    or 1, unless `debug` asks for the traceback."""
+    """`main(config)`; an expected failure prints `PROG: error: MESSAGE` and exits with status 2 for a usage error
+    (a `ConfigError`: a bad flag or flag value, such as a missing dataset folder or column, as argparse does) or 1
+    (the data, a checkpoint or the run failed), unless `debug` asks for the traceback."""
     from .data import BadExample
 
     try:
