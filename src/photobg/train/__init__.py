@@ -17,7 +17,6 @@ Entry points: `train_controlnet_inpaint.py` / `train_controlnet.py` at the repos
 ControlNet example's flags) and `photobg train --variant inpaint|base`. `main(config)` is the loop.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -29,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import (
+from ..checkpoints import (
     CONFIG_FILE,
     CheckpointError,
     TrainState,
@@ -40,9 +39,9 @@ from .checkpoints import (
     saved_config,
     write_json,
 )
-from .train_config import (
+from ..train_config import (
     ConfigError,
-    add_arguments,
+    add_arguments,  # noqa: F401  (the `photobg` command reads it here)
     build_parser,
     check_config,
     config_from_args,
@@ -88,7 +87,7 @@ EXPECTED_ERRORS = (ConfigError, CheckpointError, FloatingPointError)
 def main_reporting_errors(config, prog, debug=False):
     """`main(config)`; an expected failure prints `PROG: error: MESSAGE` and exits with status 2 (a bad flag)
     or 1, unless `debug` asks for the traceback."""
-    from .data import BadExample
+    from ..data import BadExample
 
     try:
         main(config)
@@ -234,7 +233,7 @@ def report_bad_examples(accelerator, bad):
 
     from accelerate.utils import gather_object
 
-    from .data import describe_bad
+    from ..data import describe_bad
 
     total = Counter()
     for counts in gather_object([dict(bad)]):
@@ -371,7 +370,7 @@ class Models:
         """The training modules of a loaded photobg pipeline (its own modules, no copies)."""
         from diffusers import DDPMScheduler
 
-        from .backbones import get_backbone
+        from ..backbones import get_backbone
 
         backbone = get_backbone(pipe.variant_backbones[pipe.unet.config.in_channels])
         models = cls(
@@ -410,8 +409,8 @@ def load_models(config, accelerator):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer
 
-    from .backbones import detect_backbone
-    from .models import _load_config, resolve_model
+    from ..backbones import detect_backbone
+    from ..models import _load_config, resolve_model
 
     model = resolve_model(config.pretrained_model_name_or_path, "Base model")
     backbone = detect_backbone(model)
@@ -473,8 +472,8 @@ def load_controlnet(config, unet):
     import torch
     from diffusers import ControlNetModel
 
-    from .controlnets import make_controlnet
-    from .models import STATE_DICT_SUFFIXES, controlnet_from_state_dict, resolve_model
+    from ..controlnets import make_controlnet
+    from ..models import STATE_DICT_SUFFIXES, controlnet_from_state_dict, resolve_model
 
     spec = config.controlnet_model_name_or_path
     if spec is None:
@@ -520,7 +519,7 @@ def register_checkpoint_hooks(accelerator):
 
 def make_examples(config, seed):
     """The training examples (see `photobg.data.TrainExamples`), columns checked."""
-    from .data import TrainExamples, load_train_dataset
+    from ..data import TrainExamples, load_train_dataset
 
     columns = (config.image_column, config.conditioning_image_column, config.caption_column)
     dataset = load_train_dataset(
@@ -551,7 +550,7 @@ def make_loader(config, examples, seed):
     """The DataLoader (before `accelerator.prepare` shards it) and its sampler, whose `epoch` the loop sets."""
     import torch
 
-    from .data import Collate, EpochSampler
+    from ..data import Collate, EpochSampler
 
     sampler = EpochSampler(len(examples), seed)
     loader = torch.utils.data.DataLoader(
@@ -614,7 +613,7 @@ def make_lr_scheduler(config, optimizer, max_train_steps, num_processes):
 
 def resolved_config(config, accelerator, seed, steps, optimizer):
     """The configuration as run: the flags plus what was derived from them (saved with every checkpoint)."""
-    from . import __version__
+    from .. import __version__
 
     resolved = dataclasses.asdict(config)
     resolved.update(
@@ -659,7 +658,7 @@ def cache_latents(config, examples, models, accelerator):
     """Encode every example once (see `photobg.data.CachedExamples`); each process encodes its share."""
     import hashlib
 
-    from .data import CachedExamples, Collate
+    from ..data import CachedExamples, Collate
 
     key = json.dumps(
         [
@@ -703,7 +702,7 @@ def encode_for_cache(models, batch, fixed_prompts, device):
     `prompt_embeds`, and SDXL's `pooled_prompt_embeds`)."""
     import torch
 
-    from .pipeline_controlnet_inpaint import inpaint_mask_from_object
+    from ..pipeline_controlnet_inpaint import inpaint_mask_from_object
 
     with torch.no_grad():
         pixel_values = batch["pixel_values"].to(device, models.vae.dtype)
@@ -836,8 +835,8 @@ def encode_batch(models, batch, generator=None):
     import torch.nn.functional as F
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    from .data import uint8_to_pixels
-    from .pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image
+    from ..data import uint8_to_pixels
+    from ..pipeline_controlnet_inpaint import inpaint_mask_from_object, make_control_image
 
     # The VAE may run in float32 where the frozen models are in half precision (`load_models`: SDXL's VAE).
     vae, dtype, device = models.vae, models.weight_dtype, models.vae.device
@@ -882,7 +881,7 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
     import torch
     import torch.nn.functional as F
 
-    from .pipeline_controlnet_inpaint import unet_input
+    from ..pipeline_controlnet_inpaint import unet_input
 
     inputs = encode_batch(models, batch, generator)
     latents, scheduler = inputs["latents"], models.noise_scheduler
@@ -926,7 +925,7 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
 def make_pipeline(models, controlnet, scheduler=None):
     """The photobg pipeline of the backbone (`photobg.models.pipeline_class`) around the modules being trained (no
     copies), with the base model's `model_index.json` settings and no safety checker."""
-    from .models import _pipeline, make_scheduler, pipeline_class
+    from ..models import _pipeline, make_scheduler, pipeline_class
 
     config = models.scheduler_config
     components = dict(
@@ -964,8 +963,8 @@ def validate(config, accelerator, models, controlnet, state):
     if accelerator.distributed_type == DistributedType.FSDP:
         logger.warning("Validation is skipped under FSDP (the sharded ControlNet cannot run in one process).")
         return step
-    from .masks import load_image
-    from .pipeline_controlnet_inpaint import split_object
+    from ..masks import load_image
+    from ..pipeline_controlnet_inpaint import split_object
 
     pipe = make_pipeline(models, accelerator.unwrap_model(controlnet), scheduler="UniPCMultistepScheduler")
     pipe.set_progress_bar_config(disable=True)
@@ -996,7 +995,7 @@ def validate(config, accelerator, models, controlnet, state):
 
 def _validation_size(photo, object_mask, resolution):
     """Resize so that the short side is `resolution` (and both sides multiples of 8), by training's rule."""
-    from .data import resize
+    from ..data import resize
 
     scale = resolution / min(photo.size)
     size = tuple(max(8, round(s * scale) // 8 * 8) for s in photo.size)
@@ -1074,8 +1073,3 @@ def save_outputs(config, accelerator, models, controlnet, resolved):
                 f"{PIPELINE_OLD}/*",
             ],
         )
-
-
-if __name__ == "__main__":
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m photobg.train", description=HELP))
-    sys.exit(run(parser.parse_args()))
