@@ -248,7 +248,7 @@ def test_cached_latents_train_like_uncached_ones(shapes, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(shapes, tmp_path, monkeypatch):
-    import photobg.train
+    import photobg.train.loop
 
     calls = []
 
@@ -257,7 +257,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(shapes, tmp_path, monke
         calls.append(1)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(photobg.train, "training_loss", loss_that_explodes)
+    monkeypatch.setattr(photobg.train.loop, "training_loss", loss_that_explodes)
     with pytest.raises(FloatingPointError, match="at step 3.*checkpoint-2"):
         main(config(tmp_path / "out", shapes, max_train_steps=6, checkpointing_steps=2))
     assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2"]

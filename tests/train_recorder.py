@@ -10,14 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-import photobg.train
+import photobg.train.loop
 from photobg.train import cli_main
 
 
 def record_into(prefix, patch=setattr):
     """Wrap the loop's loss (sees each batch) and loss read-back (sees each step's learning rate with
     `--logging_steps 1`) so that they write records."""
-    training_loss, read_losses = photobg.train.training_loss, photobg.train.read_losses
+    training_loss, read_losses = photobg.train.loop.training_loss, photobg.train.loop.read_losses
 
     def recording_loss(models, controlnet, batch, generator, accelerator=None, **kwargs):
         _append(prefix, accelerator.process_index, {"names": batch["names"]})
@@ -27,8 +27,8 @@ def record_into(prefix, patch=setattr):
         _append(prefix, accelerator.process_index, {"step": step, "lr": lr})
         return read_losses(config, accelerator, pending, step, lr)
 
-    patch(photobg.train, "training_loss", recording_loss)
-    patch(photobg.train, "read_losses", recording_read_losses)
+    patch(photobg.train.loop, "training_loss", recording_loss)
+    patch(photobg.train.loop, "read_losses", recording_read_losses)
 
 
 def _append(prefix, process, record):
