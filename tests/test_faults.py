@@ -67,6 +67,18 @@ today same-stem inputs, two masks for one stem, --mask with several photos, no p
       -> test_clashes_stop_before_loading
 today an output folder that cannot be written  -> stops before loading
       -> test_generate.py::test_unwritable_output_folder_fails_before_loading_anything
+19.1  --lora FILE(:SCALE) (or --ip-adapter FILE) with FILE a bare file name in the current folder
+      -> loaded (not looked up on the Hub)
+      -> test_a_lora_named_by_its_bare_file_name_loads
+19.2  --lora of a file that is not a LoRA (not a weights file, a tensor, no LoRA keys)
+      -> stops before loading, one line naming --lora and the file; the API raises a ValueError saying the same
+      -> test_a_file_that_is_not_a_lora_is_refused_before_loading
+19.2  --device foo, --device cuda where torch has no CUDA  -> stops before loading, naming --device (API: ValueError)
+      -> test_meaningless_values_are_refused_naming_the_flag, test_an_unavailable_device_is_refused_before_loading
+19.2  photobg convert of a missing file, or of a file that is not a state dict  -> one line naming the file
+      -> test_convert_of_a_missing_or_unreadable_file_says_so_in_one_line
+19.7  --scheduler NotAScheduler  -> stops before loading, naming --scheduler and some valid names
+      -> test_meaningless_values_are_refused_naming_the_flag
 """
 
 import errno
@@ -212,6 +224,8 @@ def test_a_rerun_keeps_one_record_per_image(first_run, tmp_path, fast):
         (["--working-size", "4"], "--working-size must be between 8 and"),
         (["--object-scale", "nan"], "--object-scale"),  # works today
         (["--num-images", "0"], "--num-images"),  # works today
+        (["--device", "foo"], "^--device: Device 'foo' is not a torch device: expected cpu, cuda, mps"),
+        (["--scheduler", "NotAScheduler"], "^--scheduler: Unknown scheduler 'NotAScheduler'.*e.g. DDIMScheduler"),
     ],
 )
 def test_meaningless_values_are_refused_naming_the_flag(tmp_path, extra, message):
@@ -633,3 +647,94 @@ def test_a_resized_mask_is_one_line_above_the_progress_bar(tmp_path, fast, capsy
     line = f"warning: the mask {tmp_path / 'mask.png'} is 32x24 but the image is 64x48: resized to the image's size."
     assert line in err.splitlines()
     assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+# ----------------------------------------------------------------------------- 19 LoRAs, devices, convert
+
+
+def test_a_lora_named_by_its_bare_file_name_loads(tmp_path, monkeypatch, shared_pipe):
+    from conftest import write_ip_adapter
+    from test_lora_vae_ipadapter import write_lora
+
+    monkeypatch.chdir(tmp_path)
+    write_lora(Path("lora"), shared_pipe).rename("style.safetensors")
+    (path,) = cutouts(tmp_path / "in", 1)
+    for spec, scale in [("style.safetensors", 1.0), ("style.safetensors:0.5", 0.5)]:  # no folder part, no Hub id
+        out = tmp_path / str(scale)
+        assert generate(path, "--prompt", "p", "--lora", spec, "--output-dir", out) == 0
+        assert [r["loras"] for r in manifest(out)] == [
+            [{"path": str(Path("style.safetensors").resolve()), "scale": scale}]
+        ]
+    write_ip_adapter(Path("."), shared_pipe.unet)  # the same for an IP-Adapter: ./ip-adapter.safetensors
+    ip_adapter = ["--ip-adapter", "ip-adapter.safetensors", "--reference-image", path]
+    assert generate(path, "--prompt", "p", *ip_adapter, "--output-dir", tmp_path / "ip") == 0
+
+
+def not_a_lora(folder, kind):
+    """A file given as a LoRA that is not one: not a weights file, a tensor alone, weights without LoRA keys."""
+    from safetensors.torch import save_file
+
+    path = folder / {"text": "notes.safetensors", "garbage": "style.bin", "tensor": "t.pt", "model": "unet.st"}[kind]
+    if kind in ("text", "garbage"):
+        path.write_bytes(b"not a LoRA at all")  # safetensors: "header too small"; torch.load: a KeyError
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        path = path.with_suffix(".safetensors")
+        save_file({"conv_in.weight": torch.zeros(4, 9, 3, 3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("text", "is not a safetensors file"),
+        ("garbage", "is not a weights file"),
+        ("tensor", "holds no state dict"),
+        ("model", "holds no LoRA weights"),
+    ],
+)
+def test_a_file_that_is_not_a_lora_is_refused_before_loading(tmp_path, capsys, kind, reason):
+    (photo,) = cutouts(tmp_path / "in", 1)
+    path = not_a_lora(tmp_path, kind)
+    with pytest.raises(SystemExit) as stop:  # "nowhere/none" cannot load: the check comes first
+        main(["generate", str(photo), "--prompt", "p", "--lora", f"{path}:0.5", "--model", "nowhere/none"])
+    message = str(stop.value.code)
+    assert message.startswith(f"--lora: LoRA {str(path)!r} {reason}") and "\n" not in message
+    with pytest.raises(ValueError, match=f"^LoRA '.*{path.name}' {reason}"):
+        BackgroundGenerator("nowhere/none", loras=[path])
+
+
+def test_an_unavailable_device_is_refused_before_loading(tmp_path, monkeypatch):
+    (photo,) = cutouts(tmp_path / "in", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build of torch, or no GPU
+    with pytest.raises(SystemExit, match=r"^--device: Device 'cuda' is not available: (this torch|no CUDA)"):
+        main(["generate", str(photo), "--prompt", "p", "--device", "cuda", "--model", "nowhere/none"])
+    for option, message in [
+        ({"device": "cuda:1"}, "^Device 'cuda:1' is not available"),
+        ({"device": "foo"}, "^Device 'foo' is not a torch device"),
+        ({"scheduler": "NotAScheduler"}, "^Unknown scheduler 'NotAScheduler'"),
+    ]:
+        with pytest.raises(ValueError, match=message):  # the API's errors: the same, before loading
+            BackgroundGenerator("nowhere/none", **option)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot be read (No such file or directory)"),
+        (b"not weights at all", "is not a weights file"),
+        ([1, 2, 3], "does not hold a state dict"),
+    ],
+)
+def test_convert_of_a_missing_or_unreadable_file_says_so_in_one_line(tmp_path, content, reason):
+    path = tmp_path / "controlnet.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(SystemExit) as stop:
+        main(["convert", str(path), "--output", str(tmp_path / "out")])
+    message = str(stop.value.code)
+    assert repr(str(path)) in message and reason in message and "\n" not in message, message
+    assert not (tmp_path / "out").exists()

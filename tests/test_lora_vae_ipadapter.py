@@ -69,23 +69,32 @@ def xl(xl_folder):
 # ----------------------------------------------------------------------------- parsing PATH[:SCALE]
 
 
+def a_lora_file(path):
+    """A file that reads as a LoRA (a tensor under a LoRA key), as `parse_lora` checks: `.safetensors`, else torch."""
+    from safetensors.torch import save_file
+
+    state = {"unet.conv_in.lora_A.weight": torch.zeros(4, 9, 3, 3)}
+    if path.suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
 def test_lora_spec_path_and_scale(tmp_path):
-    weights = tmp_path / "style.safetensors"
-    weights.write_bytes(b"")
-    odd = tmp_path / "a:b.safetensors"  # a path that contains ':'
-    odd.write_bytes(b"")
+    weights = a_lora_file(tmp_path / "style.safetensors")
+    odd = a_lora_file(tmp_path / "a:b.safetensors")  # a path that contains ':'
     assert parse_lora(str(weights)) == Lora(str(weights), 1.0)
     assert parse_lora(f"{weights}:0.5") == Lora(str(weights), 0.5)
     assert parse_lora(f"{weights}:-1") == Lora(str(weights), -1.0)
     assert parse_lora(str(odd)) == Lora(str(odd), 1.0)
     assert parse_lora(f"{odd}:0.25") == Lora(str(odd), 0.25)
-    named_like_a_scale = tmp_path / "v:2"  # a file that exists is a path, whole
-    named_like_a_scale.write_bytes(b"")
+    named_like_a_scale = a_lora_file(tmp_path / "v:2")  # a file that exists is a path, whole
     assert parse_lora(str(named_like_a_scale)) == Lora(str(named_like_a_scale), 1.0)
     assert parse_lora(f"{named_like_a_scale}:0.5") == Lora(str(named_like_a_scale), 0.5)
     folder = tmp_path / "lora"
     folder.mkdir()
-    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    a_lora_file(folder / "pytorch_lora_weights.safetensors")
     assert parse_lora(f"{folder}:2") == Lora(str(folder / "pytorch_lora_weights.safetensors"), 2.0)
     with pytest.raises(FileNotFoundError, match="LoRA '.*missing.safetensors' does not exist"):
         parse_lora(f"{tmp_path}/missing.safetensors:0.5")

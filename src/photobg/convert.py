@@ -18,5 +18,8 @@ def add_arguments(parser):
 def run(args):
     from .models import convert_controlnet
 
-    path = convert_controlnet(args.checkpoint, args.output, base=args.base)
+    try:
+        path = convert_controlnet(args.checkpoint, args.output, base=args.base)
+    except (OSError, ValueError) as err:  # each names the file or folder it is about
+        raise SystemExit(str(err)) from None
     print(f"wrote {path}")

@@ -997,18 +997,26 @@ def add_model_arguments(parser):
 
 
 def check_model_options(args):
-    """Check the LoRA and IP-Adapter options before any model loads (errors name the flag and file); sets
-    `args.loras` to the parsed `models.Lora`s."""
+    """Check the device, scheduler, LoRA and IP-Adapter options before any model loads (errors name the flag and
+    file); sets `args.loras` to the parsed `models.Lora`s."""
     import math
 
+    from .models import check_scheduler, ip_adapter_weights, parse_lora, resolve_device
+
     args.loras = []
+    for flag, check, value in (
+        ("--device", resolve_device, args.device),
+        ("--scheduler", check_scheduler, args.scheduler),
+    ):
+        try:
+            check(value)
+        except ValueError as err:
+            raise SystemExit(f"{flag}: {err}") from None
     if not math.isfinite(args.ip_adapter_scale):
         raise SystemExit(f"--ip-adapter-scale must be a finite number, not {args.ip_adapter_scale}.")
     if not (args.lora or args.ip_adapter):
         return
     import importlib.util
-
-    from .models import ip_adapter_weights, parse_lora
 
     if args.lora and importlib.util.find_spec("peft") is None:
         raise SystemExit("--lora needs the peft package: pip install 'photobg[lora]' (or pip install peft).")

@@ -40,10 +40,34 @@ DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), s
 
 
 def resolve_device(device=None):
-    """The device to run on: the caller's choice, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to run on: the caller's choice, checked, else CUDA when present, else CPU.
+
+    Raises:
+        ValueError: naming the device, when torch has no such device type (`foo`) or this machine and torch build
+            have no such device (`cuda` on a CPU build of torch, `cuda:1` with one GPU). Checked without starting
+            the device, so that the processes of a multi-GPU run do not all start a context on the first GPU.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"Device {device!r} is not a torch device: expected cpu, cuda, mps, xpu, ..., optionally with an index "
+            "(cuda:1)."
+        ) from None
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if device.type == "cpu" or not hasattr(backend, "is_available"):
+        return device
+    kind = device.type.upper()
+    if not backend.is_available():
+        built_without = device.type == "cuda" and torch.version.cuda is None and torch.version.hip is None
+        reason = f"this torch ({torch.__version__}) is built without CUDA" if built_without else f"no {kind} device"
+        raise ValueError(f"Device {str(device)!r} is not available: {reason}.")
+    count = backend.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"Device {str(device)!r} is not available: torch sees {count} {kind} device(s).")
+    return device
 
 
 def resolve_dtype(dtype=None, device=None):
@@ -51,7 +75,8 @@ def resolve_dtype(dtype=None, device=None):
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None:
-        return torch.float16 if resolve_device(device).type == "cuda" else torch.float32
+        device = resolve_device() if device is None else torch.device(device)  # its type only: not checked here
+        return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
     return DTYPES[dtype]
@@ -87,9 +112,9 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
 
     from diffusers import AutoencoderKL, ControlNetModel
 
+    device, dtype = resolve_device(device), resolve_dtype(dtype, device)
     model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     vae_source = check_vae(vae, model) if vae is not None else None
-    device, dtype = resolve_device(device), resolve_dtype(dtype, device)
     cls = pipeline_class(detect_backbone(model))
     kwargs = {"dtype": dtype}
     if "safety_checker" in inspect.signature(cls.__init__).parameters:  # SD2's pipelines: loaded without one
@@ -131,8 +156,7 @@ def check_model(model=None, controlnet=None, scheduler=None):
     Raises:
         FileNotFoundError, OSError, ValueError: naming the model or ControlNet and what is wrong.
     """
-    if scheduler not in (None, recipe.MODEL_SCHEDULER):
-        scheduler_class(scheduler)
+    check_scheduler(scheduler)
     model = resolve_model(model or (DEFAULT_MODEL if controlnet is None else DEFAULT_BASE_MODEL))
     backbone = detect_backbone(model)
     unet_config = _load_component_config(model, "unet")
@@ -212,6 +236,13 @@ def make_scheduler(name, config):
     return scheduler_class(name).from_config(config)
 
 
+def check_scheduler(name):
+    """Check a scheduler choice as `load_pipeline` takes it (None, "model" or a class name); a `ValueError` naming
+    it and some valid names when diffusers has no such scheduler class."""
+    if name not in (None, recipe.MODEL_SCHEDULER):
+        scheduler_class(name)
+
+
 def scheduler_class(name):
     """The diffusers scheduler class called `name`; a `ValueError` when there is none."""
     import diffusers
@@ -219,8 +250,9 @@ def scheduler_class(name):
     cls = getattr(diffusers, name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise ValueError(
-            f"Unknown scheduler {name!r}: expected a diffusers scheduler class name, or "
-            f"{recipe.MODEL_SCHEDULER!r} for the model's own."
+            f"Unknown scheduler {name!r}: expected the name of a scheduler class of diffusers (e.g. DDIMScheduler, "
+            "EulerDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler, UniPCMultistepScheduler; see "
+            f"diffusers.schedulers), or {recipe.MODEL_SCHEDULER!r} for the model's own."
         )
     return cls
 
@@ -419,7 +451,7 @@ def parse_lora(spec):
 
     Raises:
         FileNotFoundError: naming the path, when it does not exist or a folder holds no single weights file.
-        ValueError: when the scale is not a finite number.
+        ValueError: when the scale is not a finite number, or the file is not a LoRA (`lora_shapes`).
     """
     import math
 
@@ -438,7 +470,46 @@ def parse_lora(spec):
                     raise ValueError(f"LoRA {spec!r}: the scale {tail!r} after ':' is not a number.") from None
     if not math.isfinite(float(scale)):
         raise ValueError(f"LoRA {spec!r}: the scale must be a finite number, not {scale}.")
-    return Lora(_weights_file(os.path.expanduser(str(path)), "LoRA", LORA_WEIGHT_NAME), float(scale))
+    path = _weights_file(os.path.expanduser(str(path)), "LoRA", LORA_WEIGHT_NAME)
+    lora_shapes(path)  # a file that is not a LoRA is refused now, not after the model has loaded
+    return Lora(path, float(scale))
+
+
+def lora_shapes(path):
+    """{key: shape} of a LoRA weights file, read as diffusers reads it (safetensors by its suffix, else `torch.load`
+    weights-only); of a `.safetensors` file only the header is read.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read as weights, holds no state dict, or none of its keys is
+            a LoRA layer's (diffusers' rule: a LoRA's keys contain "lora").
+    """
+    from safetensors import safe_open
+
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, "pt") as f:
+                state = {key: f.get_slice(key).get_shape() for key in f.keys()}  # from the header alone
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever the reader raises, the file is not one it reads
+        raise unreadable_weights("LoRA", path, err) from err
+    if not isinstance(state, dict) or not all(isinstance(value, (list, torch.Tensor)) for value in state.values()):
+        raise ValueError(f"LoRA {path!r} holds no state dict (a mapping of names to tensors).")
+    if not any("lora" in str(key).lower() for key in state):
+        example = f" (e.g. {next(iter(state))!r})" if state else ""
+        raise ValueError(f"LoRA {path!r} holds no LoRA weights: none of its keys{example} contains 'lora'.")
+    return {key: tuple(getattr(value, "shape", value)) for key, value in state.items()}
+
+
+def unreadable_weights(what, path, err):
+    """A one-line `ValueError` for a weights file that cannot be read (torch's own message runs over many lines)."""
+    if isinstance(err, OSError):  # missing, a folder, no permission
+        reason = f"cannot be read ({err.strerror or err})"
+    elif str(path).endswith(".safetensors"):
+        reason = f"is not a safetensors file ({err})"
+    else:
+        reason = f"is not a weights file that torch.load reads weights-only ({type(err).__name__})"
+    return ValueError(f"{what} {str(path)!r} {reason}.")
 
 
 def _weights_file(path, what, default_name):
@@ -487,8 +558,9 @@ def load_loras(pipe, loras, *, fuse=True):
     for lora, name in zip(loras, names, strict=True):
         with tempfile.TemporaryDirectory(prefix="photobg-lora-") as scratch, _quiet_lora_loading():
             path = _fit_conv_in(lora.path, pipe.unet.config.in_channels, scratch)
+            folder, weight_name = os.path.split(os.path.abspath(path))  # a bare file name's folder is "": the Hub
             try:
-                pipe.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path), adapter_name=name)
+                pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=name)
             except (RuntimeError, ValueError, KeyError) as err:
                 reason = (str(err).strip().splitlines() or [""])[-1][:300]
                 raise ValueError(
@@ -530,13 +602,7 @@ def _fit_conv_in(path, in_channels, scratch):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if not path.endswith(".safetensors"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        shapes, metadata = {key: tuple(value.shape) for key, value in state.items()}, None
-    else:
-        with safe_open(path, "pt") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-            metadata = f.metadata()
+    shapes = lora_shapes(path)
     downs = [key for key in shapes if _CONV_IN_KEY.match(key) and re.search(r"lora_A|lora_down|lora\.down", key)]
     trained_for = {shapes[key][1] for key in downs if len(shapes[key]) == 4}
     if not trained_for or trained_for == {in_channels}:
@@ -548,9 +614,10 @@ def _fit_conv_in(path, in_channels, scratch):
         stacklevel=3,
     )
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        with safe_open(path, "pt") as f:
+            state, metadata = {key: f.get_tensor(key) for key in f.keys()}, f.metadata()
+    else:
+        state, metadata = torch.load(path, map_location="cpu", weights_only=True), None
     kept = {key: value for key, value in state.items() if key not in dropped}
     # The adapter metadata (rank, alpha) is kept: diffusers adapts only the layers the weights hold.
     metadata = metadata or {"format": "pt"}
@@ -592,7 +659,8 @@ def load_ip_adapter(pipe, path, scale=1.0):
     path = str(path)
     weights = ip_adapter_weights(path)
     try:
-        pipe.load_ip_adapter(os.path.dirname(weights), subfolder="", weight_name=os.path.basename(weights))
+        folder, weight_name = os.path.split(os.path.abspath(weights))  # a bare file name's folder is "": the Hub
+        pipe.load_ip_adapter(folder, subfolder="", weight_name=weight_name)
     except (RuntimeError, ValueError, KeyError) as err:
         reason = (str(err).strip().splitlines() or [""])[-1][:300]
         raise ValueError(
@@ -624,7 +692,7 @@ def read_controlnet_state_dict(path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"Could not read {path!r} as a weights-only state dict: {err}") from err
+        raise unreadable_weights("ControlNet", path, err) from err
     for wrapper in ("state_dict", "model", "controlnet"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
