@@ -1,8 +1,8 @@
 """`photobg app` in a real headless Chromium (Playwright driving Debian's `chromium`) on the tiny models, as a
 photographer uses it: upload, see the object, click a point (SAM), paint with the brush, place the object,
 generate with per-step progress, compare, download the full-resolution PNG, stop a long run; bad uploads get
-messages; and the `/generate` API endpoint through `gradio_client`. Screenshots of each state are saved to
-test-artifacts/app-*.png."""
+messages; and the `/generate` API endpoint through `gradio_client`, with a client that goes away mid-run.
+Screenshots of each state are saved to test-artifacts/app-*.png."""
 
 import io
 import json
@@ -56,10 +56,16 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def app_url(inpaint_model, tiny_sam, tmp_path_factory):
+def app_tmp(tmp_path_factory):
+    """The app's TMPDIR, where an API request keeps its PNGs while it runs (a `photobg-api-*` folder)."""
+    return tmp_path_factory.mktemp("app-tmp")
+
+
+@pytest.fixture(scope="module")
+def app_url(inpaint_model, tiny_sam, tmp_path_factory, app_tmp):
     """`photobg app` on the tiny models, in its own process, with a 1 MB upload limit."""
     port, log = free_port(), tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "gradio"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "gradio"), "OMP_NUM_THREADS": "1", "TMPDIR": str(app_tmp)}
     command = [sys.executable, "-m", "photobg", "app", "--model", str(inpaint_model), "--device", "cpu"]
     command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1", "--segmenter", "threshold"]
     command += ["--sam-model", str(tiny_sam)]
@@ -292,3 +298,38 @@ def test_generate_endpoint_through_gradio_client(app_url, tmp_path):
         np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[solid], photo[solid])
     with pytest.raises(AppError, match="Size '10' is not WIDTHxHEIGHT"):
         client.predict(handle_file(str(photo_file)), "a cat", size="10", api_name="/generate")
+
+
+# A client that asks for the most the API allows, takes the first image sent, and goes away without a word.
+CLIENT_THAT_GOES = """
+import os, sys, time
+from gradio_client import Client, handle_file
+url, photo, downloads = sys.argv[1:]
+job = Client(url, verbose=False, download_files=downloads).submit(
+    handle_file(photo), "a cup", num_images=8, steps=50, api_name="/generate"
+)
+while not job.outputs() and not job.done():
+    time.sleep(0.05)
+files, parameters = job.outputs()[0]
+print(len(files), flush=True)
+os._exit(0)
+"""
+
+
+def test_an_api_request_whose_client_has_gone_stops_after_its_current_image(app_url, app_tmp, tmp_path):
+    photo = str(REPO / "assets/coffee_cutout.png")
+    command = [sys.executable, "-c", CLIENT_THAT_GOES, app_url, photo, str(tmp_path / "downloads")]
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    made, started, deadline = set(), False, time.monotonic() + 300
+    while time.monotonic() < deadline:  # the PNGs of the request's folder, until the request ends with it
+        folders = list(app_tmp.glob("photobg-api-*"))
+        started = started or bool(folders)
+        if started and not folders:
+            break
+        made.update(png.name for folder in folders for png in folder.glob("*.png"))
+        time.sleep(0.05)
+    else:
+        pytest.fail("the request still runs 5 minutes after its client has gone")
+    assert client.communicate(timeout=60)[0].strip() == "1"  # the first image was sent as soon as it was made
+    # Its last image may come and go between two looks, so fewer than 7 seen means fewer than 8 made.
+    assert 1 <= len(made) < 7, sorted(made)

@@ -1,6 +1,6 @@
 """The app's behaviour without a browser: the object selection (automatic mask, SAM clicks, brush strokes),
 the one mask the overlay shows and generation keeps, placement, stopping between steps, the command that
-regenerates a result, and messages (never tracebacks) for bad input."""
+regenerates a result, messages (never tracebacks) for bad input, and the `/generate` endpoint's limits."""
 
 import shlex
 import threading
@@ -52,6 +52,14 @@ def generate(app, selection, folder, steps=2, stop=None, on_step=None, canvas=CA
     return list(
         app.generate(selection, "a cat", num_images, 0, False, options, canvas_options(*canvas), folder, stop, on_step)
     )
+
+
+def api_endpoint(app, default_steps=2):
+    """The `/generate` endpoint's function, as Gradio calls it."""
+    from photobg.app import build_app
+
+    demo = build_app(app, default_steps)
+    return next(fn.fn for fn in demo.fns.values() if fn.api_name == "generate")
 
 
 def test_overlay_shows_exactly_what_generation_keeps(app, cat, tmp_path):
@@ -208,3 +216,52 @@ def test_sam_embeds_an_image_once_for_all_its_clicks(tiny_sam, monkeypatch):
     assert len(embedded) == 2
     with pytest.raises(ValueError, match="SAM needs a prompt"):
         sam(photo)
+
+
+def test_the_api_refuses_what_the_page_cannot_ask_for(app, cat, monkeypatch):
+    import gradio as gr
+
+    from photobg.app import LIMITS, build_app
+
+    demo = build_app(app, default_steps=2)
+    sliders = {block.elem_id: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
+    assert (sliders["num-images"].minimum, sliders["num-images"].maximum) == LIMITS["num_images"] == (1, 8)
+    assert (sliders["steps"].minimum, sliders["steps"].maximum) == LIMITS["steps"] == (1, 100)
+
+    def no_image(*args, **kwargs):
+        raise AssertionError("refused values must make no image")
+
+    monkeypatch.setattr(app.generator, "run", no_image)
+    generate = api_endpoint(app)
+    photo, mask = map(str, cat)
+    for field, value, allowed in [
+        ("num_images", 1000, "1 and 8"),
+        ("num_images", 0, "1 and 8"),
+        ("steps", 101, "1 and 100"),
+        ("steps", 0, "1 and 100"),
+        ("steps", float("nan"), "1 and 100"),
+    ]:
+        with pytest.raises(gr.Error) as error:
+            next(generate(photo, "a cat", mask=mask, **{field: value}))
+        assert error.value.message == f"{field} must be between {allowed} (the app's limit), not {value}."
+
+
+def test_the_app_refuses_a_default_steps_the_page_cannot_show(inpaint_model, capsys):
+    with pytest.raises(SystemExit) as error:  # checked before the model loads: this folder holds none
+        main(["app", "--model", str(inpaint_model / "nothing-here"), "--steps", "150"])
+    assert str(error.value.code) == "--steps must be between 1 and 100 (the app's limit), not 150."
+
+
+def test_an_api_request_whose_client_has_gone_stops_after_its_current_image(app, cat, monkeypatch):
+    from pathlib import Path
+
+    made = []
+    run = app.generator.run
+    monkeypatch.setattr(app.generator, "run", lambda *args, **kwargs: made.append(1) or run(*args, **kwargs))
+    photo, mask = map(str, cat)
+    request = api_endpoint(app)(photo, "a cat", mask=mask, num_images=3, steps=2)
+    files, parameters = next(request)  # the first image, sent to the client as soon as it is made
+    assert len(files) == len(parameters) == 1 and Path(files[0]).exists()
+    request.close()  # what Gradio does at that point when the client has gone
+    assert len(made) == 1  # no further image
+    assert not Path(files[0]).exists()  # and the request's folder is removed

@@ -19,7 +19,9 @@ HELP = "A web app (Gradio): click or paint the object, place it, generate new ba
 
 ASPECTS = ["photo's own", "1:1", "4:5", "3:4", "2:3", "16:9", "9:16", "3:2", "4:3"]
 POINT_MODES = ["on the object (add)", "off the object (remove)"]
-MAX_IMAGES = 8
+# What one request may ask for: the page's sliders' ranges, and the API's (`check_limits`). The app makes one
+# generation at a time, so these bound how long a request can keep everyone else waiting.
+LIMITS = {"num_images": (1, 8), "steps": (1, 100)}
 # The app's names of the sampling settings, for messages.
 SAMPLING_FIELDS = {
     "num_inference_steps": "Denoising steps",
@@ -35,7 +37,9 @@ the app's segmenter finds the object), negative_prompt, num_images, seed (image 
 guidance, controlnet_scale (0 = plain SD2-inpainting), aspect ('W:H' or ''), size ('WxH' or ''), object_scale
 (0 = keep the framing), position, reference (optional image file whose style the background follows, for an app
 started with --ip-adapter), ip_adapter_scale, lora_scale (of the app's single --lora). Returns the full-resolution
-PNGs and, per image, its parameters and the `photobg generate` command that makes it again."""
+PNGs and, per image, its parameters and the `photobg generate` command that makes it again. num_images and steps
+take the page's limits: 1-8 images, 1-100 steps. The files are sent as each image is made; a request whose client
+has gone stops after its current image."""
 
 
 def add_arguments(parser):
@@ -72,6 +76,10 @@ def run(args):
 
     from .generate_cli import load_generator
 
+    try:
+        check_limits({"steps": "--steps"}, steps=args.steps)  # the steps slider's initial value
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     generator = load_generator(args, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
     app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, model_flags=model_flags(args))
     demo = build_app(app, default_steps=args.steps)
@@ -349,6 +357,23 @@ def command_line(words, flags):
     return shlex.join(words)
 
 
+def check_limits(names=None, **values):
+    """Refuse values outside `LIMITS`, naming the field and its range.
+
+    Args:
+        names: how the caller's user knows each field, e.g. {"steps": "--steps"}; by default the API's names.
+        **values: `num_images`, `steps`.
+
+    Raises:
+        ValueError: naming the field, the range and the value.
+    """
+    for field, value in values.items():
+        low, high = LIMITS[field]
+        if value is None or not low <= value <= high:  # NaN compares False: refused too
+            name = (names or {}).get(field, field)
+            raise ValueError(f"{name} must be between {low} and {high} (the app's limit), not {value}.")
+
+
 def canvas_options(aspect, size, object_scale, position):
     """The canvas keyword arguments of `BackgroundGenerator.prepare` from the app's fields; an exact size
     replaces the aspect ratio. Raises `ValueError` naming the bad value."""
@@ -500,13 +525,15 @@ def _layout(default_steps, app):
             )
             with gr.Row():
                 ui.num_images = gr.Slider(
-                    1, MAX_IMAGES, value=1, step=1, label="Number of images", elem_id="num-images"
+                    *LIMITS["num_images"], value=1, step=1, label="Number of images", elem_id="num-images"
                 )
                 ui.seed = gr.Number(value=0, precision=0, label="Seed (-1: random)", elem_id="seed")
             ui.compare = gr.Checkbox(label="Compare with plain SD2-inpainting (SI2, ControlNet off)", elem_id="compare")
             with gr.Accordion("Sampling", open=False):
                 ui.negative_prompt = gr.Textbox(label="Negative prompt")
-                ui.steps = gr.Slider(1, 100, value=default_steps, step=1, label="Denoising steps", elem_id="steps")
+                ui.steps = gr.Slider(
+                    *LIMITS["steps"], value=default_steps, step=1, label="Denoising steps", elem_id="steps"
+                )
                 ui.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
                 ui.controlnet_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale (0 = SI2)")
                 one_lora = app.loras[0] if len(app.loras) == 1 else None
@@ -775,9 +802,12 @@ def _api_endpoint(app, default_steps):
     ):
         import tempfile
 
-        # A generator that yields once: its folder is removed after Gradio has copied the PNGs it returns.
+        # A generator that yields the PNGs so far after each image; its folder is removed once Gradio has copied
+        # the last. Between yields Gradio checks that the client is still there, and closes this generator when it
+        # is not: a request whose client has gone stops after its current image.
         with tempfile.TemporaryDirectory(prefix="photobg-api-") as folder:
             try:
+                check_limits(num_images=num_images, steps=steps)  # the page's sliders take the same limits
                 selection = app.open(photo, mask)
                 if ip_adapter_scale is None:
                     ip_adapter_scale = app.generator.ip_adapter_scale
@@ -786,11 +816,13 @@ def _api_endpoint(app, default_steps):
                 )
                 canvas = canvas_options(aspect, size, object_scale, position)
                 seed = None if seed is None or seed < 0 else int(seed)
-                stop = threading.Event()  # never set: an API call runs to the end
-                results = list(app.generate(selection, prompt, num_images, seed, False, options, canvas, folder, stop))
+                stop = threading.Event()  # never set: an API call runs to the end, or until its client has gone
+                done = []
+                for result in app.generate(selection, prompt, num_images, seed, False, options, canvas, folder, stop):
+                    done.append(result)
+                    yield [each.path for each in done], [each.parameters for each in done]
             except ValueError as err:
                 raise gr.Error(str(err)) from None
-            yield [result.path for result in results], [result.parameters for result in results]
 
     with gr.Column(visible=False):
         inputs = [
