@@ -5,6 +5,8 @@ wrongly. A launch costs 15-30 s here, so one launch runs both commands and a sec
 15.1  2 processes, --batch-size 3 (calls mixing photos of two sizes), an unreadable photo, --compare
       -> the same files, pixels, grids and manifest as 1 process; exit status 1 on every process
       -> test_two_processes_make_what_one_makes
+19.6  ... compared with 1 process under the same thread setting (each launched process runs on one thread)
+      -> every file byte for byte, the records too -> test_two_processes_make_what_one_makes
 15.3  photos of two sizes with one working size, --batch-size 3
       -> full model calls of outputs of several photos, each image at its own photo's size
       -> test_batches_of_one_working_size_fill_up
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_photo
 from PIL import Image
 
@@ -47,6 +50,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # ACCELERATE_USE_CPU keeps them on the CPU, talking over gloo. Port 0: a free one (tests may run side by side).
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
 LAUNCH += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The one-process runs here use one thread, as the launched processes do (OMP_NUM_THREADS=1): float sums split
+    over another number of threads round differently, which moves a pixel by a level now and then (issue 19.6)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def launch(plan, cwd):
@@ -124,15 +137,25 @@ def assert_same_outputs(folder, reference):
     assert read_manifest(folder) == read_manifest(reference)
 
 
+def assert_same_files(folder, reference):
+    """The same files (hidden ones too), byte for byte: PNGs with their records, grids, the manifest."""
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(p.name for p in reference.iterdir())
+    for name in names:
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def test_two_processes_make_what_one_makes(two_processes, inputs, tmp_path):
     result, out = two_processes
     assert "process 0 statuses [1, 0]" in result.stdout and "process 1 statuses [1, 0]" in result.stdout, (
         result.stdout[-3000:] + result.stderr[-3000:]
     )
     assert result.returncode == 1  # z.png was skipped: accelerate passes the processes' status on
-    assert main(generate_command(inputs, tmp_path / "one", *GENERATE_OPTIONS)) == 1
-    assert_same_outputs(out / "generated", tmp_path / "one")
-    assert len(list((out / "generated").glob("*_compare.png"))) == 3
+    # One process, writing to the same folder (the records name it): every file byte for byte the same.
+    two = (out / "generated").rename(out / "made-by-two")
+    assert main(generate_command(inputs, out / "generated", *GENERATE_OPTIONS)) == 1
+    assert_same_files(two, out / "generated")
+    assert len(list(two.glob("*_compare.png"))) == 3
 
     # One summary, by the main process, naming the photo the other process skipped; one bar with the global count.
     assert result.stdout.count("1 of 4 photos failed") == 1 and result.stdout.count("z.png: not a readable") == 2

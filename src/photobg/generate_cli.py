@@ -50,7 +50,9 @@ failures: a photo that cannot be used or fails is reported and skipped, the rest
   (exit status 130). The images written and the manifest stay consistent: rerun with --skip-existing.
 
 many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
-  each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
+  each making its share; the files and the manifest are those of one process, and so are the pixels under the
+  same thread settings (OMP_NUM_THREADS=1 on a CPU) or on GPUs with deterministic kernels (README: Running on
+  many GPUs).
 
 LoRA, VAE, reference image: --lora PATH[:SCALE] (repeatable; a PATH that exists is taken whole, even with ':'),
   --vae (madebyollin/sdxl-vae-fp16-fix for SDXL in fp16), --ip-adapter PATH with --reference-image FILE. A
