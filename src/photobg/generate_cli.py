@@ -337,12 +337,12 @@ class Batch:
         """Make the selected outputs, then the grids: each process its share."""
         if not todo and not self.grids:
             return
-        with self.processes.main_first():  # a download (or a test model written to the cache) happens once
-            self.generator = load_generator(self.args)
-        masks = {item.photo: item.mask for item in todo}
-        masks.update({photo: group[0].mask for photo, group in self.grids.items()})
-        self.check_segmenter(masks)
-        with self.ctrl_c_ends_the_round():
+        with self.ctrl_c_ends_the_round():  # while the model loads too: the others load after the main one
+            with self.processes.main_first():  # a download (or a test model written to the cache) happens once
+                self.generator = load_generator(self.args)
+            masks = {item.photo: item.mask for item in todo}
+            masks.update({photo: group[0].mask for photo, group in self.grids.items()})
+            self.check_segmenter(masks)
             self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
             if self.stop_requested:
                 self.interrupted = True
@@ -544,13 +544,20 @@ class Batch:
         """With several processes, Ctrl-C (which torchrun passes on to every process) stops them all together at
         the end of the round, so that they still write the manifest together; a second Ctrl-C interrupts at once.
         One process is interrupted at once, as any program."""
+        import time
+
         if self.processes.count == 1 or threading.current_thread() is not threading.main_thread():
             yield
             return
+        first = []  # when the first SIGINT came
 
         def request_stop(signum, frame):
+            # At a terminal one Ctrl-C reaches a process twice: from the terminal, and passed on by the launcher
+            # (torchrun) a moment later. Only one that comes seconds after the first is a second Ctrl-C.
+            if first and time.monotonic() - first[0] > 2:
+                raise KeyboardInterrupt
+            first.append(time.monotonic())
             self.stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
         previous = signal.signal(signal.SIGINT, request_stop)
         try:
