@@ -5,6 +5,8 @@ wrongly. A launch costs 15-30 s here, so one launch runs both commands and a sec
 15.1  2 processes, --batch-size 3 (calls mixing photos of two sizes), an unreadable photo, --compare
       -> the same files, pixels, grids and manifest as 1 process; exit status 1 on every process
       -> test_two_processes_make_what_one_makes
+19.6  ... compared with 1 process under the same thread setting (each launched process runs on one thread)
+      -> every file byte for byte, the records too -> test_two_processes_make_what_one_makes
 15.3  photos of two sizes with one working size, --batch-size 3
       -> full model calls of outputs of several photos, each image at its own photo's size
       -> test_batches_of_one_working_size_fill_up
@@ -21,18 +23,27 @@ wrongly. A launch costs 15-30 s here, so one launch runs both commands and a sec
       -> stops, naming the process -> test_a_folder_that_is_not_shared_is_refused
 15.4  a process that stops answering -> the others end after PHOTOBG_TIMEOUT, not never
       -> test_a_silent_process_does_not_hold_the_others_forever
+19.7  Ctrl-C at the terminal (SIGINT to the launcher's process group) -> every process ends with status 130 and one
+      line, no traceback, the manifest that of the PNGs; `photobg launch` exits 130 too
+      -> test_ctrl_c_ends_every_process_with_one_line
+19.7  2 processes where a photo is skipped -> `photobg launch` exits 1 without the launcher's traceback
+      -> test_two_processes_make_what_one_makes
 """
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_photo, output_image
 from PIL import Image
 
@@ -47,14 +58,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # ACCELERATE_USE_CPU keeps them on the CPU, talking over gloo. Port 0: a free one (tests may run side by side).
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
 LAUNCH += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+PHOTOBG_LAUNCH = [sys.executable, "-m", "photobg", "launch", *LAUNCH[3:]]  # the same launch, photobg's endings
 
 
-def launch(plan, cwd):
-    """Run `distributed_run.py` (the commands of `plan`) in two processes."""
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The one-process runs here use one thread, as the launched processes do (OMP_NUM_THREADS=1): float sums split
+    over another number of threads round differently, which moves a pixel by a level now and then (issue 19.6)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def launch(plan, cwd, start=subprocess.run, launcher=LAUNCH, **options):
+    """Run `distributed_run.py` (the commands of `plan`) in two processes (`start`: or `subprocess.Popen`), with
+    `accelerate launch` or (`launcher=PHOTOBG_LAUNCH`) `photobg launch`."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.update(PYTHONUNBUFFERED="1", PHOTOBG_TIMEOUT="120")  # a lost process cannot hold the other for long
-    command = [*LAUNCH, str(ROOT / "tests" / "distributed_run.py"), json.dumps(plan)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    command = [*launcher, str(ROOT / "tests" / "distributed_run.py"), json.dumps(plan)]
+    if start is subprocess.run:
+        options["timeout"] = 600
+    return start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, **options)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +128,11 @@ GENERATE_OPTIONS = ["--batch-size", "3", "--compare"]  # calls of 3 mix photos o
 
 @pytest.fixture(scope="module")
 def two_processes(inputs, tmp_path_factory):
-    """One launch of two processes: `photobg generate`, then `photobg evaluate`. Returns (result, folders)."""
+    """One `photobg launch` of two processes: `photobg generate`, then `photobg evaluate`. Returns (result,
+    folders)."""
     out = tmp_path_factory.mktemp("two")
     commands = [generate_command(inputs, out / "generated", *GENERATE_OPTIONS), evaluate_command(inputs, out / "eval")]
-    return launch({"commands": commands}, out), out
+    return launch({"commands": commands}, out, launcher=PHOTOBG_LAUNCH), out
 
 
 def read_manifest(folder):
@@ -124,15 +150,26 @@ def assert_same_outputs(folder, reference):
     assert read_manifest(folder) == read_manifest(reference)
 
 
+def assert_same_files(folder, reference):
+    """The same files (hidden ones too), byte for byte: PNGs with their records, grids, the manifest."""
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(p.name for p in reference.iterdir())
+    for name in names:
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def test_two_processes_make_what_one_makes(two_processes, inputs, tmp_path):
     result, out = two_processes
     assert "process 0 statuses [1, 0]" in result.stdout and "process 1 statuses [1, 0]" in result.stdout, (
         result.stdout[-3000:] + result.stderr[-3000:]
     )
-    assert result.returncode == 1  # z.png was skipped: accelerate passes the processes' status on
-    assert main(generate_command(inputs, tmp_path / "one", *GENERATE_OPTIONS)) == 1
-    assert_same_outputs(out / "generated", tmp_path / "one")
-    assert len(list((out / "generated").glob("*_compare_*.png"))) == 3
+    assert result.returncode == 1  # z.png was skipped: the launch ends with the processes' status
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr[-3000:]
+    # One process, writing to the same folder (the records name it): every file byte for byte the same.
+    two = (out / "generated").rename(out / "made-by-two")
+    assert main(generate_command(inputs, out / "generated", *GENERATE_OPTIONS)) == 1
+    assert_same_files(two, out / "generated")
+    assert len(list(two.glob("*_compare_*.png"))) == 3
 
     # One summary, by the main process, naming the photo the other process skipped; one bar with the global count.
     assert result.stdout.count("1 of 4 photos failed") == 1 and result.stdout.count("z.png: not a readable") == 2
@@ -179,6 +216,32 @@ def test_a_killed_process_leaves_nothing_a_rerun_keeps(inputs, tmp_path):
     assert main([*command, "--skip-existing"]) == 0
     assert main([*command[:-1], str(tmp_path / "one")]) == 0
     assert_same_outputs(out, tmp_path / "one")
+
+
+def test_ctrl_c_ends_every_process_with_one_line(inputs, tmp_path):
+    from test_faults import assert_manifest_matches_pngs
+
+    out = tmp_path / "out"
+    command = generate_command(inputs, out, "--num-images", "6", "--steps", "10")
+    # Its own session: the launcher and its processes form the group a terminal's Ctrl-C goes to.
+    plan = {"commands": [command]}
+    launcher = launch(plan, tmp_path, subprocess.Popen, PHOTOBG_LAUNCH, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*_s*.png")) and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(launcher.pid, signal.SIGINT)
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)  # nothing of the launch outlives the test
+        launcher.wait()
+    assert "process 0 statuses [130]" in stdout and "process 1 statuses [130]" in stdout, stdout + stderr[-3000:]
+    assert stderr.count("Interrupted. Every image written has its record in the manifest") == 1, stderr[-3000:]
+    assert "KeyboardInterrupt" not in stderr and not re.search(r'File "[^"]*photobg', stderr)  # no frame of ours
+    assert_manifest_matches_pngs(out)
+    # `photobg launch` ends as the processes did (`accelerate launch` itself would exit 1 with torch's traceback).
+    assert launcher.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
 
 
 SILENT = """

@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": "photobg.bench",
     "train": "photobg.train",
     "prepare": "photobg.prepare",
+    "launch": "photobg.launch",  # takes `accelerate launch`'s own arguments: not parsed here (see `main`)
 }
 
 
@@ -31,7 +32,7 @@ def build_parser(command=None):
     parser.add_argument("--version", action="version", version=f"photobg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        if name != command:
+        if name != command or name == "launch":  # launch's arguments are accelerate's (see `main`)
             subparsers.add_parser(name, help=_help_line(module_name))
             continue
         module = importlib.import_module(module_name)
@@ -48,6 +49,10 @@ def build_parser(command=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # accelerate's parser reads the rest: its options and the launched command's
+        from .launch import run
+
+        return run(argv[1:])
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)

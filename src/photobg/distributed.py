@@ -3,9 +3,12 @@
 `photobg generate` and `photobg evaluate` split their work with accelerate (`PartialState`, torch.distributed
 underneath), the engine training scales on: every process plans the same list of jobs in the same order, takes
 its contiguous share of it (`split_between_processes`), and the results come back together in process order
-(`gather_object`, `reduce`), which is the order of the list. So what a run makes does not depend on how many
-processes make it. Without a launcher (or with one process) the same code runs on `Processes()`, which creates
-no process group and whose collective calls return their input.
+(`gather_object`, `reduce`), which is the order of the list. So the files, records and model calls of a run do
+not depend on how many processes make it, and neither do its pixels where the arithmetic repeats: the same kind
+of device, the same thread settings on a CPU (another number of threads rounds sums differently; a launched
+process runs on `OMP_NUM_THREADS` threads, 1 by default, one process alone on every core), deterministic kernels
+on a GPU. Without a launcher (or with one process) the same code runs on `Processes()`, which creates no process
+group and whose collective calls return their input.
 
 A collective call waits for every process. When a process dies (a crash, a SIGKILL, an out-of-memory kill), the
 others learn it at their next collective call: at once when its connection closes (gloo, and torchrun stopping

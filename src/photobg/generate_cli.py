@@ -53,7 +53,9 @@ failures: a photo that cannot be used or fails is reported and skipped, the rest
   (exit status 130). The images written and the manifest stay consistent: rerun with --skip-existing.
 
 many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate ... runs one process per GPU,
-  each making its share; the images and the manifest are those of one process (README: Running on many GPUs).
+  each making its share; the files and the manifest are those of one process, and so are the pixels under the
+  same thread settings (OMP_NUM_THREADS=1 on a CPU) or on GPUs with deterministic kernels (README: Running on
+  many GPUs).
 
 LoRA, VAE, reference image: --lora PATH[:SCALE] (repeatable; a PATH that exists is taken whole, even with ':'),
   --vae (madebyollin/sdxl-vae-fp16-fix for SDXL in fp16), --ip-adapter PATH with --reference-image FILE. A
@@ -395,17 +397,18 @@ class Batch:
         """Make the selected outputs, then the grids: each process its share."""
         if not todo and not self.grids:
             return
-        with self.processes.main_first():  # a download (or a test model written to the cache) happens once
-            self.generator = load_generator(self.args)
-        masks = {item.photo: item.mask for item in todo}
-        masks.update({photo: group[0].mask for photo, group in self.grids.items()})
-        self.check_segmenter(masks)
-        with self.ctrl_c_ends_the_round(), warnings_as_lines():
-            self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
-            if self.stop_requested:
-                self.interrupted = True
-            elif self.grids and not self.stopped_together:
-                self.make_grids()
+        with self.ctrl_c_ends_the_round():  # while the model loads too: the others load after the main one
+            with self.processes.main_first():  # a download (or a test model written to the cache) happens once
+                self.generator = load_generator(self.args)
+            masks = {item.photo: item.mask for item in todo}
+            masks.update({photo: group[0].mask for photo, group in self.grids.items()})
+            self.check_segmenter(masks)
+            with warnings_as_lines():
+                self.make_batches(plan_batches(todo, self.args.batch_size, self.batch_key), len(todo))
+                if self.stop_requested:
+                    self.interrupted = True
+                elif self.grids and not self.stopped_together:
+                    self.make_grids()
 
     def batch_key(self, item):
         """Outputs of one working size share model calls; a photo whose size is unknown (it cannot be read, or
@@ -606,13 +609,20 @@ class Batch:
         """With several processes, Ctrl-C (which torchrun passes on to every process) stops them all together at
         the end of the round, so that they still write the manifest together; a second Ctrl-C interrupts at once.
         One process is interrupted at once, as any program."""
+        import time
+
         if self.processes.count == 1 or threading.current_thread() is not threading.main_thread():
             yield
             return
+        first = []  # when the first SIGINT came
 
         def request_stop(signum, frame):
+            # At a terminal one Ctrl-C reaches a process twice: from the terminal, and passed on by the launcher
+            # (torchrun) a moment later. Only one that comes seconds after the first is a second Ctrl-C.
+            if first and time.monotonic() - first[0] > 2:
+                raise KeyboardInterrupt
+            first.append(time.monotonic())
             self.stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
         previous = signal.signal(signal.SIGINT, request_stop)
         try:
