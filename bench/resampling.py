@@ -1,5 +1,5 @@
 """How much training's resampling (area averaging, Pillow's BOX) differs from inference's (Lanczos, diffusers'
-VaeImageProcessor) at the authors' 1.5x reduction (768 -> 512), on skimage's photos. README, Training, cites it.
+VaeImageProcessor) at the authors' 1.5x reduction (768 -> 512), on skimage's photos. docs/training.md cites it.
 
     python bench/resampling.py
 """

@@ -185,14 +185,14 @@ def test_schedulers_give_finite_images_and_same_seed_same_image(pipe, scheduler_
 
 # ----------------------------------------------------------------------------- both classes (SD2 and SDXL)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-# The defaults of `__call__` that differ from diffusers' namesake class on purpose: (ours, diffusers'), as README
-# lists them. Any other difference fails `test_only_the_listed_defaults_differ_from_diffusers`.
+PYTHON_API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+# The defaults of `__call__` that differ from diffusers' namesake class on purpose: (ours, diffusers'), as
+# docs/python-api.md lists them. Any other difference fails `test_only_the_listed_defaults_differ_from_diffusers`.
 CHANGED_DEFAULTS = {
     "StableDiffusionControlNetInpaintPipeline": {"controlnet_conditioning_scale": (1.0, 0.5)},
     "StableDiffusionXLControlNetInpaintPipeline": {"strength": (1.0, 0.9999), "guidance_scale": (7.5, 5.0)},
 }
-# diffusers' `__call__` arguments our classes do not take, as README lists them.
+# diffusers' `__call__` arguments our classes do not take, as docs/python-api.md lists them.
 NOT_TAKEN = {
     "StableDiffusionControlNetInpaintPipeline": {"padding_mask_crop"},
     "StableDiffusionXLControlNetInpaintPipeline": {
@@ -316,8 +316,8 @@ def test_only_the_listed_defaults_differ_from_diffusers(each):
     differing = {arg: (ours[arg], theirs[arg]) for arg in ours.keys() & theirs.keys() if ours[arg] != theirs[arg]}
     assert differing == CHANGED_DEFAULTS[name]
     assert theirs.keys() - ours.keys() == NOT_TAKEN[name]
-    listed = README.read_text().split("**Where the pipeline classes differ from diffusers' namesakes**")[1]
-    listed = listed.split("\n\n")[1]  # the list after the heading line
+    listed = PYTHON_API_PAGE.read_text().split("## Where the pipeline classes differ from diffusers' namesakes")[1]
+    listed = listed.split("\n\n")[2]  # the list after the heading and its opening line
     for arg, (our_default, their_default) in differing.items():
         assert f"`{arg}` {our_default} (diffusers: {their_default})" in listed
     photo, object_mask = make_photo(64, 48)
