@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from . import recipe
-from .backbones import BACKBONES, TEST_MODELS, TEXT_CLIP, backbone_for_config, detect_backbone
-from .configs import get_config
-from .defaults import DEFAULT_MODEL, DTYPE_NAMES
+from .. import recipe
+from ..backbones import BACKBONES, TEST_MODELS, TEXT_CLIP, backbone_for_config, detect_backbone
+from ..configs import get_config
+from ..defaults import DEFAULT_MODEL, DTYPE_NAMES
 
 DEFAULT_BASE_MODEL = BACKBONES["sd2-inpainting"].hub_id
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -134,10 +134,10 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
 def pipeline_class(backbone):
     """photobg's pipeline class for a `Backbone`: the SD2 or the SDXL one (the same method, `photobg.method`)."""
     if backbone.text_conditioning == TEXT_CLIP:
-        from .pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
+        from ..pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
         return StableDiffusionControlNetInpaintPipeline
-    from .pipeline_controlnet_inpaint_sd_xl import StableDiffusionXLControlNetInpaintPipeline
+    from ..pipeline_controlnet_inpaint_sd_xl import StableDiffusionXLControlNetInpaintPipeline
 
     return StableDiffusionXLControlNetInpaintPipeline
 
