@@ -115,7 +115,7 @@ class PipelineCache:
         self.settings, self.key, self.pipe = settings, None, None
 
     def get(self, spec):
-        from ..models import load_pipeline
+        from ..models.loading import load_pipeline
 
         key = (spec.model, spec.controlnet, spec.scheduler)
         if key != self.key:
@@ -129,7 +129,7 @@ class PipelineCache:
         return self.pipe
 
     def release(self):
-        from ..models import free_device_memory
+        from ..models.loading import free_device_memory
 
         self.key = self.pipe = None
         free_device_memory()
@@ -262,7 +262,7 @@ def check_models(specs):
     Raises:
         ValueError: naming the spec and what is wrong.
     """
-    from ..models import check_model
+    from ..models.loading import check_model
 
     for spec in specs:
         try:
@@ -351,7 +351,7 @@ def build_quality(metrics, fid_features="inception", clip_model=None, fid_refere
         fid_reference: folder of reference images for FID (default: the benchmark's input photos).
         device: torch device for the metrics.
     """
-    from ..models import resolve_device
+    from ..models.loading import resolve_device
     from . import quality
 
     device = resolve_device(device)
