@@ -288,12 +288,12 @@ def test_evaluate_numbers_are_consistent(evaluated):
 
 
 def test_evaluate_resumes_without_generating(evaluated, folder_benchmark, monkeypatch):
-    import photobg.models
+    import photobg.models.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a resumed evaluation with every output present must not load a model")
 
-    monkeypatch.setattr(photobg.models, "load_pipeline", no_loading)
+    monkeypatch.setattr(photobg.models.loading, "load_pipeline", no_loading)
     before = (evaluated / "report" / "per_image.csv").read_text()
     evaluate(folder_benchmark, evaluated, "--seeds", "0", "1", "--segmenter", "threshold", "--metrics", "expansion")
     after = read_csv(evaluated / "report" / "per_image.csv")
@@ -358,7 +358,7 @@ def test_evaluate_argument_errors(folder_benchmark, tmp_path):
 def test_models_sharing_weights_load_them_once(monkeypatch):
     import types
 
-    import photobg.models
+    import photobg.models.loading
     from photobg.evaluate.runner import PipelineCache
 
     loads = []
@@ -367,7 +367,7 @@ def test_models_sharing_weights_load_them_once(monkeypatch):
         loads.append(model)
         return types.SimpleNamespace(set_progress_bar_config=lambda **kw: None)
 
-    monkeypatch.setattr(photobg.models, "load_pipeline", fake_load)
+    monkeypatch.setattr(photobg.models.loading, "load_pipeline", fake_load)
     cache = PipelineCache(types.SimpleNamespace(device="cpu", dtype=None))
     si2, ours, other = (parse_model_spec(t) for t in ("m@name=SI2,scale=0", "m@name=Ours", "n@name=Other"))
     assert cache.get(si2) is cache.get(ours)

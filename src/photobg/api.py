@@ -118,7 +118,8 @@ class BackgroundGenerator:
         ip_adapter=None,
         ip_adapter_scale=1.0,
     ):
-        from .models import ip_adapter_weights, load_ip_adapter, load_loras, load_pipeline, optimize, parse_lora
+        from .models.adapters import ip_adapter_weights, load_ip_adapter, load_loras, parse_lora
+        from .models.loading import load_pipeline, optimize
 
         self.loras = [parse_lora(lora) for lora in loras]  # files checked before the model loads
         if ip_adapter is not None:
@@ -137,7 +138,7 @@ class BackgroundGenerator:
 
     def set_lora_scales(self, scales):
         """Change the scales of the LoRAs (one per LoRA, in order); needs `fuse_loras=False`."""
-        from .models import set_lora_scales
+        from .models.adapters import set_lora_scales
 
         if self.loras_fused:
             raise ValueError("The LoRAs are fused into the weights: load with fuse_loras=False to change their scales.")
@@ -535,7 +536,7 @@ def generate(
     Returns:
         list of PIL images (see `BackgroundGenerator.__call__`).
     """
-    from .models import parse_lora
+    from .models.adapters import parse_lora
 
     loading = dict(
         vae=vae,

@@ -12,6 +12,8 @@ backbone and run on the same code. This module imports neither torch nor diffuse
 
 from dataclasses import dataclass
 
+from .hub import load_component_config, load_config
+
 # Text conditioning kinds. "clip": one CLIP text encoder whose last hidden states are the cross-attention
 # context. "sdxl": two CLIP text encoders whose penultimate hidden states are concatenated, plus the UNet's
 # added conditions (`addition_embed_type="text_time"`): the second encoder's pooled embedding and time ids
@@ -139,12 +141,10 @@ def detect_backbone(model):
         UnsupportedModelError: the layout matches no backbone; the message says what was found.
         FileNotFoundError / OSError: the folder or a config file is missing, or the Hub id cannot be fetched.
     """
-    from .models import _load_component_config, _load_config  # models imports torch; this module does not
-
-    index = _load_config(model, None, "Model", filename="model_index.json")
+    index = load_config(model, None, "Model", filename="model_index.json")
     if not _present(index, "unet"):
         raise UnsupportedModelError(f"Model {model!r} has no UNet: {_found(index, None)}. {_SUPPORTED}")
-    return backbone_from_configs(index, _load_component_config(model, "unet"), model)
+    return backbone_from_configs(index, load_component_config(model, "unet"), model)
 
 
 def backbone_from_configs(model_index, unet_config, model="the model"):

@@ -110,7 +110,8 @@ def random_model(config_name, name):
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from .configs import get_config
-    from .models import controlnet_config_from_unet, text_encoder_from_config
+    from .models.state_dict import controlnet_config_from_unet
+    from .models.testing import text_encoder_from_config
 
     config = get_config(config_name)
     if name == "unet":
@@ -138,7 +139,9 @@ def random_model_folder(config_name, with_controlnet=True):
 
     from .backbones import backbone_for_config
     from .configs import get_config
-    from .models import _pipeline, _write_tokenizer, photobg_cache, pipeline_class
+    from .hub import photobg_cache
+    from .models.pipelines import pipeline_class, pipeline_from_components
+    from .models.testing import write_tokenizer
 
     cache = photobg_cache()
     folder = cache / f"{config_name}-random{'-controlnet' if with_controlnet else ''}"
@@ -153,12 +156,13 @@ def random_model_folder(config_name, with_controlnet=True):
     try:
         components = dict(models)
         for name in backbone.tokenizers:
-            components[name] = _write_tokenizer(tmp / name, **config[name])
+            components[name] = write_tokenizer(tmp / name, **config[name])
         scheduler_config = dict(config["scheduler"])
         components["scheduler"] = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
         components["scheduler"].save_pretrained(tmp / "scheduler")
         cls = pipeline_class(backbone) if with_controlnet else getattr(diffusers, backbone.pipeline_class)
-        _pipeline(cls, components, config["pipeline"]).save_config(tmp)  # model_index.json, from the meta models
+        pipe = pipeline_from_components(cls, components, config["pipeline"])
+        pipe.save_config(tmp)  # model_index.json, from the meta models
         for name in models:
             torch.manual_seed(0)
             random_model(config_name, name).save_pretrained(tmp / name, max_shard_size="1GB")  # small copies
@@ -436,7 +440,8 @@ def build_pipelines(config_name, device, dtype):
     import diffusers
 
     from .backbones import backbone_for_config
-    from .models import _pipeline, load_pipeline
+    from .models.loading import load_pipeline
+    from .models.pipelines import pipeline_from_components
 
     ours = load_pipeline(random_model_folder(config_name), device=device, dtype=dtype, scheduler="model")
     floor_class = getattr(diffusers, FLOOR_PIPELINES[backbone_for_config(config_name).text_conditioning])
@@ -444,7 +449,7 @@ def build_pipelines(config_name, device, dtype):
         key: value for key, value in ours.config.items() if not key.startswith("_") and key not in ours.components
     }
     parts = {name: module for name, module in ours.components.items() if module is not None and name != "controlnet"}
-    floor = _pipeline(floor_class, parts, settings)
+    floor = pipeline_from_components(floor_class, parts, settings)
     for pipe in (ours, floor):
         pipe.set_progress_bar_config(disable=True)
     return ours, floor
@@ -574,7 +579,7 @@ MODES = {
 
 def add_arguments(parser):
     from .configs import MODEL_CONFIGS
-    from .models import DTYPES
+    from .models.loading import DTYPES
 
     parser.add_argument(
         "--mode",
@@ -626,7 +631,7 @@ def plan(args, device):
 
 
 def run(args):
-    from .models import resolve_device, resolve_dtype
+    from .models.loading import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -15,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .files import write_atomic
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 CONFIG_FILE = "training_config.json"
 STATE_FILE = "train_state.json"
@@ -233,7 +235,5 @@ def _rescale_lr_schedule(lr_scheduler, old_processes, processes):
 
 
 def write_json(path, data):
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (`photobg.files.write_atomic`: temporary file + rename)."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

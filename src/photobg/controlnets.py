@@ -47,7 +47,7 @@ def controlnet_config(unet_config, size="full", conditioning_embedding_out_chann
     Raises:
         ValueError: an unknown size, or a UNet whose down blocks a compact size cannot thin out.
     """
-    from .models import controlnet_config_from_unet
+    from .models.state_dict import controlnet_config_from_unet
 
     if size not in CONTROLNET_SIZES:
         raise ValueError(f"Unknown ControlNet size {size!r}; choose one of: {', '.join(CONTROLNET_SIZES)}.")

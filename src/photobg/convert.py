@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .models import convert_controlnet
+    from .models.state_dict import convert_controlnet
 
     try:
         path = convert_controlnet(args.checkpoint, args.output, base=args.base)

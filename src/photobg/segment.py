@@ -103,7 +103,7 @@ class Sam:
             import torch
             from transformers import SamModel, SamProcessor
 
-            from .models import check_hub_file, photobg_cache
+            from .hub import check_hub_file, photobg_cache
         except ImportError as err:
             raise SegmenterUnavailable(
                 "The 'sam' segmenter needs `pip install transformers torch`. Or choose another segmenter: "

@@ -307,7 +307,7 @@ def _check_base_model(c):
     from diffusers import UNet2DConditionModel
 
     from .backbones import detect_backbone
-    from .models import resolve_model
+    from .models.specs import resolve_model
 
     try:
         model = resolve_model(c.pretrained_model_name_or_path, "Base model")

@@ -196,7 +196,8 @@ def native_resolution(specs):
     Raises:
         ValueError, FileNotFoundError: naming the model, when it is missing or cannot be read.
     """
-    from ..models import native_size, resolve_model
+    from ..hub import native_size
+    from ..models.specs import resolve_model
 
     try:
         return max(native_size(resolve_model(spec.model)) for spec in specs)

@@ -9,13 +9,13 @@ Output folder layout:
 import functools
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..files import atomic_path, write_atomic
 from ..pipeline_controlnet_inpaint import object_coverage_problem
 from .metrics import aggregate, expansion_metrics
 
@@ -95,16 +95,13 @@ def check_settings(folder, settings, what, record=True):
 def record_settings(folder, settings):
     """Write `folder/settings.json` (creating the folder), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".settings.json.{os.getpid()}.tmp"  # each process of a multi-process run writes its own
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, folder / "settings.json")
+    write_atomic(folder / "settings.json", json.dumps(settings, indent=1))  # each process its own temporary file
 
 
 def save_atomically(image, path):
     # A run killed mid-write must not leave a file that a resumed run takes as done.
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 class PipelineCache:
@@ -115,7 +112,7 @@ class PipelineCache:
         self.settings, self.key, self.pipe = settings, None, None
 
     def get(self, spec):
-        from ..models import load_pipeline
+        from ..models.loading import load_pipeline
 
         key = (spec.model, spec.controlnet, spec.scheduler)
         if key != self.key:
@@ -129,7 +126,7 @@ class PipelineCache:
         return self.pipe
 
     def release(self):
-        from ..models import free_device_memory
+        from ..models.loading import free_device_memory
 
         self.key = self.pipe = None
         free_device_memory()
@@ -262,7 +259,7 @@ def check_models(specs):
     Raises:
         ValueError: naming the spec and what is wrong.
     """
-    from ..models import check_model
+    from ..models.loading import check_model
 
     for spec in specs:
         try:
@@ -351,7 +348,7 @@ def build_quality(metrics, fid_features="inception", clip_model=None, fid_refere
         fid_reference: folder of reference images for FID (default: the benchmark's input photos).
         device: torch device for the metrics.
     """
-    from ..models import resolve_device
+    from ..models.loading import resolve_device
     from . import quality
 
     device = resolve_device(device)

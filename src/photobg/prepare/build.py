@@ -22,6 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..files import atomic_path, write_atomic
 from .examples import ProcessOptions
 
 STATE_DIR = ".prepare"
@@ -198,7 +199,7 @@ def _make_plan(config, state, fingerprint):
         raise ValueError(f"The sources hold no usable example ({shown or 'nothing found'}).")
     state.mkdir(parents=True, exist_ok=True)
     (state / "shards").mkdir(exist_ok=True)
-    _write_atomic(state / "plan.jsonl", "".join(json.dumps(item) + "\n" for item in items))
+    write_atomic(state / "plan.jsonl", "".join(json.dumps(item) + "\n" for item in items), fsync=True)
     report = [
         {
             "name": s.name,
@@ -210,9 +211,9 @@ def _make_plan(config, state, fingerprint):
         }
         for s in sources
     ]
-    _write_atomic(state / "sources.json", json.dumps(report, indent=1))
+    write_atomic(state / "sources.json", json.dumps(report, indent=1), fsync=True)
     record = {"fingerprint": fingerprint, "config": asdict(config), "examples": len(items)}
-    _write_atomic(state / "config.json", json.dumps(record, indent=1))  # last: marks the plan complete
+    write_atomic(state / "config.json", json.dumps(record, indent=1), fsync=True)  # last: marks the plan complete
 
 
 def _enumerate(spec):
@@ -363,11 +364,11 @@ def _write_shard(state, index, rows, skipped, origins):
         was_enabled = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:
-            datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(parquet) + ".tmp")
+            with atomic_path(parquet) as tmp:
+                datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(tmp))
         finally:
             if was_enabled:
                 datasets.enable_progress_bars()
-        os.replace(str(parquet) + ".tmp", parquet)
     report = {
         "index": index,
         "rows": len(rows),
@@ -378,16 +379,7 @@ def _write_shard(state, index, rows, skipped, origins):
         "notes": [{"source": r["source"], "file": r["file"], "note": n} for r in rows for n in r["notes"]],
         "skipped": skipped,
     }
-    _write_atomic(shard_dir / f"{index:05d}.json", json.dumps(report))
-
-
-def _write_atomic(path, text):
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(shard_dir / f"{index:05d}.json", json.dumps(report), fsync=True)
 
 
 def _print(config, message):

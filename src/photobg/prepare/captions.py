@@ -142,7 +142,7 @@ class Captioner:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from ..models import resolve_device, resolve_dtype
+        from ..models.loading import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..data import training_set_features
+from ..files import write_atomic
 
 FEATURES = training_set_features()
 LISTED_FILES = 20  # files named per reason in the card; all of them are in .prepare/skipped.jsonl
@@ -63,12 +64,10 @@ def _group(records, key):
 
 def publish(config, output, state, summary):
     """Move the finished shards into DIR/data in one rename, write the card, and mark the run complete."""
-    from .build import _write_atomic
-
     if summary["rows"] == 0:
         raise ValueError(f"{output}: every example was left out; see {state / 'skipped.jsonl'} and the messages above.")
     data = output / "data"
-    _write_atomic(state / "skipped.jsonl", "".join(json.dumps(p) + "\n" for p in summary["skipped_files"]))
+    write_atomic(state / "skipped.jsonl", "".join(json.dumps(p) + "\n" for p in summary["skipped_files"]), fsync=True)
     if not data.is_dir():
         staging = state / "data"
         staging.mkdir(exist_ok=True)
@@ -78,9 +77,9 @@ def publish(config, output, state, summary):
             if shard.is_file():  # else already moved by an interrupted publish
                 os.replace(shard, staging / f"train-{k:05d}-of-{count:05d}.parquet")
         os.replace(staging, data)
-    _write_atomic(output / "README.md", dataset_card(config, summary))
+    write_atomic(output / "README.md", dataset_card(config, summary), fsync=True)
     public = {k: v for k, v in summary.items() if k != "skipped_files"}
-    _write_atomic(state / "summary.json", json.dumps(public, indent=1))  # last: marks the run complete
+    write_atomic(state / "summary.json", json.dumps(public, indent=1), fsync=True)  # last: marks the run complete
     _report(config, output, summary)
 
 

@@ -78,11 +78,12 @@ def load_models(config, accelerator):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from ..backbones import detect_backbone
-    from ..models import _load_config, resolve_model
+    from ..hub import load_config
+    from ..models.specs import resolve_model
 
     model = resolve_model(config.pretrained_model_name_or_path, "Base model")
     backbone = detect_backbone(model)
-    index = _load_config(model, None, "Model", filename="model_index.json")
+    index = load_config(model, None, "Model", filename="model_index.json")
     hub = dict(revision=config.revision, cache_dir=config.cache_dir)
     text = load_text_models(config, model, backbone, index, hub)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", variant=config.variant, **hub)
@@ -159,7 +160,8 @@ def load_controlnet(config, unet):
     from diffusers import ControlNetModel
 
     from ..controlnets import make_controlnet
-    from ..models import STATE_DICT_SUFFIXES, controlnet_from_state_dict, resolve_model
+    from ..models.specs import resolve_model
+    from ..models.state_dict import STATE_DICT_SUFFIXES, controlnet_from_state_dict
 
     spec = config.controlnet_model_name_or_path
     if spec is None:
@@ -206,7 +208,8 @@ def register_checkpoint_hooks(accelerator):
 def make_pipeline(models, controlnet, scheduler=None):
     """The photobg pipeline of the backbone (`photobg.models.pipeline_class`) around the modules being trained (no
     copies), with the base model's `model_index.json` settings and no safety checker."""
-    from ..models import _pipeline, make_scheduler, pipeline_class
+    from ..models.loading import make_scheduler
+    from ..models.pipelines import pipeline_class, pipeline_from_components
 
     config = models.scheduler_config
     components = dict(
@@ -217,4 +220,4 @@ def make_pipeline(models, controlnet, scheduler=None):
         **{name: getattr(models, name) for name in (*models.backbone.text_encoders, *models.backbone.tokenizers)},
     )
     attributes = {**models.pipeline_attributes, "requires_safety_checker": False}
-    return _pipeline(pipeline_class(models.backbone), components, attributes)
+    return pipeline_from_components(pipeline_class(models.backbone), components, attributes)
