@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from photobg.bench import peak_memory
 from photobg.masks import parse_size
-from photobg.pipeline_controlnet_inpaint import estimate_foreground, restore_size
+from photobg.matting import estimate_foreground, restore_size
 
 
 def object_on_red(size=256, ramp=16):

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from photobg.conventions import make_control_image, object_mask_to_tensor
 from photobg.masks import load_image, split_object
 from photobg.models import load_pipeline
-from photobg.pipeline_controlnet_inpaint import make_control_image, object_mask_to_tensor
 
 TILE = 300
 LABELS = ["cutout (RGBA)", "object_mask", "control: inpaint variant", "control: base variant", "tiny test model"]

@@ -1,5 +1,8 @@
 """Input conventions of masks.py without a model: pixel formats, mask files, the size rule, the canvas."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import make_photo
@@ -21,6 +24,14 @@ def saved(tmp_path, image, name, **kwargs):
     path = tmp_path / name
     image.save(path, **kwargs)
     return path
+
+
+def test_conventions_load_without_diffusers_pipelines():
+    # The conventions live in the method's own rooms, not behind the SD2 pipeline file's re-export, so reading
+    # masks needs neither diffusers nor transformers.
+    code = "import sys, photobg.masks\nprint(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
 
 
 def test_mask_files_of_every_kind_read_as_white_object(tmp_path):

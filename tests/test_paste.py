@@ -6,8 +6,8 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-import photobg.method as method_file
-from photobg.pipeline_controlnet_inpaint import paste_object
+import photobg.matting as matting_file
+from photobg.matting import estimate_foreground, paste_object, restore_size
 
 RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
 
@@ -34,8 +34,8 @@ def red_excess(composite, true, mask):
 
 @pytest.mark.parametrize("tile", [256, 48], ids=["one-tile", "tiled"])
 def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
-    monkeypatch.setattr(method_file, "PASTE_TILE", tile, raising=False)
-    monkeypatch.setattr(method_file, "PASTE_MARGIN", min(32, tile // 2), raising=False)
+    monkeypatch.setattr(matting_file, "PASTE_TILE", tile)
+    monkeypatch.setattr(matting_file, "PASTE_MARGIN", min(32, tile // 2))
     true, photo, mask = photo_on_red()
     green = np.broadcast_to(np.array(GREEN, np.float32), photo.shape)
     alpha = (mask / 255.0)[..., None]
@@ -51,24 +51,23 @@ def test_soft_edge_on_green_shows_much_less_of_the_old_red(tile, monkeypatch):
 
 def test_foreground_is_estimated_only_in_tiles_that_hold_the_soft_edge(monkeypatch):
     calls = []
-    real = method_file._foreground_ml
+    real = matting_file._foreground_ml
     monkeypatch.setattr(
-        method_file, "_foreground_ml", lambda image, alpha: calls.append(image.shape) or real(image, alpha)
+        matting_file, "_foreground_ml", lambda image, alpha: calls.append(image.shape) or real(image, alpha)
     )
-    tile, margin = method_file.PASTE_TILE, method_file.PASTE_MARGIN
+    tile, margin = matting_file.PASTE_TILE, matting_file.PASTE_MARGIN
     photo = np.random.default_rng(0).integers(0, 256, (3 * tile, 8 * tile, 3), dtype=np.uint8)
     mask = np.zeros(photo.shape[:2], np.uint8)
     column = 6 * tile + tile // 4
     mask[10 : 2 * tile, column : column + tile] = 255
     mask[10 : tile - 10, column] = 128  # the only soft pixels, all in the first row's 7th tile
-    foreground = method_file.estimate_foreground(photo, mask)
+    foreground = estimate_foreground(photo, mask)
     assert calls == [(3, tile + margin, tile + 2 * margin)]  # that tile and its margins (none above the image)
     changed = np.any(foreground != photo, axis=2)
     assert changed[mask == 128].any() and not changed[(mask == 0) | (mask == 255)].any()
 
 
 def test_restore_size_is_the_bicubic_upscale_and_the_paste():
-    from photobg.pipeline_controlnet_inpaint import estimate_foreground, restore_size
 
     generated = torch.rand(3, 40, 64)
     reference = F.interpolate(generated[None], (300, 470), mode="bicubic", antialias=True)[0].clamp(0, 1)

@@ -11,6 +11,8 @@ import inspect
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import diffusers
@@ -28,8 +30,11 @@ from diffusers import (
     PNDMScheduler,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files, get_relative_imports
 from PIL import Image
 
+import photobg.pipeline_controlnet_inpaint as sd2_file
+import photobg.pipeline_controlnet_inpaint_sd_xl as sdxl_file
 from photobg.models import load_pipeline
 from photobg.pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
@@ -59,6 +64,60 @@ def test_plain_diffusers_loads_a_saved_folder_as_this_pipeline(pipe, tmp_path):
     np.testing.assert_array_equal(call(plain, output_type="np").images, before)
     ours = StableDiffusionControlNetInpaintPipeline.from_pretrained(tmp_path / "saved")  # no remote code needed
     assert type(ours) is StableDiffusionControlNetInpaintPipeline
+
+
+# Plain diffusers in a fresh process, photobg not importable: the saved folder's own files only.
+FRESH_LOAD = """
+import sys
+sys.modules["photobg"] = None
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+torch.set_num_threads(1)  # as in conftest: the same sums in the same order
+folder, photo, object_mask, out = sys.argv[1:]
+for k, how in enumerate(({}, {"custom_pipeline": folder})):
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, **how)
+    pipe.set_progress_bar_config(disable=True)
+    print(type(pipe).__module__, type(pipe).__name__)
+    generator = torch.Generator("cpu").manual_seed(0)
+    images = pipe(
+        "a photo of a bottle on the beach", image=Image.open(photo), object_mask=Image.open(object_mask),
+        num_inference_steps=2, generator=generator, output_type="np",
+    ).images
+    np.save(f"{out}{k}.npy", images)
+"""
+
+
+def test_pipeline_files_import_every_file_they_need_directly():
+    # For a local folder diffusers copies the pipeline file with the files it imports relatively, but not the
+    # files those import in turn: each pipeline file names every room of the method itself.
+    for module in (sd2_file, sdxl_file):
+        needed = {Path(file).stem for file in get_relative_import_files(module.__file__)}
+        assert needed == set(get_relative_imports(module.__file__)) >= {"method", "conventions", "matting"}
+
+
+@pytest.mark.parametrize("backbone", ["sd2", "sdxl"])
+def test_a_saved_folder_loads_in_plain_diffusers_in_a_fresh_process(loaded, backbone, tmp_path):
+    pipe, saved = rebuilt(loaded[backbone]), tmp_path / "saved"
+    before = call(pipe, output_type="np").images
+    pipe.save_pretrained(saved)
+    class_file = inspect.getfile(type(pipe))
+    pipeline_file = Path(class_file).name
+    code = {path.name for path in saved.glob("*.py")}
+    assert code == {pipeline_file} | {Path(file).name for file in get_relative_import_files(class_file)}
+    photo, object_mask = make_photo(64, 48)
+    photo.save(tmp_path / "photo.png")
+    object_mask.save(tmp_path / "mask.png")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    args = [saved, tmp_path / "photo.png", tmp_path / "mask.png", tmp_path / "out"]
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, *map(str, args)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    module = "diffusers_modules.local." + Path(pipeline_file).stem
+    assert result.stdout.split("\n")[:2] == [f"{module} {type(pipe).__name__}"] * 2
+    for k in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"out{k}.npy"), before)
 
 
 def test_folders_saved_before_and_the_published_layout_still_load(pipe, tmp_path):

@@ -1,8 +1,8 @@
 """Images and object masks at the API edge: file loading and the object-mask conventions.
 
-The tensor-level conventions (object mask -> inpaint mask, control image, paste-back, the lining-up of
-inputs with outputs, the working-size rounding) live in the method module (`photobg.method`, which a Hub
-custom pipeline carries beside its pipeline file); they are re-exported here.
+The tensor-level conventions (object mask -> inpaint mask, control image, the lining-up of inputs with
+outputs, the working-size rounding) live in the method's rooms `photobg.conventions` and `photobg.matting`
+(the paste-back), which a Hub custom pipeline carries beside its pipeline file; they are re-exported here.
 """
 
 import math
@@ -12,22 +12,21 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageOps
 
-from .defaults import POSITIONS
-from .pipeline_controlnet_inpaint import (  # noqa: F401  (re-exported conventions)
+from .conventions import (  # noqa: F401  (re-exported conventions)
     OBJECT_THRESHOLD,
     as_object_mask,
-    estimate_foreground,
     has_alpha,
     inpaint_mask_from_object,
     line_up,
     make_control_image,
     object_coverage_problem,
     object_mask_to_tensor,
-    paste_object,
     split_cutout,
     split_object,
     working_size,
 )
+from .defaults import POSITIONS
+from .matting import estimate_foreground, paste_object  # noqa: F401  (re-exported)
 
 
 def load_image(path):

@@ -11,24 +11,22 @@ ControlNet trained on salient-object masks steers the UNet away from that.
   and, as `controlnet_cond`, the object's pixels on black in [0, 1]; the object region is kept by blending
   the known image's latents back after every step.
 
-Mask conventions: `object_mask` is white (255) on the object to keep, soft values allowed: binarised at 128
-for the UNet, kept soft for the control image and the paste-back. `mask_image`/`control_image` (diffusers'
-and the original code's inputs) are white on the region to generate. The functions below are the only place
-these conventions (and the lining-up of inputs with outputs, `line_up`) are turned into tensors; training
-uses the same ones.
-
-`BackgroundMethodMixin` holds the whole generation (`__call__`, in numbered steps); each backbone's pipeline
+The method's rooms, side by side (flat, so that they travel with a pipeline file as a Hub custom pipeline):
+`conventions.py` (the masks, the control image, the UNet's input, the lining-up of inputs with outputs, the
+working size; training uses the same ones), `matting.py` (the paste-back of the original object), and this
+module: `BackgroundMethodMixin`, the whole generation (`__call__`, in numbered steps). Each backbone's pipeline
 class is diffusers' ControlNet-inpaint pipeline of that backbone with this mixin in front, and adds only its
 text conditioning (`encode_conditioning`, which also takes the backbone's own `__call__` arguments) and its
-output class. This
-module imports only torch, diffusers, numpy and PIL, so a pipeline file that imports it relatively
-(`from .method import ...`) works as a Hub custom pipeline with this file beside it.
+output class. The conventions and the paste-back are re-exported here (`__all__`).
+
+The rooms import only torch, diffusers, transformers, numpy and PIL, and one another relatively, so a pipeline
+file that imports each of them relatively (`from .method import ...`; for a local folder diffusers copies only
+the files the pipeline file imports itself) works as a Hub custom pipeline with them beside it.
 """
 
 import functools
 import inspect
 import json
-import math
 import os
 import shutil
 import sys
@@ -37,9 +35,24 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 import transformers
 from transformers.utils import is_torchvision_available
+
+from .conventions import (
+    OBJECT_THRESHOLD,
+    as_object_mask,
+    has_alpha,
+    inpaint_mask_from_object,
+    line_up,
+    make_control_image,
+    object_coverage_problem,
+    object_mask_to_tensor,
+    split_cutout,
+    split_object,
+    unet_input,
+    working_size,
+)
+from .matting import PASTE_MARGIN, PASTE_ROWS, PASTE_TILE, estimate_foreground, paste_object, restore_size
 
 
 def _prefer_pil_image_processors():
@@ -66,6 +79,7 @@ from diffusers import ControlNetModel  # noqa: E402
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents  # noqa: E402
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files  # noqa: E402
 
 __all__ = [
     "OBJECT_THRESHOLD",
@@ -92,377 +106,9 @@ __all__ = [
     "working_size",
 ]
 
-OBJECT_THRESHOLD = 128  # object_mask >= 128 (of 255) is object
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # The UNet's added conditions (`added_cond_kwargs` keys) and the names diffusers' callbacks know them by.
 ADDED_CONDITIONS = {"text_embeds": "add_text_embeds", "time_ids": "add_time_ids"}
-
-
-# ----------------------------------------------------------------------------- conventions
-
-
-def split_object(image, object_mask=None):
-    """Split an input into its RGB image and its object mask.
-
-    Args:
-        image: PIL image (any mode) or uint8 array (H, W), (H, W, 3) or (H, W, 4). Its transparency (RGBA, LA,
-            or a palette with transparency) is the object mask when `object_mask` is not given.
-        object_mask: anything `as_object_mask` reads, white = object.
-
-    Returns:
-        (RGB PIL image, object mask as an "L" PIL image, or None when there is neither mask nor transparency).
-    """
-    rgb, alpha = split_cutout(image)
-    return rgb, alpha if object_mask is None else as_object_mask(object_mask)
-
-
-def has_alpha(image):
-    """Whether `image` (PIL or array) has transparency, i.e. is a cutout whose alpha is the object."""
-    if not isinstance(image, PIL.Image.Image):
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] not in (2, 4):
-            return False
-        image = PIL.Image.fromarray(array)
-    return _transparency(image) is not None
-
-
-# Pillow's own conversion of these modes to "L"/"RGB" clips at 255 instead of scaling, so they are scaled here.
-_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def _gray_array(image):
-    """A gray PIL image as a uint8 array: 16-bit scaled from 0..65535, float from 0..1, 8-bit as it is."""
-    array = np.asarray(image)
-    if image.mode == "F":
-        scale = 255.0 if array.max(initial=0) <= 1 else 1.0
-        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
-    if image.mode in _WIDE_GRAY_MODES:
-        return np.clip(np.round(array.astype(np.float64) / 257), 0, 255).astype(np.uint8)
-    return np.asarray(image.convert("L"))
-
-
-def split_cutout(image):
-    """An input photo as (RGB image, alpha or None): the alpha only where the image has transparency.
-
-    Any Pillow mode is accepted: grayscale (8- or 16-bit), palette (its transparency is an alpha channel),
-    CMYK, RGBA/LA. An alpha channel that is opaque everywhere carries no object and is dropped.
-
-    Args:
-        image: PIL image, or uint8 array (H, W), (H, W, 3) or (H, W, 4).
-
-    Returns:
-        (RGB PIL image, "L" alpha image or None).
-    """
-    if not isinstance(image, PIL.Image.Image):
-        image = PIL.Image.fromarray(np.asarray(image))
-    alpha = _transparency(image)
-    if image.mode in _WIDE_GRAY_MODES:
-        image = PIL.Image.fromarray(_gray_array(image), "L")
-    return image.convert("RGB"), alpha
-
-
-def _transparency(image):
-    """The alpha channel ("L") of an image that has one and is not opaque everywhere, else None."""
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            return alpha
-    return None
-
-
-def as_object_mask(mask):
-    """An object mask in any common form as an "L" image, white (255) = object. The rules, one per kind:
-
-    - an alpha channel with transparency (a cutout, an RGBA/LA mask, a palette with transparency): the alpha;
-    - 16-bit gray: scaled from 0..65535 to 0..255 when it uses that range (has values above 255);
-    - float arrays: scaled from 0..1; bool arrays: True = object;
-    - RGB, CMYK and palette masks: the brightest channel, so a white or a coloured object on black both count;
-    - a mask whose only values are 0 and 1 (a label map): 1 = object.
-
-    Soft values are kept; `OBJECT_THRESHOLD` binarises where needed.
-
-    Args:
-        mask: PIL image or array (H, W) / (H, W, C) of uint8, uint16, bool or float.
-
-    Returns:
-        "L" PIL image.
-    """
-    if not isinstance(mask, PIL.Image.Image):
-        array = np.asarray(mask)
-        if array.dtype == bool:
-            return PIL.Image.fromarray(array.astype(np.uint8) * 255, "L")
-        if np.issubdtype(array.dtype, np.floating):
-            return PIL.Image.fromarray(np.clip(np.round(array * 255), 0, 255).astype(np.uint8), "L")
-        mask = PIL.Image.fromarray(array)
-    alpha = _transparency(mask)
-    if alpha is not None:
-        return alpha
-    if mask.mode == "F":
-        gray = _gray_array(mask)
-    elif mask.mode in _WIDE_GRAY_MODES:
-        gray = np.asarray(mask, dtype=np.float64)
-        gray = np.round(gray / 257 if gray.max(initial=0) > 255 else gray).clip(0, 255).astype(np.uint8)
-    elif mask.mode in ("L", "1"):
-        gray = np.asarray(mask.convert("L"))
-    else:
-        gray = np.asarray(mask.convert("RGB")).max(axis=2)
-    if gray.max(initial=0) == 1:  # a label map: 1 = object
-        gray = gray * 255
-    return PIL.Image.fromarray(gray, "L")
-
-
-def object_coverage_problem(object_mask):
-    """Why an object mask cannot be used: "empty" (no pixel >= `OBJECT_THRESHOLD`, nothing to keep), "full"
-    (every pixel is object, nothing to generate), or None when it can."""
-    binary = np.asarray(object_mask) >= OBJECT_THRESHOLD
-    if not binary.any():
-        return "empty"
-    return "full" if binary.all() else None
-
-
-def object_mask_to_tensor(object_mask, size):
-    """An object mask ("L" PIL image) resized (bilinear) to `size` = (width, height), as (1, 1, H, W) in [0, 1]."""
-    if object_mask.size != tuple(size):
-        object_mask = object_mask.resize(tuple(size), PIL.Image.BILINEAR)
-    return torch.from_numpy(np.asarray(object_mask, dtype=np.float32) / 255.0)[None, None]
-
-
-def inpaint_mask_from_object(object_mask):
-    """The UNet's binary inpaint mask (1 = region to generate) from a soft object mask tensor in [0, 1]: object
-    where the mask is >= 128/255, as the authors binarise (only) the UNet's mask at 0.5."""
-    return (object_mask < 0.5).to(object_mask.dtype)
-
-
-def make_control_image(image, inpaint_mask, unet_in_channels):
-    """The ControlNet's conditioning image, the same in training and at inference.
-
-    The mask stays soft here, as in the authors' training (the inverted, resized soft matte) and notebook (a
-    soft map): only the UNet's mask is binarised (`inpaint_mask_from_object`).
-
-    Args:
-        image: (B, 3, H, W) in [-1, 1].
-        inpaint_mask: (B, 1, H, W) in [0, 1], 1 = region to generate; soft values are kept (pass
-            `1 - object_mask` for a soft object mask).
-        unet_in_channels: 9 (inpaint variant) or 4 (base variant).
-
-    Returns:
-        (B, 3, H, W) in [0, 1]: the inpaint mask as 3 channels (inpaint variant), or the object's pixels on
-        black, weighted by the soft object mask (base variant).
-    """
-    if unet_in_channels == 9:
-        return inpaint_mask.expand(-1, 3, -1, -1).clone()
-    return (image + 1) / 2 * (1 - inpaint_mask)
-
-
-def unet_input(latents, mask, masked_image_latents):
-    """The UNet's (and the inpaint ControlNet's) input: 4 latent channels, plus for a 9-channel UNet the
-    latent-size inpaint mask and the masked-image latents. Pass `mask=None` for a 4-channel UNet."""
-    if mask is None:
-        return latents  # (B, 4, h, w)
-    return torch.cat([latents, mask, masked_image_latents], dim=1)  # (B, 9, h, w)
-
-
-def working_size(size, long_side=None, multiple=8):
-    """The size to generate at for an image of `size` = (width, height): the same aspect ratio, the long side
-    scaled to `long_side` (default: kept), each side rounded to the nearest multiple of `multiple` (and at least
-    `multiple`). The one rounding rule of the pipeline's object mode and the API."""
-    scale = 1.0 if long_side is None else long_side / max(size)
-    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in size)
-
-
-def line_up(n_given, batch_size, num_images_per_prompt, what):
-    """Which input serves each output: the one lining-up rule for images, masks, control images, generators
-    and the objects pasted back.
-
-    A call makes `batch_size * num_images_per_prompt` outputs, prompt by prompt. A list of inputs may hold one
-    item for every output, one per prompt (serving that prompt's images) or one per output.
-
-    Args:
-        n_given: how many items were given.
-        batch_size: the number of prompts.
-        num_images_per_prompt: images per prompt.
-        what: the argument's name, for the error message.
-
-    Returns:
-        list of `batch_size * num_images_per_prompt` indices into the given items, one per output.
-
-    Raises:
-        ValueError: naming the argument and both counts, when `n_given` is none of 1, `batch_size` and the
-            number of outputs.
-    """
-    total = batch_size * num_images_per_prompt
-    if n_given == 1:
-        return [0] * total
-    if n_given == batch_size:
-        return [k // num_images_per_prompt for k in range(total)]
-    if n_given == total:
-        return list(range(total))
-    raise ValueError(
-        f"Got {n_given} `{what}` for {total} output{'s' * (total != 1)} ({batch_size} prompt{'s' * (batch_size != 1)} "
-        f"x {num_images_per_prompt} per prompt): pass 1, one per prompt ({batch_size}) or one per output ({total})."
-    )
-
-
-# ----------------------------------------------------------------------------- paste-back
-
-PASTE_TILE = 256  # foreground colours are estimated in tiles of this size (plus a margin) around the soft edge
-PASTE_MARGIN = 32
-PASTE_ROWS = 256  # the full-size output is upscaled and composited this many rows at a time
-
-
-def estimate_foreground(image, object_mask, device=None):
-    """The object's own colour in its soft edge, where the photo mixes it with the old background.
-
-    Only pixels with 0 < mask < 255 change; they get the foreground colour F of the matting equation
-    image = alpha * F + (1 - alpha) * B, estimated by `_foreground_ml` (the multi-level method of Germer et
-    al., 2020, pymatting's `estimate_foreground_ml`) on tiles around the soft edge, so memory does not grow
-    with the photo's size beyond one uint8 copy.
-
-    Args:
-        image: (H, W, 3) uint8 array.
-        object_mask: (H, W) uint8 array, 255 = object.
-        device: where to compute (default CPU); tiles are moved there one at a time.
-
-    Returns:
-        (H, W, 3) uint8 array: `image`, with the estimated foreground colour where the mask is soft.
-    """
-    image, object_mask = np.asarray(image), np.asarray(object_mask)
-    foreground = image.copy()
-    height, width = object_mask.shape
-    for top in range(0, height, PASTE_TILE):
-        for left in range(0, width, PASTE_TILE):
-            core = object_mask[top : top + PASTE_TILE, left : left + PASTE_TILE]
-            soft = (core > 0) & (core < 255)
-            if not soft.any():
-                continue
-            y0, x0 = max(0, top - PASTE_MARGIN), max(0, left - PASTE_MARGIN)
-            y1, x1 = min(height, top + PASTE_TILE + PASTE_MARGIN), min(width, left + PASTE_TILE + PASTE_MARGIN)
-            pixels = torch.from_numpy(image[y0:y1, x0:x1].copy()).to(device).permute(2, 0, 1).float() / 255
-            alpha = torch.from_numpy(object_mask[y0:y1, x0:x1].copy()).to(device).float()[None] / 255
-            estimate = (_foreground_ml(pixels, alpha) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            estimate = estimate[top - y0 : top - y0 + core.shape[0], left - x0 : left - x0 + core.shape[1]]
-            foreground[top : top + core.shape[0], left : left + core.shape[1]][soft] = estimate[soft]
-    return foreground
-
-
-def _foreground_ml(image, alpha, regularization=1e-5, gradient_weight=1.0, small_size=32, iterations=(10, 2)):
-    """Multi-level foreground estimation (Germer, Uelwer, Conrad, Harmeling: "Fast Multi-Level Foreground
-    Estimation", ICPR 2020), with pymatting's defaults.
-
-    Minimises sum (alpha F + (1 - alpha) B - image)^2 + sum over 4-neighbours of (regularization +
-    gradient_weight |alpha_i - alpha_j|) (|F_i - F_j|^2 + |B_i - B_j|^2), from a 1-pixel image up to full
-    size, each level starting from the one before. Each sweep solves every pixel's 2x2 system given its
-    neighbours, on one colour of a checkerboard and then the other (as Gauss-Seidel does, but vectorised).
-
-    Args:
-        image: (3, H, W) in [0, 1]; alpha: (1, H, W) in [0, 1].
-        iterations: sweeps per level while the level has at most `small_size`^2 pixels, and after.
-
-    Returns:
-        (3, H, W) foreground colour in [0, 1].
-    """
-    height, width = image.shape[1:]
-    levels = max(1, math.ceil(math.log2(max(height, width))))
-    estimate = image.mean(dim=(1, 2), keepdim=True).repeat(2, 1, 1)  # (6, 1, 1): foreground, then background
-    for level in range(levels + 1):
-        size = (round(height ** (level / levels)), round(width ** (level / levels)))
-        level_image, level_alpha, estimate = (
-            F.interpolate(x[None], size=size, mode="nearest")[0] for x in (image, alpha, estimate)
-        )
-        system = _level_system(level_image, level_alpha, regularization, gradient_weight)
-        rows, columns = (torch.arange(n, device=image.device) for n in size)
-        rows, columns = torch.meshgrid(rows, columns, indexing="ij")
-        black = ((rows + columns) % 2 == 0)[None]
-        for _ in range(iterations[0] if size[0] * size[1] <= small_size**2 else iterations[1]):
-            for squares in (black, ~black):
-                estimate = torch.where(squares, _foreground_sweep(estimate, *system), estimate)
-    return estimate[:3]
-
-
-def _neighbours(x):
-    """x's up, down, left and right neighbours; outside the image a border pixel is its own neighbour."""
-    padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]
-    return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
-
-
-def _level_system(image, alpha, regularization, gradient_weight):
-    """What stays fixed while one level is swept: the neighbours' weights, the inverse of each pixel's matrix
-    [[a^2 + W, a(1-a)], [a(1-a), (1-a)^2 + W]] (W: the sum of its weights), and the data terms (a I, (1-a) I)."""
-    weights = [regularization + gradient_weight * (alpha - a).abs() for a in _neighbours(alpha)]  # 4 x (1, h, w)
-    total = sum(weights)
-    a00, a01, a11 = alpha * alpha + total, alpha * (1 - alpha), (1 - alpha) ** 2 + total
-    det = a00 * a11 - a01 * a01
-    return weights, (a11 / det, -a01 / det, a00 / det), torch.cat([alpha * image, (1 - alpha) * image])
-
-
-def _foreground_sweep(estimate, weights, inverse, data):
-    """Every pixel's (F, B) minimising the energy of `_foreground_ml` with its neighbours held fixed."""
-    rhs = data + sum(w * n for w, n in zip(weights, _neighbours(estimate)))  # (6, h, w)
-    (i00, i01, i11), f, b = inverse, rhs[:3], rhs[3:]
-    return torch.cat([i00 * f + i01 * b, i01 * f + i11 * b]).clamp(0, 1)
-
-
-def paste_object(generated, original, object_mask):
-    """Composite the original object over a generated image with the soft object mask.
-
-    Where the mask is 255 the result is the original exactly, where it is 0 the generated image; in the soft
-    edge between them the object's estimated foreground colour (`estimate_foreground`) is blended in, so the
-    photo's old background does not show as a halo around the object.
-
-    Args:
-        generated: (H, W, 3) float array in [0, 1].
-        original: (H, W, 3) uint8 array.
-        object_mask: (H, W) uint8 array, 255 = object.
-
-    Returns:
-        (H, W, 3) float32 array; where the mask is 255 it equals `original / 255` exactly.
-    """
-    return _composite(generated, estimate_foreground(original, object_mask), object_mask)
-
-
-def _composite(generated, foreground, object_mask):
-    """alpha * foreground + (1 - alpha) * generated, as float32 in [0, 1] (foreground and mask uint8)."""
-    alpha = (np.asarray(object_mask, dtype=np.float32) / 255.0)[..., None]
-    return alpha * (np.asarray(foreground, dtype=np.float32) / 255.0) + (1 - alpha) * generated
-
-
-def restore_size(generated, size, foreground=None, object_mask=None, as_uint8=True):
-    """A generated image upscaled to `size` (bicubic, antialiased) and, with a foreground, the object pasted
-    back (`_composite`), `PASTE_ROWS` rows at a time: no full-size float copy when the result is uint8.
-
-    Args:
-        generated: (3, h, w) float tensor in [0, 1].
-        size: (width, height) of the result.
-        foreground: (H, W, 3) uint8 array from `estimate_foreground`, or None to paste nothing.
-        object_mask: (H, W) uint8 array, 255 = object (with `foreground`).
-        as_uint8: return uint8 (else float32 in [0, 1]).
-
-    Returns:
-        (H, W, 3) array.
-    """
-    width, height = size
-    generated = generated.float().cpu()
-    # The resize as one matrix per axis (F.interpolate on an identity), so each strip is two small matmuls.
-    rows = _resize_matrix(generated.shape[1], height)  # (H, h)
-    columns = _resize_matrix(generated.shape[2], width)  # (W, w)
-    result = np.empty((height, width, 3), np.uint8 if as_uint8 else np.float32)
-    for top in range(0, height, PASTE_ROWS):
-        strip = (rows[top : top + PASTE_ROWS] @ generated @ columns.T).clamp(0, 1)  # (3, rows, W)
-        strip = strip.permute(1, 2, 0).numpy()
-        if foreground is not None:
-            bottom = top + strip.shape[0]
-            strip = _composite(strip, foreground[top:bottom], object_mask[top:bottom])
-        result[top : top + strip.shape[0]] = np.round(strip * 255) if as_uint8 else strip
-    return result
-
-
-def _resize_matrix(size_in, size_out):
-    """(size_out, size_in): F.interpolate's antialiased bicubic resize along one axis, as a matrix."""
-    if size_in == size_out:
-        return torch.eye(size_in)
-    identity = torch.eye(size_in)[None, None]  # resized along one axis only: the other keeps its size
-    return F.interpolate(identity, size=(size_out, size_in), mode="bicubic", antialias=True)[0, 0]
 
 
 # ----------------------------------------------------------------------------- the method on a pipeline
@@ -522,7 +168,7 @@ class BackgroundMethodMixin:
     (`backbone_kwargs`, e.g. SDXL's `prompt_2` and `original_size`) to the backbone's `encode_conditioning`; each
     class's `__call__` signature names them (`__init_subclass__`). The class takes one ControlNet. A
     backbone's class adds `encode_conditioning` and `pipeline_output`; it may override `vae_needs_upcast` and
-    `finish_decoded`. `save_pretrained` writes the class's file and this one into the folder and names the class
+    `finish_decoded`. `save_pretrained` writes the class's file and the method's into the folder and names the class
     in `model_index.json`, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder,
     trust_remote_code=True)`) builds the class rather than diffusers' own of the same name, which cannot run the
     9-channel ControlNet.
@@ -811,17 +457,18 @@ class BackgroundMethodMixin:
     # ------------------------------------------------------------------------- saving and loading
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """diffusers' `save_pretrained`, plus the class's pipeline file and this method file beside it, the class
-        named in `model_index.json` as `[file name, class name]`: plain `DiffusionPipeline.from_pretrained(folder)`
-        then asks for `trust_remote_code=True` and, given it, builds this class instead of diffusers' namesake.
-        The class itself and `photobg.load_pipeline` load such folders, folders saved before, and the published
-        model's layout alike.
+        """diffusers' `save_pretrained`, plus the class's pipeline file and every file it imports relatively
+        (directly or through another: the method's rooms) beside it, the class named in `model_index.json` as
+        `[file name, class name]`: plain `DiffusionPipeline.from_pretrained(folder)` then asks for
+        `trust_remote_code=True` and, given it, builds this class instead of diffusers' namesake. The class itself
+        and `photobg.load_pipeline` load such folders, folders saved before, and the published model's layout alike.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
         class_file = inspect.getfile(type(self))
         module = os.path.splitext(os.path.basename(class_file))[0]
-        shutil.copyfile(class_file, os.path.join(save_directory, module + ".py"))
-        shutil.copyfile(__file__, os.path.join(save_directory, os.path.basename(__file__)))  # imported relatively
+        # diffusers' own reading of relative imports, the one it follows when it loads the folder's code
+        for file in [class_file, *get_relative_import_files(class_file)]:
+            shutil.copyfile(file, os.path.join(save_directory, os.path.basename(file)))
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)

@@ -1,18 +1,22 @@
 """Salient-object-aware background generation: Stable Diffusion 2 (inpainting or base) + a ControlNet.
 
-The method itself (conventions, the numbered generation steps) is in `method.py` beside this file; this class is
-diffusers' `StableDiffusionControlNetInpaintPipeline` with the method in front and SD2's text conditioning.
-The two files import only torch, diffusers, transformers, numpy and PIL, so this one also works as a Hub custom
-pipeline (diffusers copies `method.py` with it):
+The method itself is in the rooms beside this file (`method.py`: the numbered generation steps; `conventions.py`;
+`matting.py`: the paste-back); this class is diffusers' `StableDiffusionControlNetInpaintPipeline` with the
+method in front and SD2's text conditioning. The files import only torch, diffusers, transformers, numpy and PIL,
+so this one also works as a Hub custom pipeline (diffusers copies the rooms with it):
 
     DiffusionPipeline.from_pretrained(model, custom_pipeline="pipeline_controlnet_inpaint.py")
 
-The method's conventions are re-exported here: training, `photobg.masks` and the original code's scripts import
-them from this module.
+The method's conventions are re-exported here for the original code's scripts, which import them from this
+module (photobg's own modules import them from `conventions.py`).
 """
 
-# The method first: it binds transformers' image processors before diffusers' pipelines import them.
-from .method import *  # noqa: F403  (the method's conventions, re-exported)
+# The method first: it binds transformers' image processors before diffusers' pipelines import them. Each of its
+# rooms is imported by name: for a local folder diffusers copies the files a pipeline file imports relatively,
+# not the files those import.
+from .conventions import *  # noqa: F403  (the method's conventions, re-exported)
+from .matting import *  # noqa: F403  (the paste-back, re-exported)
+from .method import *  # noqa: F403  (the mixin and the rest of the method's names, re-exported)
 from .method import BackgroundMethodMixin, Conditioning, guidance_batch
 
 # isort: split
@@ -27,8 +31,8 @@ class StableDiffusionControlNetInpaintPipeline(BackgroundMethodMixin, _Diffusers
     `__call__` (`BackgroundMethodMixin.__call__`, with diffusers' argument names) differs: the ControlNet of a
     9-channel UNet receives the UNet's 9-channel input, and an object-centric mode takes the object mask
     directly and keeps the object's pixels exact. `save_pretrained`
-    also writes this file and `method.py` into the folder and names this class in `model_index.json`, so that
-    plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds this class
+    also writes this file and the method's files into the folder and names this class in `model_index.json`, so
+    that plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds this class
     rather than diffusers' own of the same name, which cannot run the 9-channel ControlNet.
     """
 

@@ -1,14 +1,19 @@
 """Salient-object-aware background generation: Stable Diffusion XL (inpainting or base) + a ControlNet.
 
-The method itself (conventions, the numbered generation steps) is in `method.py` beside this file, shared with
-the SD2 pipeline; this class is diffusers' `StableDiffusionXLControlNetInpaintPipeline` with the method in front
-and SDXL's conditioning: both text encoders (penultimate hidden states side by side, the second one's pooled
-embedding), the time ids (original size, crop top-left, target size; an aesthetic score instead of the target
-size where the model requires it), `force_zeros_for_empty_prompt` (a `negative_prompt` of None is the zero
-embedding), and the fp16 VAE's upcast for decoding. Like the SD2 file it works as a Hub custom pipeline.
+The method itself is in the rooms beside this file (`method.py`: the numbered generation steps; `conventions.py`;
+`matting.py`: the paste-back), shared with the SD2 pipeline; this class is diffusers'
+`StableDiffusionXLControlNetInpaintPipeline` with the method in front and SDXL's conditioning: both text encoders
+(penultimate hidden states side by side, the second one's pooled embedding), the time ids (original size, crop
+top-left, target size; an aesthetic score instead of the target size where the model requires it),
+`force_zeros_for_empty_prompt` (a `negative_prompt` of None is the zero embedding), and the fp16 VAE's upcast for
+decoding. Like the SD2 file it works as a Hub custom pipeline.
 """
 
-# The method first: it binds transformers' image processors before diffusers' pipelines import them.
+# The method first: it binds transformers' image processors before diffusers' pipelines import them. Each of its
+# rooms is imported by name, used here or not: for a local folder diffusers copies the files a pipeline file
+# imports relatively, not the files those import.
+from .conventions import OBJECT_THRESHOLD  # noqa: F401
+from .matting import restore_size  # noqa: F401
 from .method import BackgroundMethodMixin, Conditioning, guidance_batch
 
 # isort: split
@@ -24,8 +29,8 @@ class StableDiffusionXLControlNetInpaintPipeline(BackgroundMethodMixin, _Diffuse
     `StableDiffusionXLControlNetInpaintPipeline`. `__call__` is the SD2 pipeline's (`BackgroundMethodMixin.__call__`,
     the same method): the ControlNet of a 9-channel UNet receives the UNet's 9-channel input (diffusers' namesake
     gives it 4 channels and fails) and the object mode keeps the object's pixels exact. `guidance_scale` defaults
-    to 7.5 as in diffusers' SDXL inpainting pipeline. `save_pretrained` writes this file and `method.py` into the
-    folder, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds
+    to 7.5 as in diffusers' SDXL inpainting pipeline. `save_pretrained` writes this file and the method's files into
+    the folder, so that plain diffusers (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`) builds
     this class.
 
     SDXL's own `__call__` arguments, keyword-only (diffusers' names, taken by `encode_conditioning`; the call's

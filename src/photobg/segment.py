@@ -194,7 +194,7 @@ def sam(model=DEFAULT_SAM_MODEL, device=None, num_points=3):
         model, device: see `Sam`.
         num_points: how many positive points to place inside the object.
     """
-    from .pipeline_controlnet_inpaint import OBJECT_THRESHOLD
+    from .conventions import OBJECT_THRESHOLD
 
     predictor = Sam(model, device)
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import PIL.Image
 
-from ..pipeline_controlnet_inpaint import OBJECT_THRESHOLD
+from ..conventions import OBJECT_THRESHOLD
 
 METRICS = ("expansion", "area_change", "iou", "lost")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..conventions import object_coverage_problem
 from ..files import atomic_path, write_atomic
-from ..pipeline_controlnet_inpaint import object_coverage_problem
 from .metrics import aggregate, expansion_metrics
 
 INPUT_ROW = "input photos"  # the segmenter's own error: input photos segmented and compared with their masks

@@ -19,7 +19,7 @@ def training_loss(models, controlnet, batch, generator, accelerator=None, noise=
     import torch
     import torch.nn.functional as F
 
-    from ..method import unet_input
+    from ..conventions import unet_input
 
     inputs = encode_batch(models, batch, generator)
     latents, scheduler = inputs["latents"], models.noise_scheduler
@@ -70,8 +70,8 @@ def encode_batch(models, batch, generator=None):
     import torch.nn.functional as F
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+    from ..conventions import inpaint_mask_from_object, make_control_image
     from ..data import uint8_to_pixels
-    from ..method import inpaint_mask_from_object, make_control_image
 
     # The VAE may run in float32 where the frozen models are in half precision (`load_models`: SDXL's VAE).
     vae, dtype, device = models.vae, models.weight_dtype, models.vae.device
@@ -254,7 +254,7 @@ def encode_for_cache(models, batch, fixed_prompts, device):
     `prompt_embeds`, and SDXL's `pooled_prompt_embeds`)."""
     import torch
 
-    from ..method import inpaint_mask_from_object
+    from ..conventions import inpaint_mask_from_object
 
     with torch.no_grad():
         pixel_values = batch["pixel_values"].to(device, models.vae.dtype)

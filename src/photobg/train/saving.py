@@ -64,8 +64,8 @@ def validate(config, accelerator, models, controlnet, state):
     if accelerator.distributed_type == DistributedType.FSDP:
         logger.warning("Validation is skipped under FSDP (the sharded ControlNet cannot run in one process).")
         return step
+    from ..conventions import split_object
     from ..masks import load_image
-    from ..method import split_object
 
     pipe = make_pipeline(models, accelerator.unwrap_model(controlnet), scheduler="UniPCMultistepScheduler")
     pipe.set_progress_bar_config(disable=True)
