@@ -1,10 +1,14 @@
 """Shared fixtures: tiny random models in the Hub folder layout, written once per test session."""
 
 import os
+import tempfile
 from pathlib import Path
 
 # No test may reach the Hub; huggingface_hub reads this once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# diffusers copies custom pipeline files into its modules cache (read at import): one of this run's own, so that a
+# test never loads a copy another run (or an older checkout) left in the user's shared cache.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="photobg-test-modules-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
