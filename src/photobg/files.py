@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path, fsync=False):
+def atomic_path(path, fsync=False, per_process=False):
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without an error,
     removed otherwise.
 
@@ -19,12 +19,15 @@ def atomic_path(path, fsync=False):
         path: the final file.
         fsync: flush the temporary file to the disk before the rename (for state that must survive a power cut,
             not only a kill).
+        per_process: for a file that several processes write at once (the same content): each its own temporary
+            file, `.NAME.PID.tmp`. Otherwise it is `.NAME.tmp`, so that what a killed writer left is overwritten by
+            the next one instead of piling up.
 
     Yields:
-        `pathlib.Path` of the temporary file: `.NAME.PID.tmp` (each process of a multi-process run its own).
+        `pathlib.Path` of the temporary file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if per_process else f".{path.name}.tmp")
     try:
         yield tmp
         if fsync:
@@ -35,7 +38,7 @@ def atomic_path(path, fsync=False):
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path, text, fsync=False):
+def write_atomic(path, text, fsync=False, per_process=False):
     """Write `text` (UTF-8) to `path` atomically (see `atomic_path`)."""
-    with atomic_path(path, fsync) as tmp:
+    with atomic_path(path, fsync, per_process) as tmp:
         tmp.write_text(text, encoding="utf-8")

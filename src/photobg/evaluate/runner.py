@@ -95,7 +95,7 @@ def check_settings(folder, settings, what, record=True):
 def record_settings(folder, settings):
     """Write `folder/settings.json` (creating the folder), atomically."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "settings.json", json.dumps(settings, indent=1))  # each process its own temporary file
+    write_atomic(folder / "settings.json", json.dumps(settings, indent=1), per_process=True)  # every process writes it
 
 
 def save_atomically(image, path):
