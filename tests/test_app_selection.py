@@ -14,6 +14,7 @@ from photobg.api import BackgroundGenerator
 from photobg.app import App, _selection_views, _stream, canvas_options, sampling_options
 from photobg.cli import main
 from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
+from photobg.settings import GenerationSettings
 
 CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, size, object scale, position
 
@@ -22,7 +23,8 @@ CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, si
 def app(inpaint_model, tiny_sam):
     generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
     generator.pipe.set_progress_bar_config(disable=True)
-    return App(generator, sam_model=str(tiny_sam), max_megapixels=1, model_flags={"--model": str(inpaint_model)})
+    settings = GenerationSettings(model=str(inpaint_model), segmenter="threshold")
+    return App(generator, sam_model=str(tiny_sam), max_megapixels=1, settings=settings)
 
 
 @pytest.fixture()
