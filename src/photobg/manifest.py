@@ -274,6 +274,13 @@ def save_png(image, path, chunks=None):
         image.save(tmp, format="PNG", pnginfo=info)
 
 
+def remove_temporaries(folder):
+    """Remove the temporary files a killed run left in the output folder (`files.atomic_path` names them
+    `.NAME.PID.tmp`, so a rerun, of another PID, does not overwrite them). Called before a run writes anything."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def read_record(path, chunk=RECORD_CHUNK):
     """The JSON in a PNG's text chunk (read from the header, without decoding the image), or None."""
     from PIL import Image

@@ -33,6 +33,7 @@ from ..manifest import (
     output_key,
     output_record,
     read_record,
+    remove_temporaries,
     save_png,
     write_manifest,
 )
@@ -124,6 +125,8 @@ class GenerationRun:
         its share; all learn the answer (and the photos' digests, and with --batch-size above 1 their canvas
         sizes). Also chooses the photos whose --compare grid is made."""
         processes, settings = self.processes, self.settings
+        if processes.is_main:  # before any process writes: they all meet in `gather` below first
+            remove_temporaries(self.output_dir)
         photos = by_photo(outputs)
         found = {i: self.existing(outputs[i]) for i in processes.share(range(len(outputs)))}
         mine = processes.share(photos)
