@@ -113,11 +113,11 @@ def shared_pipe(inpaint_model):
 @pytest.fixture()
 def fast(monkeypatch, shared_pipe):
     """`photobg generate` on one already loaded tiny model, whatever --model says (the key still sees it)."""
-    from photobg import generate_cli
     from photobg.api import BackgroundGenerator
+    from photobg.generation import run as generation_run
 
     monkeypatch.setattr(
-        generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
+        generation_run, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe, segmenter=args.segmenter)
     )
 
 

@@ -13,11 +13,12 @@ import os
 import signal
 import sys
 
-from photobg import cli, generate_cli
+from photobg import cli
+from photobg.generation import run as generation_run
 
 
 def kill_while_writing(at):
-    save_png, written = generate_cli.save_png, []
+    save_png, written = generation_run.save_png, []
 
     def save(image, path, chunks=None):
         written.append(path)
@@ -26,7 +27,7 @@ def kill_while_writing(at):
             os.kill(os.getpid(), signal.SIGKILL)
         save_png(image, path, chunks)
 
-    generate_cli.save_png = save
+    generation_run.save_png = save
 
 
 if __name__ == "__main__":

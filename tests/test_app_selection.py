@@ -2,8 +2,10 @@
 the one mask the overlay shows and generation keeps, placement, stopping between steps, the command that
 regenerates a result, messages (never tracebacks) for bad input, and the `/generate` endpoint's limits."""
 
+import json
 import shlex
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from photobg.api import BackgroundGenerator
 from photobg.app import App, _selection_views, _stream, canvas_options, sampling_options
 from photobg.cli import main
 from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
+from photobg.settings import GenerationSettings
 
 CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, size, object scale, position
 
@@ -22,7 +25,8 @@ CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, si
 def app(inpaint_model, tiny_sam):
     generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
     generator.pipe.set_progress_bar_config(disable=True)
-    return App(generator, sam_model=str(tiny_sam), max_megapixels=1, model_flags={"--model": str(inpaint_model)})
+    settings = GenerationSettings(model=str(inpaint_model), segmenter="threshold")
+    return App(generator, sam_model=str(tiny_sam), max_megapixels=1, settings=settings)
 
 
 @pytest.fixture()
@@ -182,6 +186,38 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
     assert main([*command[1:], "--output-dir", "cli"]) == 0
     (again,) = (tmp_path / "cli").glob("*.png")
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(result.path)))
+    # The app shows the command the CLI records for the same photo and settings (the CLI names the files by their
+    # absolute paths, and its output folder).
+    (record,) = [json.loads(line) for line in (tmp_path / "cli" / "manifest.jsonl").read_text().splitlines()]
+    recorded = shlex.split(record["command"])
+    at = recorded.index("--output-dir")
+    del recorded[at : at + 2]
+    assert [Path(word).name if word in (record["input"], record["mask"]) else word for word in recorded] == command
+
+
+def test_the_page_and_the_api_take_their_defaults_and_ranges_from_the_settings(app):
+    import gradio as gr
+
+    from photobg.app import build_app
+    from photobg.settings import GenerationSettings, app_range
+
+    defaults = GenerationSettings()
+    demo = build_app(app)
+    blocks = [block for block in demo.blocks.values() if isinstance(block, (gr.Slider, gr.Number))]
+    sliders = {block.label: block for block in blocks if isinstance(block, gr.Slider)}
+    for name, label in [
+        ("num_inference_steps", "Denoising steps"),
+        ("guidance_scale", "Guidance scale"),
+        ("controlnet_conditioning_scale", "ControlNet scale (0 = SI2)"),
+    ]:
+        slider = sliders[label]
+        assert (slider.value, (slider.minimum, slider.maximum)) == (getattr(defaults, name), app_range(name))
+    api = {block.label: block.value for block in blocks if isinstance(block, gr.Number)}
+    assert (api["steps"], api["guidance"], api["controlnet_scale"]) == (
+        defaults.num_inference_steps,
+        defaults.guidance_scale,
+        defaults.controlnet_conditioning_scale,
+    )
 
 
 def test_uploads_that_cannot_be_used_are_messages_naming_them(app, tmp_path):

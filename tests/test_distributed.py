@@ -47,10 +47,10 @@ import torch
 from conftest import make_photo, output_image
 from PIL import Image
 
-from photobg import generate_cli
 from photobg.api import BackgroundGenerator
 from photobg.cli import main
 from photobg.distributed import check_shared_folder
+from photobg.generation import run as generation_run
 from photobg.pipeline_controlnet_inpaint import StableDiffusionControlNetInpaintPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,7 +344,7 @@ def test_batches_of_one_working_size_fill_up(tmp_path, fast, shared_pipe, monkey
 def test_photos_are_read_and_written_off_the_main_thread(tmp_path, fast, monkeypatch):
     photos = cutouts(tmp_path / "in", [(64, 48)] * 3)
     threads = {}
-    for owner, name in [(BackgroundGenerator, "prepare"), (BackgroundGenerator, "run"), (generate_cli, "save_png")]:
+    for owner, name in [(BackgroundGenerator, "prepare"), (BackgroundGenerator, "run"), (generation_run, "save_png")]:
         function = getattr(owner, name)
 
         def recorded(*args, _function=function, _name=name, **kwargs):

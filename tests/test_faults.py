@@ -93,10 +93,12 @@ import torch
 from conftest import make_photo, output_image
 from PIL import Image
 
-from photobg import generate_cli
 from photobg.api import MAX_CANVAS_PIXELS, MAX_WORKING_SIZE, BackgroundGenerator
 from photobg.cli import main
 from photobg.evaluate import runner
+from photobg.generation import plan as generation_plan
+from photobg.generation import run as generation_run
+from photobg.manifest import save_png
 
 FAST = ["--steps", "1", "--device", "cpu"]
 
@@ -155,7 +157,7 @@ def first_run(tmp_path_factory, shared_pipe):
     photo.save(root / "in" / "photo.png")
     mask.save(root / "in" / "mask.png")
     mp = pytest.MonkeyPatch()
-    mp.setattr(generate_cli, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe))
+    mp.setattr(generation_run, "load_generator", lambda args: BackgroundGenerator(pipe=shared_pipe))
     try:
         args = [root / "in" / "photo.png", "--mask", root / "in" / "mask.png", "--prompt", "a cup", "--num-images", 2]
         assert generate(*args, "--output-dir", root / "out") == 0
@@ -293,7 +295,7 @@ def test_guidance_zero_and_one_mean_off(tmp_path, fast):
 def test_a_failing_photo_is_skipped_and_the_batch_goes_on(tmp_path, fast, monkeypatch, capsys, fault):
     paths = cutouts(tmp_path / "in", 3)
     out = tmp_path / "out"
-    save_png = generate_cli.save_png
+    save_png = generation_run.save_png
 
     def failing_save(image, path, chunks=None):
         if path.name.startswith("b_") and fault == "folder-in-the-way":
@@ -302,7 +304,7 @@ def test_a_failing_photo_is_skipped_and_the_batch_goes_on(tmp_path, fast, monkey
             raise fault
         save_png(image, path, chunks)
 
-    monkeypatch.setattr(generate_cli, "save_png", failing_save)
+    monkeypatch.setattr(generation_run, "save_png", failing_save)
     assert generate(*paths, "--prompt", "p", "--output-dir", out) == 1
     printed = capsys.readouterr().out
     assert "1 of 3 photos failed" in printed and f"{paths[1]}: " in printed
@@ -315,7 +317,7 @@ def test_failures_that_hit_every_photo_stop_the_batch(tmp_path, fast, monkeypatc
     paths = cutouts(tmp_path / "in", 3)
     out = tmp_path / "out"
     calls = []
-    save_png, run = generate_cli.save_png, BackgroundGenerator.run
+    save_png, run = generation_run.save_png, BackgroundGenerator.run
 
     def save(image, path, chunks=None):
         calls.append(path.name)
@@ -330,9 +332,9 @@ def test_failures_that_hit_every_photo_stop_the_batch(tmp_path, fast, monkeypatc
             raise RuntimeError("CUDA error: unspecified launch failure")
         return run(self, prepared, jobs, **kwargs)
 
-    monkeypatch.setattr(generate_cli, "save_png", save)
+    monkeypatch.setattr(generation_run, "save_png", save)
     monkeypatch.setattr(BackgroundGenerator, "run", generate_images)
-    monkeypatch.setattr(generate_cli, "_device_works", lambda device: fault != "device-lost", raising=False)
+    monkeypatch.setattr(generation_run, "_device_works", lambda device: fault != "device-lost", raising=False)
     assert generate(*paths, "--prompt", "p", "--output-dir", out) == 1
     printed = capsys.readouterr()
     reason = {"folder-gone": "is gone", "disk-full": "No space left", "device-lost": "stopped working"}[fault]
@@ -408,13 +410,13 @@ def test_a_kill_between_png_and_manifest_is_repaired_on_resume(tmp_path, fast, m
         raise Killed
 
     with monkeypatch.context() as m:  # SIGKILL: nothing after it runs, the manifest is not rewritten either
-        m.setattr(generate_cli, "write_manifest", lambda *args: None, raising=False)
+        m.setattr(generation_run, "write_manifest", lambda *args: None, raising=False)
         m.setattr(Image.Image, "save", killed_while_writing)
         with pytest.raises(Killed):
             generate(*args)
         assert not list(out.glob("*.png"))  # written under a temporary name: never taken for a finished image
         m.setattr(Image.Image, "save", save)
-        m.setattr(generate_cli, "append_line", lambda manifest, record: (_ for _ in ()).throw(Killed()))
+        m.setattr(generation_run, "append_line", lambda manifest, record: (_ for _ in ()).throw(Killed()))
         with pytest.raises(Killed):
             generate(*args, "--skip-existing")  # killed after the PNG is renamed into place, before its line
     first = output_image(out, "a")
@@ -595,7 +597,7 @@ def test_an_image_named_as_before_is_kept_by_skip_existing(tmp_path, fast, capsy
     (name,) = outputs_of(out)
     old = out / "a_p0_s0.png"  # what photobg before issue 19 named it, with its record
     image = Image.open(out / name)
-    generate_cli.save_png(image, old, {"photobg": {**png_record(out / name), "output": str(old)}})
+    save_png(image, old, {"photobg": {**png_record(out / name), "output": str(old)}})
     (out / name).unlink()
     (out / "manifest.jsonl").unlink()
     kept = old.stat().st_mtime_ns
@@ -612,7 +614,7 @@ def test_an_image_named_as_before_is_kept_by_skip_existing(tmp_path, fast, capsy
 
 
 def test_a_prompt_given_twice_is_made_once(capsys):
-    assert generate_cli.read_prompts(["a cup", "a mug", "a cup"], None) == ["a cup", "a mug"]
+    assert generation_plan.read_prompts(["a cup", "a mug", "a cup"], None) == ["a cup", "a mug"]
     assert "warning: 1 repeated prompt left out: each prompt is made once." in capsys.readouterr().err
 
 

@@ -437,8 +437,9 @@ def test_every_entry_point_samples_with_the_authors_recipe(generator, inpaint_mo
     import argparse
     import inspect
 
-    from photobg import app, generate_cli, recipe
+    from photobg import app, recipe
     from photobg.evaluate import command, runner
+    from photobg.generation import cli as generate_cli
     from photobg.models import load_pipeline
 
     scheduler = generator.pipe.scheduler

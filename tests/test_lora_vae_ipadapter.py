@@ -17,7 +17,7 @@ from PIL import Image
 from photobg.api import BackgroundGenerator
 from photobg.cli import main
 from photobg.configs import get_config
-from photobg.generate_cli import read_record
+from photobg.manifest import read_record
 from photobg.models import Lora, load_ip_adapter, load_loras, load_pipeline, parse_lora, set_lora_scales
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -108,9 +108,9 @@ def test_lora_spec_path_and_scale(tmp_path):
 
 
 def test_missing_lora_fails_in_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import photobg.generate_cli as generate_cli
+    import photobg.generation.run as generation_run
 
-    monkeypatch.setattr(generate_cli, "load_generator", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(generation_run, "load_generator", lambda *a, **k: pytest.fail("the model was loaded"))
     photo = tmp_path / "cup.png"
     make_photo()[0].save(photo)
     for flags, message in (
@@ -325,12 +325,16 @@ def test_keys_of_outputs_without_the_new_options_are_unchanged():
     from pathlib import Path
 
     from photobg.api import Job
-    from photobg.generate_cli import OutputJob, add_arguments, check_model_options, output_key
+    from photobg.generation.cli import add_arguments
+    from photobg.generation.plan import OutputJob
+    from photobg.manifest import output_key
+    from photobg.settings import GenerationSettings
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["x.png", "--prompt", "a cup", "--model", "tiny-inpainting"])
-    check_model_options(args)
+    settings = GenerationSettings.from_args(args)
+    settings.check_model()
 
     class Files:
         def sha256(self, path):
@@ -357,7 +361,7 @@ def test_keys_of_outputs_without_the_new_options_are_unchanged():
         working_size=None,
     )
     expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
-    assert output_key(args, item, Files()) == expected
+    assert output_key(settings, item, Files()) == expected
 
 
 # ----------------------------------------------------------------------------- the app
@@ -365,6 +369,7 @@ def test_keys_of_outputs_without_the_new_options_are_unchanged():
 
 def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_path, capsys):
     from photobg.app import App, build_app, canvas_options, sampling_options
+    from photobg.settings import GenerationSettings
 
     pipe = load_pipeline(inpaint_model, device="cpu")
     lora = write_lora(tmp_path / "lora", pipe)
@@ -373,8 +378,8 @@ def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_
         inpaint_model, device="cpu", segmenter=None, loras=[f"{lora}:0.5"], fuse_loras=False, ip_adapter=ip_adapter
     )
     generator_.pipe.set_progress_bar_config(disable=True)
-    flags = {"--model": str(inpaint_model), "--ip-adapter": str(ip_adapter)}
-    app = App(generator_, max_megapixels=1, model_flags=flags)
+    settings = GenerationSettings(model=str(inpaint_model), segmenter=None, ip_adapter=str(ip_adapter))
+    app = App(generator_, max_megapixels=1, settings=settings)
     photo, object_mask = make_photo(64, 48)
     photo.putalpha(object_mask)
     photo.save(tmp_path / "cup.png")

@@ -548,6 +548,18 @@ def generate(
     return generator(image, prompt, object_mask, **kwargs)
 
 
+def load_generator(settings, fuse_loras=True):
+    """A `BackgroundGenerator` of checked `settings.GenerationSettings`, for `photobg generate` and the app: a
+    model that cannot be loaded ends the command with the loader's message. `fuse_loras`: see
+    `BackgroundGenerator`."""
+    try:
+        generator = BackgroundGenerator(**settings.loading(), fuse_loras=fuse_loras)
+    except (OSError, ValueError, ImportError) as err:
+        raise SystemExit(f"Could not load the model: {err}") from None
+    generator.pipe.set_progress_bar_config(disable=True)  # one bar, over the photos
+    return generator
+
+
 def comparison_grid(rows, labels, row_labels=None, tile=512):
     """A labelled grid of images, one row per list in `rows`, each image fitted into a `tile`-pixel square.
 

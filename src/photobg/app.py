@@ -12,23 +12,20 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import shlex
 import threading
+
+from .settings import GenerationSettings, app_range, label
 
 HELP = "A web app (Gradio): click or paint the object, place it, generate new backgrounds, compare, download."
 
 ASPECTS = ["photo's own", "1:1", "4:5", "3:4", "2:3", "16:9", "9:16", "3:2", "4:3"]
 POINT_MODES = ["on the object (add)", "off the object (remove)"]
-# What one request may ask for: the page's sliders' ranges, and the API's (`check_limits`). The app makes one
-# generation at a time, so these bound how long a request can keep everyone else waiting.
-LIMITS = {"num_images": (1, 8), "steps": (1, 100)}
-# The app's names of the sampling settings, for messages.
-SAMPLING_FIELDS = {
-    "num_inference_steps": "Denoising steps",
-    "guidance_scale": "Guidance scale",
-    "controlnet_conditioning_scale": "ControlNet scale",
-}
-ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": "Reference strength"}
+# What one request may ask for: the page's sliders' ranges, and the API's (`check_limits`), as the settings say.
+# The app makes one generation at a time, so these bound how long a request can keep everyone else waiting.
+LIMITS = {"num_images": app_range("num_images"), "steps": app_range("num_inference_steps")}
+DEFAULT = GenerationSettings()  # the defaults of the page's fields and of the API's arguments
+# The app's names of its adapter scales, for messages (the single LoRA's scale is the app's own field).
+ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": label("ip_adapter_scale")}
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
@@ -43,15 +40,11 @@ has gone stops after its current image."""
 
 
 def add_arguments(parser):
-    from .defaults import DEFAULT_APP_SAM_MODEL, PHOTO_SEGMENTERS, TEST_SAM_MODEL
-    from .generate_cli import add_model_arguments
+    from .defaults import DEFAULT_APP_SAM_MODEL, TEST_SAM_MODEL
 
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--segmenter",
-        default="transparent-background",
-        choices=PHOTO_SEGMENTERS,
-        help="finds the object in photos uploaded without alpha or mask (default: %(default)s)",
+    GenerationSettings.add_arguments(parser, {"model": parser})
+    GenerationSettings.add_argument(
+        parser, "segmenter", help="finds the object in photos uploaded without alpha or mask (default: %(default)s)"
     )
     parser.add_argument(
         "--sam-model",
@@ -59,7 +52,9 @@ def add_arguments(parser):
         help=f"SAM for clicked points: Hub id or folder with a SamModel and its SamProcessor; {TEST_SAM_MODEL} "
         "builds a random one offline (default: %(default)s)",
     )
-    parser.add_argument("--steps", type=int, default=20, help="default denoising steps (default: %(default)s)")
+    GenerationSettings.add_argument(
+        parser, "num_inference_steps", help="default denoising steps (default: %(default)s)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument("--max-upload-mb", type=float, default=25, help="largest upload (default: %(default)s MB)")
@@ -74,15 +69,17 @@ def run(args):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from .generate_cli import load_generator
+    from .api import load_generator
 
+    settings = GenerationSettings.from_args(args)
     try:
-        check_limits({"steps": "--steps"}, steps=args.steps)  # the steps slider's initial value
+        check_limits({"steps": "--steps"}, steps=settings.num_inference_steps)  # the steps slider's initial value
+        settings.check_model()
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    generator = load_generator(args, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
-    app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, model_flags=model_flags(args))
-    demo = build_app(app, default_steps=args.steps)
+    generator = load_generator(settings, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
+    app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, settings=settings)
+    demo = build_app(app, default_steps=settings.num_inference_steps)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host,
         server_port=args.port,
@@ -90,14 +87,6 @@ def run(args):
         theme=gr.themes.Default(**FONTS),
         show_error=True,
     )
-
-
-def model_flags(args):
-    """The `photobg generate` flags that load the model the app serves (for the commands it shows)."""
-    flags = {"--model": args.model, "--controlnet": args.controlnet, "--scheduler": args.scheduler}
-    flags.update({"--vae": getattr(args, "vae", None), "--ip-adapter": getattr(args, "ip_adapter", None)})
-    flags.update({"--compile": args.compile or None, "--vae-tiling": args.vae_tiling or None})
-    return {flag: value for flag, value in flags.items() if value is not None}
 
 
 @dataclasses.dataclass
@@ -120,21 +109,18 @@ class App:
         generator: the loaded `BackgroundGenerator`.
         sam_model: SAM for clicked points (loaded on the first click).
         max_megapixels: larger photos are refused.
-        model_flags: the `photobg generate` flags that load this model (see `model_flags`).
+        settings: the `GenerationSettings` the model was loaded with (its model, adapters, segmenter, default
+            steps); each image's settings are these with the page's fields (`settings_of`).
     """
 
-    def __init__(self, generator, *, sam_model=None, max_megapixels=40, model_flags=None):
-        from .models import DTYPES
-
+    def __init__(self, generator, *, sam_model=None, max_megapixels=40, settings=None):
         self.generator = generator
         self.sam_model = sam_model
         self.max_megapixels = max_megapixels
-        pipe = generator.pipe
-        dtype = next(name for name, value in DTYPES.items() if value == pipe.unet.dtype)
-        self.model_flags = {**(model_flags or {}), "--device": str(pipe.device), "--dtype": dtype}
         self._sam = None
         self._pipe_lock = threading.Lock()  # one pipeline call at a time, whatever the queue does
         self.loras = list(getattr(generator, "loras", []))  # the page's slider sets the scale of a single one
+        self.settings = dataclasses.replace(settings or GenerationSettings(), loras=self.loras)
         self._stops = {}  # session -> threading.Event of its running generation
 
     # ------------------------------------------------------------------------- the object
@@ -212,7 +198,7 @@ class App:
         from pathlib import Path
 
         from .api import make_jobs
-        from .generate_cli import RECORD_CHUNK, save_png
+        from .manifest import RECORD_CHUNK, save_png
         from .selection import cutout
 
         prepared = self.prepare(selection, canvas)
@@ -231,7 +217,7 @@ class App:
             image = self._run(prepared, job, run_options, stop, report)
             if image is None:
                 return
-            parameters = self.parameters(selection, prepared, job, run_options, canvas, object_file)
+            parameters = self.parameters(selection, prepared, job, self.settings_of(run_options, canvas), object_file)
             path = Path(folder, f"{stem}_s{job.seed}{'' if name == 'ours' else '_si2'}.png")
             save_png(image, path, {RECORD_CHUNK: parameters})
             before = si2 if name == "ours" and si2 is not None else prepared.image
@@ -259,74 +245,49 @@ class App:
             (image,) = self.generator.run(prepared, [job], **options, callback_on_step_end=step_end)
         return None if stop.is_set() else image
 
-    def parameters(self, selection, prepared, job, options, canvas, object_file):
-        """Every setting of one image, and the `photobg generate` command that makes it again."""
-        from pathlib import Path
-
-        from .selection import describe
-
-        pipe = self.generator.pipe
-        record = dict(
-            photo=selection.name,
-            object=describe(selection),
-            prompt=job.prompt,
+    def settings_of(self, options, canvas):
+        """The `GenerationSettings` of one image: the app's, with the page's sampling `options` (as
+        `sampling_options` makes them; the single LoRA's scale too) and `canvas` (as `canvas_options` makes it)."""
+        loras = self.loras
+        if options.get("lora_scale") is not None and len(loras) == 1:
+            loras = [dataclasses.replace(loras[0], scale=options["lora_scale"])]
+        reference_strength = options.get("ip_adapter_scale")
+        return dataclasses.replace(
+            self.settings,
             negative_prompt=options["negative_prompt"],
-            seed=job.seed,
             num_inference_steps=options["num_inference_steps"],
             guidance_scale=options["guidance_scale"],
             controlnet_conditioning_scale=options["controlnet_conditioning_scale"],
-            scheduler=type(pipe.scheduler).__name__,
-            size=list(prepared.image.size),
-            working_size=list(self.generator.working_size(prepared.image.size)),
-            **{key: canvas[key] for key in ("aspect", "object_scale", "position")},
-            model=self.model_flags.get("--model"),
-            device=self.model_flags["--device"],
-            dtype=self.model_flags["--dtype"],
-            **self.adapter_parameters(options),
+            **canvas,
+            loras=loras,
+            reference_image=options.get("ip_adapter_image"),
+            ip_adapter_scale=self.settings.ip_adapter_scale if reference_strength is None else reference_strength,
         )
-        if object_file is not None:
-            inputs = [Path(object_file).name]
-        elif selection.source == "mask":
-            inputs = [selection.name, "--mask", selection.mask_name]
-        elif selection.source.startswith("segmenter:"):
-            inputs = [selection.name, "--segmenter", selection.source.split(":", 1)[1]]
-        else:
-            inputs = [selection.name]
-        flags = {
-            "--prompt": job.prompt,
-            "--seed": job.seed,
-            "--negative-prompt": options["negative_prompt"],
-            "--size": canvas["size"],
-            "--aspect": canvas["aspect"],
-            "--object-scale": canvas["object_scale"],
-            "--position": None if canvas["position"] == "center" else canvas["position"],
-            "--steps": options["num_inference_steps"],
-            "--guidance": options["guidance_scale"],
-            "--controlnet-scale": options["controlnet_conditioning_scale"],
-            **self.model_flags,
-            "--reference-image": record.get("reference_image"),
-            "--ip-adapter-scale": record.get("ip_adapter_scale"),
-        }
-        if "reference_image" not in record:  # made without a reference: the IP-Adapter played no part
-            flags["--ip-adapter"] = None
-        loras = [["--lora", f"{lora['path']}:{lora['scale']:g}"] for lora in record.get("loras", [])]
-        record["command"] = command_line(["photobg", "generate", *inputs, *itertools.chain(*loras)], flags)
-        return record
 
-    def adapter_parameters(self, options):
-        """The record's LoRA and IP-Adapter settings of an image made with `options` (none without them)."""
+    def parameters(self, selection, prepared, job, settings, object_file):
+        """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
+        (`manifest.output_record`), with the uploaded files by their names and the object's description."""
         from pathlib import Path
 
-        record = {}
-        if self.loras:
-            scales = [lora.scale for lora in self.loras]
-            if options.get("lora_scale") is not None and len(scales) == 1:
-                scales = [options["lora_scale"]]
-            record["loras"] = [dict(path=lora.path, scale=s) for lora, s in zip(self.loras, scales, strict=True)]
-        if options.get("ip_adapter_image") is not None:
-            record["reference_image"] = Path(options["ip_adapter_image"]).name
-            record["ip_adapter_scale"] = options.get("ip_adapter_scale")
-        return record
+        from .manifest import generated_with, output_record
+        from .selection import describe
+
+        if object_file is not None:  # the edited object, as an RGBA cutout: its alpha is the object
+            input_file, source = Path(object_file).name, "alpha"
+        else:
+            input_file, source = selection.name, selection.source
+        reference = settings.reference_image
+        return output_record(
+            settings,
+            job,
+            generated_with(self.generator, prepared, settings.working_size),
+            input_file=input_file,
+            object_source=source,
+            mask_file=selection.mask_name,
+            reference_image=Path(reference).name if reference else None,
+            photo=selection.name,
+            object=describe(selection),
+        )
 
     @contextlib.contextmanager
     def stoppable(self, session):
@@ -345,16 +306,6 @@ class App:
         if event is not None:
             event.set()
         return event is not None
-
-
-def command_line(words, flags):
-    """A shell command: `words`, then each flag with its value (a flag whose value is True alone; None: left out)."""
-    for flag, value in flags.items():
-        if value is True:
-            words = [*words, flag]
-        elif value is not None:
-            words = [*words, flag, str(value)]
-    return shlex.join(words)
 
 
 def check_limits(names=None, **values):
@@ -392,18 +343,17 @@ def sampling_options(
     negative_prompt, steps, guidance, controlnet_scale, lora_scale=None, reference=None, ip_adapter_scale=None
 ):
     """The pipeline's keyword arguments from the app's fields; values that mean nothing are a `ValueError`
-    naming the field (`api.check_sampling`). `lora_scale` (of a single LoRA), the `reference` image file and the
-    `ip_adapter_scale` are added when given (`App._run` sets the scales on the model)."""
+    naming the field by its label (`GenerationSettings.check_sampling`). `lora_scale` (of a single LoRA), the
+    `reference` image file and the `ip_adapter_scale` are added when given (`App._run` sets the scales on the
+    model)."""
     import math
-
-    from .api import check_sampling
 
     options = dict(
         num_inference_steps=int(steps),
         guidance_scale=float(guidance),
         controlnet_conditioning_scale=float(controlnet_scale),
     )
-    check_sampling(SAMPLING_FIELDS, **options)
+    GenerationSettings(**options).check_sampling(names="label")
     scales = {"lora_scale": lora_scale, "ip_adapter_scale": ip_adapter_scale if reference else None}
     extras = {name: float(value) for name, value in scales.items() if value is not None}
     for name, value in extras.items():
@@ -442,7 +392,7 @@ def _highlight(prepared):
 # ----------------------------------------------------------------------------- the page
 
 
-def build_app(app, default_steps=20):
+def build_app(app, default_steps=DEFAULT.num_inference_steps):
     """The Gradio Blocks of the app.
 
     Args:
@@ -515,7 +465,11 @@ def _layout(default_steps, app):
                 ui.size = gr.Textbox(label="or exact size WxH", placeholder="1024x1024", elem_id="size")
             with gr.Row():
                 ui.object_scale = gr.Slider(
-                    0, 1, value=0, step=0.05, label="Object scale (0 = keep the framing)", elem_id="object-scale"
+                    *app_range("object_scale"),
+                    value=0,  # 0 = None: the photo's own framing
+                    step=0.05,
+                    label=f"{label('object_scale')} (0 = keep the framing)",
+                    elem_id="object-scale",
                 )
                 ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", elem_id="position")
             ui.preview = gr.Image(label="Preview: the canvas with the object placed", elem_id="preview", **shown)
@@ -532,15 +486,25 @@ def _layout(default_steps, app):
             with gr.Accordion("Sampling", open=False):
                 ui.negative_prompt = gr.Textbox(label="Negative prompt")
                 ui.steps = gr.Slider(
-                    *LIMITS["steps"], value=default_steps, step=1, label="Denoising steps", elem_id="steps"
+                    *LIMITS["steps"], value=default_steps, step=1, label=label("num_inference_steps"), elem_id="steps"
                 )
-                ui.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
-                ui.controlnet_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="ControlNet scale (0 = SI2)")
+                ui.guidance = gr.Slider(
+                    *app_range("guidance_scale"),
+                    value=DEFAULT.guidance_scale,
+                    step=0.5,
+                    label=label("guidance_scale"),
+                )
+                ui.controlnet_scale = gr.Slider(
+                    *app_range("controlnet_conditioning_scale"),
+                    value=DEFAULT.controlnet_conditioning_scale,
+                    step=0.05,
+                    label=f"{label('controlnet_conditioning_scale')} (0 = SI2)",
+                )
                 one_lora = app.loras[0] if len(app.loras) == 1 else None
                 ui.lora_scale = gr.Slider(
                     -1,
                     2,
-                    value=one_lora.scale if one_lora else 1.0,
+                    value=one_lora.scale if one_lora else 0,  # hidden without a single LoRA
                     step=0.05,
                     label=f"LoRA scale ({Path(one_lora.path).name if one_lora else ''}; 0 = off)",
                     visible=one_lora is not None,
@@ -554,9 +518,8 @@ def _layout(default_steps, app):
                     elem_id="reference",
                 )
                 ui.ip_adapter_scale = gr.Slider(
-                    0,
-                    1.5,
-                    value=app.generator.ip_adapter_scale if has_ip_adapter else 1.0,
+                    *app_range("ip_adapter_scale"),
+                    value=app.generator.ip_adapter_scale if has_ip_adapter else DEFAULT.ip_adapter_scale,
                     step=0.05,
                     label="Reference strength (IP-Adapter scale; 0 = off)",
                     visible=has_ip_adapter,
@@ -790,8 +753,8 @@ def _api_endpoint(app, default_steps):
         num_images=1,
         seed=0,
         steps=default_steps,
-        guidance=7.5,
-        controlnet_scale=1.0,
+        guidance=DEFAULT.guidance_scale,
+        controlnet_scale=DEFAULT.controlnet_conditioning_scale,
         aspect="",
         size="",
         object_scale=0.0,
@@ -833,8 +796,8 @@ def _api_endpoint(app, default_steps):
             gr.Number(1, label="num_images", precision=0),
             gr.Number(0, label="seed", precision=0),
             gr.Number(default_steps, label="steps", precision=0),
-            gr.Number(7.5, label="guidance"),
-            gr.Number(1.0, label="controlnet_scale"),
+            gr.Number(DEFAULT.guidance_scale, label="guidance"),
+            gr.Number(DEFAULT.controlnet_conditioning_scale, label="controlnet_scale"),
             gr.Textbox("", label="aspect"),
             gr.Textbox("", label="size"),
             gr.Number(0, label="object_scale"),

@@ -11,7 +11,7 @@ import sys
 from . import __version__
 
 COMMANDS = {
-    "generate": "photobg.generate_cli",
+    "generate": "photobg.generation.cli",
     "app": "photobg.app",
     "convert": "photobg.convert",
     "evaluate": "photobg.evaluate",

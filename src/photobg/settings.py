@@ -1,0 +1,435 @@
+"""Generation's settings: one typed `GenerationSettings`, read by `photobg generate`, the app, the manifest and the
+Python API, as `TrainConfig` is for training.
+
+Each field carries its flag, help and argparse options (so it adds itself to a parser), its default (from
+`recipe.py` and `defaults.py`: the one place a generation option's default is named), the app's label (for the
+app's messages) and range (its sliders' and its API's bounds), and whether it is part of an output's key or only
+recorded. `check` runs every check of the settings once, before any model loads; errors name the flag (or the
+app's label).
+
+This module imports neither torch nor diffusers, so `photobg generate --help` answers at once.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from . import recipe
+from .defaults import DEFAULT_MODEL, DEFAULT_SEGMENTER, DTYPE_NAMES, PHOTO_SEGMENTERS, POSITIONS
+
+# The argparse groups of `photobg generate --help`, in order, and the settings each holds.
+GROUPS = {
+    "object": "the object",
+    "prompts": "prompts and seeds",
+    "canvas": "canvas",
+    "model": "model and sampling",  # what loads the model (the app takes these too)
+    "sampling": "model and sampling",
+}
+# diffusers' default IP-Adapter scale: the reference image steers the UNet as the adapter was trained.
+IP_ADAPTER_SCALE = 1.0
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the flag (or the app's label) and what is wrong."""
+
+
+def option(default, flag, help, *, group, label=None, keyed=None, command=True, app_range=None, **argparse):
+    """A settings field.
+
+    Args:
+        default: its default; flag: the command-line flag; help: the flag's help; group: its `GROUPS` entry.
+        label: the app's name of it (for messages). keyed: "always" when it is part of every output's key, "given"
+            when only when given (options added after keys existed, so earlier outputs keep their keys), None when
+            only recorded. command: whether the reproduce-command carries it. app_range: (low, high) of the app's
+            slider and API. argparse: the parser's options (type, choices, action, metavar, default_factory).
+    """
+    factory = argparse.pop("default_factory", None)
+    metadata = dict(flag=flag, help=help, group=group, label=label, keyed=keyed, command=command)
+    metadata.update(app_range=app_range, argparse=argparse)
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class GenerationSettings:
+    """Every generation option that the CLI, the API, the app and the manifest share. Field names are the
+    pipeline's (`num_inference_steps`, ...); flags are the CLI's (`--steps`, ...)."""
+
+    # the object
+    segmenter: str = option(
+        DEFAULT_SEGMENTER,
+        "--segmenter",
+        "finds the object in photos with neither alpha nor mask (default: %(default)s)",
+        group="object",
+        keyed="always",
+        choices=PHOTO_SEGMENTERS,
+    )
+    # prompts and seeds
+    negative_prompt: str | None = option(None, "--negative-prompt", "what to avoid", group="prompts", keyed="always")
+    num_images: int = option(
+        1,
+        "--num-images",
+        "images per prompt (default: %(default)s)",
+        group="prompts",
+        label="Number of images",
+        command=False,
+        app_range=(1, 8),
+        type=int,
+    )
+    seed: int = option(
+        0, "--seed", "seed of image 1; image k uses SEED+k-1 (default: 0)", group="prompts", command=False, type=int
+    )
+    # canvas
+    size: str | None = option(
+        None, "--size", "output size WxH, e.g. 1024x1024 (default: the photo's size)", group="canvas", keyed="always"
+    )
+    aspect: str | None = option(
+        None,
+        "--aspect",
+        "output aspect ratio W:H, e.g. 1:1, 4:5, 16:9: the photo is padded to it",
+        group="canvas",
+        keyed="always",
+    )
+    object_scale: float | None = option(
+        None,
+        "--object-scale",
+        "fraction (0, 1] of the canvas the object spans",
+        group="canvas",
+        label="Object scale",
+        keyed="always",
+        app_range=(0, 1),
+        type=float,
+    )
+    position: str = option(
+        "center", "--position", "where the photo goes", group="canvas", keyed="always", choices=list(POSITIONS)
+    )
+    working_size: int | None = option(
+        None,
+        "--working-size",
+        "long side to generate at (default: the model's)",
+        group="canvas",
+        keyed="always",
+        type=int,
+    )
+    # model
+    model: str = option(DEFAULT_MODEL, "--model", None, group="model", keyed="always")  # help: `_model_help`
+    controlnet: str | None = option(
+        None,
+        "--controlnet",
+        "ControlNet (Hub id, folder or .pth file) for a base --model",
+        group="model",
+        keyed="always",
+    )
+    scheduler: str | None = option(
+        None,
+        "--scheduler",
+        "diffusers scheduler class (e.g. DDIMScheduler), or 'model' for the model's own "
+        "(default: the authors' recipe, UniPC as their notebook ran it)",
+        group="model",
+        keyed="always",
+    )
+    device: str | None = option(None, "--device", "cuda, cpu, ... (default: CUDA if present)", group="model")
+    dtype: str | None = option(
+        None,
+        "--dtype",
+        "weights dtype (default: fp16 on CUDA, else fp32)",
+        group="model",
+        choices=sorted(DTYPE_NAMES),
+    )
+    compile: bool = option(
+        False,
+        "--compile",
+        "torch.compile UNet + ControlNet: slow first call, faster after",
+        group="model",
+        action="store_true",
+    )
+    vae_tiling: bool = option(
+        False, "--vae-tiling", "tiled VAE: bounded memory for large canvases", group="model", action="store_true"
+    )
+    vae: str | None = option(
+        None,
+        "--vae",
+        "a VAE to use instead of the model's (Hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix: SDXL's own "
+        "VAE overflows in fp16",
+        group="model",
+        keyed="given",
+        metavar="PATH_OR_ID",
+    )
+    # `PATH[:SCALE]` specs as given; `check` turns them into `models.Lora`s (their weights files, checked).
+    loras: list = option(
+        None,
+        "--lora",
+        "LoRA weights (a .safetensors file, or a folder holding one) for the UNet and text encoders, at SCALE "
+        "(default 1; 0 = off); repeatable. Needs peft. A conv_in trained for a 4-channel UNet is left out on a "
+        "9-channel one, with a warning",
+        group="model",
+        keyed="given",
+        action="append",
+        metavar="PATH[:SCALE]",
+        default_factory=list,
+    )
+    ip_adapter: str | None = option(
+        None,
+        "--ip-adapter",
+        "IP-Adapter weights (a file, or a folder holding one) with its image_encoder/ folder beside it: "
+        "lets a reference image steer the background's style",
+        group="model",
+        keyed="given",
+        metavar="PATH",
+    )
+    ip_adapter_scale: float = option(
+        IP_ADAPTER_SCALE,
+        "--ip-adapter-scale",
+        "how strongly the reference image steers the background (0 = not at all; default: %(default)s)",
+        group="model",
+        label="Reference strength",
+        keyed="given",
+        app_range=(0, 1.5),
+        type=float,
+        metavar="SCALE",
+    )
+    # sampling
+    controlnet_conditioning_scale: float = option(
+        recipe.CONTROLNET_CONDITIONING_SCALE,
+        "--controlnet-scale",
+        "0 = plain SD2-inpainting (default: %(default)s)",
+        group="sampling",
+        label="ControlNet scale",
+        keyed="always",
+        app_range=(0, 2),
+        type=float,
+    )
+    num_inference_steps: int = option(
+        recipe.NUM_INFERENCE_STEPS,
+        "--steps",
+        "denoising steps (default: %(default)s)",
+        group="sampling",
+        label="Denoising steps",
+        keyed="always",
+        app_range=(1, 100),  # the app makes one generation at a time: this bounds how long one request can take
+        type=int,
+    )
+    guidance_scale: float = option(
+        recipe.GUIDANCE_SCALE,
+        "--guidance",
+        "classifier-free guidance (default: %(default)s)",
+        group="sampling",
+        label="Guidance scale",
+        keyed="always",
+        app_range=(0, 20),
+        type=float,
+    )
+    # Images per model call: changes only the floating-point rounding, so it is recorded, not keyed or in the command.
+    batch_size: int = option(
+        1, "--batch-size", "images per model call (default: %(default)s)", group="sampling", command=False, type=int
+    )
+    reference_image: str | None = option(
+        None,
+        "--reference-image",
+        "an image whose style the background follows, through --ip-adapter (the same for every output)",
+        group="sampling",
+        keyed="given",
+        metavar="FILE",
+    )
+
+    # ------------------------------------------------------------------------- the parser
+
+    @classmethod
+    def add_arguments(cls, parser, groups=None):
+        """Add the flags of the fields in `groups` ({group name: parser or argument group}; default: every field
+        to `parser`), in the fields' order; --size and --aspect exclude each other."""
+        groups = groups or dict.fromkeys(GROUPS, parser)
+        exclusive = {}
+        for f in dataclasses.fields(cls):
+            target = groups.get(f.metadata["group"])
+            if target is None:
+                continue
+            if f.name in ("size", "aspect"):
+                if target not in exclusive:
+                    exclusive[target] = target.add_mutually_exclusive_group()
+                target = exclusive[target]
+            cls.add_argument(target, f.name)
+
+    @classmethod
+    def add_argument(cls, parser, name, **overrides):
+        """Add one field's flag (`overrides`: argparse options that differ, e.g. the app's help for --steps)."""
+        f = _field(name)
+        options = dict(f.metadata["argparse"])
+        options["help"] = f.metadata["help"] if name != "model" else _model_help()
+        if f.default is not dataclasses.MISSING:
+            options["default"] = f.default
+        elif options.get("action") == "append":
+            options["default"] = []
+        parser.add_argument(f.metadata["flag"], **{**options, **overrides})
+
+    @classmethod
+    def from_args(cls, args):
+        """The settings of parsed arguments; fields whose flag the parser lacks keep their defaults."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            dest = _dest(f)
+            if hasattr(args, dest):
+                values[f.name] = getattr(args, dest)
+        return cls(**values)
+
+    def command_flags(self):
+        """{flag: value} of the fields a reproduce-command carries, in the fields' order, values as given (a flag
+        that takes no value: True or False; a repeatable one: its list)."""
+        return {f.metadata["flag"]: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["command"]}
+
+    # ------------------------------------------------------------------------- the checks
+
+    def check(self):
+        """Every check of the settings, before any model loads; turns `loras` into checked `models.Lora`s.
+
+        Raises:
+            SettingsError: one line naming the flag (and file) and what is wrong.
+        """
+        checks = [
+            (self.num_images >= 1, "--num-images must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.object_scale is None or 0 < self.object_scale <= 1, "--object-scale must be in (0, 1]"),
+            # torch takes seeds below 2**64 and wraps negative ones; -1 means "random" in other tools, not here.
+            (self.seed >= 0, "--seed must be at least 0 (photobg has no 'random' seed value)"),
+            (self.seed + self.num_images <= 2**63, "--seed plus --num-images must stay below 2**63"),
+            (
+                self.negative_prompt is None or self.guidance_scale > 1,
+                "--negative-prompt works through classifier-free guidance: it needs --guidance above 1",
+            ),
+            (self.reference_image is None or self.ip_adapter, "--reference-image needs --ip-adapter (the weights)"),
+            (self.ip_adapter is None or self.reference_image, "--ip-adapter needs --reference-image (the style)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(f"{message}.")
+        self.check_model()
+        if self.reference_image:
+            from .masks import load_image
+
+            try:
+                load_image(self.reference_image)
+            except ValueError as err:
+                raise SettingsError(f"--reference-image {err}") from None
+        self.check_sampling()
+        self.check_canvas()
+
+    def check_model(self):
+        """Check the device, scheduler, LoRA and IP-Adapter settings before any model loads (errors name the flag
+        and file); turns `loras` into `models.Lora`s."""
+        from .models import check_scheduler, parse_lora, resolve_device
+
+        for flag, check, value in (
+            ("--device", resolve_device, self.device),
+            ("--scheduler", check_scheduler, self.scheduler),
+        ):
+            try:
+                check(value)
+            except ValueError as err:
+                raise SettingsError(f"{flag}: {err}") from None
+        if not math.isfinite(self.ip_adapter_scale):
+            raise SettingsError(f"--ip-adapter-scale must be a finite number, not {self.ip_adapter_scale}.")
+        import importlib.util
+
+        if self.loras and importlib.util.find_spec("peft") is None:
+            raise SettingsError("--lora needs the peft package: pip install 'photobg[lora]' (or pip install peft).")
+        try:
+            self.loras = [parse_lora(spec) for spec in self.loras]
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"--lora: {err}") from None
+        if self.ip_adapter:
+            from .models import ip_adapter_weights
+
+            try:
+                ip_adapter_weights(self.ip_adapter)
+            except OSError as err:
+                raise SettingsError(f"--ip-adapter: {err}") from None
+
+    def check_sampling(self, names="flag"):
+        """Refuse sampling values that mean nothing (`api.SAMPLING_RULES`), naming the field by its flag or, with
+        `names="label"`, by the app's label; the app also checks that the reference strength is finite."""
+        from .api import check_sampling
+
+        names = {f.name: f.metadata[names] or f.metadata["flag"] for f in dataclasses.fields(self)}
+        sampling = ("num_inference_steps", "guidance_scale", "controlnet_conditioning_scale", "working_size")
+        try:
+            check_sampling(names, **{name: getattr(self, name) for name in sampling})
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+
+    def check_canvas(self):
+        """--size within photobg's canvas limit, --aspect a ratio; errors name the flag."""
+        from .api import check_canvas_size
+        from .masks import parse_aspect, parse_size
+
+        try:
+            if self.size:
+                check_canvas_size(parse_size(self.size), f"--size {self.size}")
+            if self.aspect:
+                parse_aspect(self.aspect)
+        except ValueError as err:
+            message = str(err) if str(err).startswith("--size") else f"--{'size' if self.size else 'aspect'}: {err}"
+            raise SettingsError(message) from None
+
+    # ------------------------------------------------------------------------- what the generator takes
+
+    def loading(self):
+        """The keyword arguments of `BackgroundGenerator(...)` (after `check`: `loras` are `models.Lora`s)."""
+        names = ("model", "controlnet", "device", "dtype", "scheduler", "segmenter", "compile", "vae_tiling", "vae")
+        names += ("loras", "ip_adapter", "ip_adapter_scale")
+        return {name: getattr(self, name) for name in names}
+
+    def canvas(self):
+        """The keyword arguments of `BackgroundGenerator.prepare`."""
+        return dict(size=self.size, aspect=self.aspect, object_scale=self.object_scale, position=self.position)
+
+    def sampling(self):
+        """The keyword arguments of `BackgroundGenerator.run`."""
+        return dict(
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            controlnet_conditioning_scale=self.controlnet_conditioning_scale,
+            working_size=self.working_size,
+            batch_size=self.batch_size,
+            ip_adapter_image=self.reference_image,
+        )
+
+
+def _field(name):
+    return next(f for f in dataclasses.fields(GenerationSettings) if f.name == name)
+
+
+def _dest(f):
+    """The argparse destination of a field's flag (`--steps` -> `steps`)."""
+    return f.metadata["flag"].lstrip("-").replace("-", "_")
+
+
+def default(name):
+    """A field's default value."""
+    f = _field(name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def label(name):
+    """The app's name of a field."""
+    return _field(name).metadata["label"]
+
+
+def app_range(name):
+    """(low, high) of a field in the app: its slider's range, and what its API takes."""
+    return _field(name).metadata["app_range"]
+
+
+def keyed_fields():
+    """The fields that decide an output's pixels (`manifest.output_key`), with how: "always" or "given"."""
+    return {f.name: f.metadata["keyed"] for f in dataclasses.fields(GenerationSettings) if f.metadata["keyed"]}
+
+
+def _model_help():
+    from .backbones import TEST_MODELS
+
+    return (
+        f"Hub id or folder of a complete model, or a base model with --controlnet; "
+        f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)"
+    )
