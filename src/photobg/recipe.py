@@ -4,8 +4,9 @@ The authors sample the published model with diffusers' `UniPCMultistepScheduler`
 scheduler config, 20 steps, ControlNet conditioning scale 1.0 and guidance scale 7.5, on diffusers 0.27.
 `photobg.load_pipeline`, `photobg.generate` / `BackgroundGenerator`, `photobg generate`, `photobg app`,
 `photobg evaluate` and the notebook all use it unless told otherwise (`--scheduler model` keeps the
-checkpoint's own scheduler, `--scheduler NAME` takes any diffusers scheduler class). The pipeline class's own
-`__call__` keeps diffusers' defaults.
+checkpoint's own scheduler, `--scheduler NAME` takes any diffusers scheduler class). The pipeline classes' own
+`__call__` keep diffusers' defaults and scheduler, but for the three defaults listed (and tested) in
+docs/python-api.md: SD2's ControlNet scale 1.0, SDXL's strength 1.0 and guidance 7.5.
 
 UniPC changed under the published model: diffusers 0.27 ended its schedule on the smallest training sigma
 (`final_sigmas_type="sigma_min"`), later versions on zero (`"zero"`, their default). We keep 0.27's ending,
