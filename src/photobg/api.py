@@ -25,7 +25,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from . import recipe
-from .defaults import DEFAULT_SEGMENTER, PHOTO_SEGMENTERS  # noqa: F401  (re-exported)
+from .defaults import DEFAULT_POSITION, DEFAULT_SEGMENTER, IP_ADAPTER_SCALE, PHOTO_SEGMENTERS  # noqa: F401 (re-export)
 from .masks import (
     OBJECT_THRESHOLD,
     as_object_mask,
@@ -116,7 +116,7 @@ class BackgroundGenerator:
         loras=(),
         fuse_loras=True,
         ip_adapter=None,
-        ip_adapter_scale=1.0,
+        ip_adapter_scale=IP_ADAPTER_SCALE,
     ):
         from .models.adapters import ip_adapter_weights, load_ip_adapter, load_loras, parse_lora
         from .models.loading import load_pipeline, optimize
@@ -194,7 +194,7 @@ class BackgroundGenerator:
             raise ValueError("no segmenter is set.")
         return segment_image(self.load_segmenter(), image)
 
-    def prepare(self, image, object_mask=None, *, size=None, aspect=None, object_scale=None, position="center"):
+    def prepare(self, image, object_mask=None, *, size=None, aspect=None, object_scale=None, position=DEFAULT_POSITION):
         """Read a photo, find its object and place both on the output canvas.
 
         The object comes from the first of: the photo's alpha channel (where it has transparency),
@@ -357,7 +357,7 @@ class BackgroundGenerator:
         size=None,
         aspect=None,
         object_scale=None,
-        position="center",
+        position=DEFAULT_POSITION,
         working_size=None,
         batch_size=1,
         ip_adapter_image=None,
@@ -520,7 +520,7 @@ def generate(
     vae=None,
     loras=(),
     ip_adapter=None,
-    ip_adapter_scale=1.0,
+    ip_adapter_scale=IP_ADAPTER_SCALE,
     **kwargs,
 ):
     """New backgrounds around the object in `image`, with a model loaded on first use and kept for the

@@ -336,7 +336,9 @@ def canvas_options(aspect, size, object_scale, position):
         parse_size(size)  # its message names the size
     if aspect:
         parse_aspect(aspect)
-    return dict(size=size, aspect=aspect, object_scale=float(object_scale) or None, position=position or "center")
+    return dict(
+        size=size, aspect=aspect, object_scale=float(object_scale) or None, position=position or DEFAULT.position
+    )
 
 
 def sampling_options(
@@ -471,7 +473,7 @@ def _layout(default_steps, app):
                     label=f"{label('object_scale')} (0 = keep the framing)",
                     elem_id="object-scale",
                 )
-                ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", elem_id="position")
+                ui.position = gr.Dropdown(list(POSITIONS), value=DEFAULT.position, label="Position", elem_id="position")
             ui.preview = gr.Image(label="Preview: the canvas with the object placed", elem_id="preview", **shown)
         with gr.Column(scale=1):
             ui.prompt = gr.Textbox(
@@ -758,7 +760,7 @@ def _api_endpoint(app, default_steps):
         aspect="",
         size="",
         object_scale=0.0,
-        position="center",
+        position=DEFAULT.position,
         reference=None,
         ip_adapter_scale=None,
         lora_scale=None,
@@ -801,7 +803,7 @@ def _api_endpoint(app, default_steps):
             gr.Textbox("", label="aspect"),
             gr.Textbox("", label="size"),
             gr.Number(0, label="object_scale"),
-            gr.Textbox("center", label="position"),
+            gr.Textbox(DEFAULT.position, label="position"),
             gr.File(label="reference"),
             gr.Number(None, label="ip_adapter_scale"),
             gr.Number(None, label="lora_scale"),

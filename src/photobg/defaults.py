@@ -20,7 +20,11 @@ PHOTO_SEGMENTERS = ("transparent-background", "threshold")
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 FID_FEATURES = ("inception", "clip")
 
-# Where the content goes in the free space of the canvas: (fraction across, fraction down).
+# diffusers' default IP-Adapter scale: the reference image steers the UNet as the adapter was trained.
+IP_ADAPTER_SCALE = 1.0
+
+# Where the content goes in the free space of the canvas: (fraction across, fraction down); centred by default.
+DEFAULT_POSITION = "center"
 POSITIONS = {
     "center": (0.5, 0.5),
     "top": (0.5, 0.0),

@@ -25,7 +25,7 @@ from .conventions import (  # noqa: F401  (re-exported conventions)
     split_object,
     working_size,
 )
-from .defaults import POSITIONS
+from .defaults import DEFAULT_POSITION, POSITIONS
 from .matting import estimate_foreground, paste_object  # noqa: F401  (re-exported)
 
 
@@ -137,7 +137,7 @@ def canvas_size(image_size, size=None, aspect=None):
     return width, math.ceil(width * down / across)
 
 
-def place_on_canvas(image, object_mask, size, object_scale=None, position="center"):
+def place_on_canvas(image, object_mask, size, object_scale=None, position=DEFAULT_POSITION):
     """Letterbox a photo and its object mask onto a canvas, as the original notebook's resize-with-padding.
 
     Without `object_scale` the whole photo is scaled to fit the canvas (up or down, keeping its aspect

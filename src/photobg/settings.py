@@ -15,7 +15,15 @@ import math
 from dataclasses import dataclass, field
 
 from . import recipe
-from .defaults import DEFAULT_MODEL, DEFAULT_SEGMENTER, DTYPE_NAMES, PHOTO_SEGMENTERS, POSITIONS
+from .defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_POSITION,
+    DEFAULT_SEGMENTER,
+    DTYPE_NAMES,
+    IP_ADAPTER_SCALE,
+    PHOTO_SEGMENTERS,
+    POSITIONS,
+)
 
 # The argparse groups of `photobg generate --help`, in order, and the settings each holds.
 GROUPS = {
@@ -25,8 +33,6 @@ GROUPS = {
     "model": "model and sampling",  # what loads the model (the app takes these too)
     "sampling": "model and sampling",
 }
-# diffusers' default IP-Adapter scale: the reference image steers the UNet as the adapter was trained.
-IP_ADAPTER_SCALE = 1.0
 
 
 class SettingsError(ValueError):
@@ -102,7 +108,7 @@ class GenerationSettings:
         type=float,
     )
     position: str = option(
-        "center", "--position", "where the photo goes", group="canvas", keyed="always", choices=list(POSITIONS)
+        DEFAULT_POSITION, "--position", "where the photo goes", group="canvas", keyed="always", choices=list(POSITIONS)
     )
     working_size: int | None = option(
         None,
