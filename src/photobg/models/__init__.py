@@ -36,6 +36,7 @@ from .loading import (
     DTYPES,
     check_model,
     check_scheduler,
+    check_timesteps,
     free_device_memory,
     load_pipeline,
     make_scheduler,
@@ -43,6 +44,9 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     scheduler_class,
+    scheduler_name,
+    scheduler_options,
+    scheduler_options_of,
 )
 from .pipelines import pipeline_class, pipeline_from_components
 from .specs import resolve_model
@@ -70,6 +74,7 @@ __all__ = [
     "check_hub_file",
     "check_model",
     "check_scheduler",
+    "check_timesteps",
     "check_vae",
     "controlnet_config_from_unet",
     "controlnet_from_state_dict",
@@ -93,6 +98,9 @@ __all__ = [
     "resolve_dtype",
     "resolve_model",
     "scheduler_class",
+    "scheduler_name",
+    "scheduler_options",
+    "scheduler_options_of",
     "set_lora_scales",
     "text_encoder_from_config",
     "unreadable_weights",
