@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from . import recipe
+from . import recipe as recipe_py  # as `recipe_py`: `recipe` is a field
 from .defaults import DEFAULT_MODEL, DEFAULT_SEGMENTER, DTYPE_NAMES, PHOTO_SEGMENTERS, POSITIONS
 
 # The argparse groups of `photobg generate --help`, in order, and the settings each holds.
@@ -209,7 +209,7 @@ class GenerationSettings:
         "a named sampling recipe (scheduler, options, timesteps, steps, guidance, eta) of a few-step LoRA, which "
         "--lora loads; explicit flags override it (docs/recipes.md)",
         group="sampling",
-        choices=list(recipe.RECIPES),
+        choices=list(recipe_py.RECIPES),
     )
     # A comma-separated text as given; `check` turns it into a list of ints.
     timesteps: list | None = option(
@@ -229,7 +229,7 @@ class GenerationSettings:
         type=float,
     )
     controlnet_conditioning_scale: float = option(
-        recipe.CONTROLNET_CONDITIONING_SCALE,
+        recipe_py.CONTROLNET_CONDITIONING_SCALE,
         "--controlnet-scale",
         "0 = plain SD2-inpainting (default: %(default)s)",
         group="sampling",
@@ -239,7 +239,7 @@ class GenerationSettings:
         type=float,
     )
     num_inference_steps: int = option(
-        recipe.NUM_INFERENCE_STEPS,
+        recipe_py.NUM_INFERENCE_STEPS,
         "--steps",
         "denoising steps (default: %(default)s)",
         group="sampling",
@@ -249,7 +249,7 @@ class GenerationSettings:
         type=int,
     )
     guidance_scale: float = option(
-        recipe.GUIDANCE_SCALE,
+        recipe_py.GUIDANCE_SCALE,
         "--guidance",
         "classifier-free guidance (default: %(default)s)",
         group="sampling",
@@ -328,15 +328,18 @@ class GenerationSettings:
         """
         if given is None:
             given = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != default(f.name)}
-        if self.recipe is not None and self.recipe in recipe.RECIPES:
-            values = recipe.RECIPES[self.recipe].settings()
+        if self.recipe is not None and self.recipe in recipe_py.RECIPES:
+            values = recipe_py.RECIPES[self.recipe].settings()
             if "num_inference_steps" in given:
                 values["timesteps"] = None
             for name, value in values.items():
                 if name not in given:
                     setattr(self, name, value)
         if self.timesteps and "num_inference_steps" not in given:
-            self.num_inference_steps = len(_timesteps(self.timesteps))
+            try:
+                self.num_inference_steps = len(_timesteps(self.timesteps))
+            except ValueError:
+                pass  # `check` names the bad --timesteps
         return self
 
     def command_flags(self):
@@ -461,7 +464,7 @@ class GenerationSettings:
         from .models import scheduler_class, scheduler_name
 
         config = {}
-        if self.scheduler == recipe.MODEL_SCHEDULER:
+        if self.scheduler == recipe_py.MODEL_SCHEDULER:
             if not (self.scheduler_options or self.timesteps or self.eta is not None):
                 return None
             config = self._model_config("scheduler")
@@ -471,7 +474,7 @@ class GenerationSettings:
 
     def recipe_backbones(self):
         """The backbone names the recipe is for, or None (no recipe, or one for every backbone)."""
-        return None if self.recipe is None else recipe.RECIPES[self.recipe].backbones
+        return None if self.recipe is None else recipe_py.RECIPES[self.recipe].backbones
 
     def check_recipe_backbone(self):
         """Refuse a recipe on a backbone it was not made for, naming both (the backbone is read from the configs)."""

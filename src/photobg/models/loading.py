@@ -103,6 +103,8 @@ def load_pipeline(
 
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
     model, controlnet, unet_config = check_model(model, controlnet, scheduler)
+    if scheduler != recipe.MODEL_SCHEDULER:  # checked before the weights load where the class is known
+        scheduler_options_of(scheduler, scheduler_options, {})
     vae_source = check_vae(vae, model) if vae is not None else None
     cls = pipeline_class(detect_backbone(model))
     kwargs = {"dtype": dtype}
