@@ -121,8 +121,11 @@ def reproduce_command(settings, record, output_dir=None):
     flags = settings.command_flags()
     flags.update({"--device": record["device"], "--dtype": record["dtype"], "--vae": record.get("vae")})
     flags["--lora"] = [f"{lora['path']}:{lora['scale']:g}" for lora in record.get("loras", [])]
-    flags["--scheduler-option"] = [f"{key}={_option_text(value)}" for key, value in settings.scheduler_options.items()]
-    flags["--timesteps"] = None if settings.timesteps is None else ",".join(map(str, settings.timesteps))
+    options, timesteps = settings.scheduler_options, settings.timesteps  # typed by `check`, or as given
+    if isinstance(options, dict):
+        options = [f"{key}={_option_text(value)}" for key, value in options.items()]
+    flags["--scheduler-option"] = options
+    flags["--timesteps"] = timesteps if not isinstance(timesteps, list) else ",".join(map(str, timesteps))
     for name, flag in (("ip_adapter", "--ip-adapter"), ("ip_adapter_scale", "--ip-adapter-scale")):
         flags[flag] = record.get(name)  # with a reference image only: the IP-Adapter needs one
     flags["--reference-image"] = record.get("reference_image")
