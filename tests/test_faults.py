@@ -83,6 +83,11 @@ today an output folder that cannot be written  -> stops before loading
       --timesteps with a scheduler that cannot take them, not integers, or not as many as --steps; --eta with a
       scheduler whose step takes none  -> stops before loading, naming the flag (API: a ValueError, the same)
       -> test_meaningless_values_are_refused_naming_the_flag, test_an_unavailable_device_is_refused_before_loading
+22.4  --compile where torch cannot compile (Dynamo unsupported, no C++ compiler for CPU, no Triton for CUDA)
+      -> stops before loading, naming --compile and what is missing
+      -> test_compile_where_torch_cannot_is_refused_before_loading
+22.4  --compile  -> the first batch's time (compiling included) is reported once
+      -> test_compile_reports_the_first_batchs_time_once
 22.2  --recipe on a backbone it was not made for  -> stops before loading, naming the recipe's backbones and the
       model's  -> test_a_recipe_on_another_backbone_is_refused_before_loading
 """
@@ -262,6 +267,32 @@ def test_meaningless_values_are_refused_naming_the_flag(tmp_path, extra, message
     (path,) = cutouts(tmp_path / "in", 1)
     with pytest.raises(SystemExit, match=message):  # "nowhere/none" would fail to load: nothing loads first
         main(["generate", str(path), "--prompt", "p", *extra, "--model", "nowhere/none"])
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("dynamo", "^--compile: torch .* cannot compile on this Python \\(Dynamo is not supported\\)"),
+        ("compiler", "^--compile: torch compiles CPU code with a C\\+\\+ compiler, and none was found"),
+    ],
+)
+def test_compile_where_torch_cannot_is_refused_before_loading(tmp_path, monkeypatch, broken, message):
+    import shutil
+
+    (path,) = cutouts(tmp_path / "in", 1)
+    if broken == "dynamo":
+        monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    else:
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match=message):  # "nowhere/none" cannot load: the check comes first
+        main(["generate", str(path), "--prompt", "p", "--compile", "--device", "cpu", "--model", "nowhere/none"])
+
+
+def test_compile_reports_the_first_batchs_time_once(tmp_path, fast, capsys):
+    paths = cutouts(tmp_path / "in", 2)
+    assert generate(*paths, "--prompt", "p", "--compile", "--output-dir", tmp_path / "out") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--compile:")]
+    assert len(lines) == 1 and re.match(r"--compile: the first batch took \d+\.\d s, compiling included", lines[0])
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,8 @@ class GenerationSettings:
     compile: bool = option(
         False,
         "--compile",
-        "torch.compile UNet + ControlNet: slow first call, faster after",
+        "torch.compile the UNet's and ControlNet's transformer blocks (regional compilation): slow first call "
+        "(its time is reported), faster after",
         group="model",
         action="store_true",
     )
@@ -386,11 +387,12 @@ class GenerationSettings:
     def check_model(self):
         """Check the device, scheduler (and its options, timesteps, eta, recipe), LoRA and IP-Adapter settings before
         any model loads (errors name the flag and file); turns `loras` into `models.Lora`s."""
-        from .models import check_scheduler, parse_lora, resolve_device
+        from .models import check_compile, check_scheduler, parse_lora, resolve_device
 
         for flag, check, value in (
             ("--device", resolve_device, self.device),
             ("--scheduler", check_scheduler, self.scheduler),
+            ("--compile", lambda device: self.compile and check_compile(device), self.device),
         ):
             try:
                 check(value)

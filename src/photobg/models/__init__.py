@@ -34,6 +34,7 @@ from .adapters import (
 from .loading import (
     DEFAULT_BASE_MODEL,
     DTYPES,
+    check_compile,
     check_model,
     check_scheduler,
     check_timesteps,
@@ -73,6 +74,7 @@ __all__ = [
     "build_components",
     "check_hub_file",
     "check_model",
+    "check_compile",
     "check_scheduler",
     "check_timesteps",
     "check_vae",
