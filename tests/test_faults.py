@@ -89,7 +89,8 @@ today an output folder that cannot be written  -> stops before loading
 22.4  --compile  -> the first batch's time (compiling included) is reported once
       -> test_compile_reports_the_first_batchs_time_once
 22.2  --recipe on a backbone it was not made for  -> stops before loading, naming the recipe's backbones and the
-      model's  -> test_a_recipe_on_another_backbone_is_refused_before_loading
+      model's  -> test_a_recipe_on_another_backbone_is_refused_before_loading;
+      evaluate: a spec's recipe=NAME on another backbone -> test_evaluate_checks_every_model_before_generating
 """
 
 import errno
@@ -526,6 +527,11 @@ def test_evaluate_checks_every_model_before_generating(tmp_path, capsys):
         (str(tmp_path / "missing-model") + "@name=Ours", "--model Ours: Model folder .*missing-model.* not exist"),
         ("unknown-org/unknown-model@name=Ours", "--model Ours: Could not load model 'unknown-org/unknown-model'"),
         ("tiny-inpainting@name=Ours,scheduler=NoSuchScheduler", "--model Ours: Unknown scheduler"),
+        (
+            "tiny-inpainting@name=Ours,recipe=sdxl-lightning-4",
+            "--model Ours: recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, but the model is "
+            "sd2-inpainting",
+        ),
     ]:
         with pytest.raises(SystemExit, match=message):
             main([*args, "--model", "tiny-inpainting@name=SI2,scale=0", "--model", second])
