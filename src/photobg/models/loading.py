@@ -102,9 +102,10 @@ def load_pipeline(
     from diffusers import AutoencoderKL, ControlNetModel
 
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
-    model, controlnet, unet_config = check_model(model, controlnet, scheduler)
-    if scheduler != recipe.MODEL_SCHEDULER:  # checked before the weights load where the class is known
+    if scheduler != recipe.MODEL_SCHEDULER:  # checked before anything is read where the class is known
+        check_scheduler(scheduler)
         scheduler_options_of(scheduler, scheduler_options, {})
+    model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     vae_source = check_vae(vae, model) if vae is not None else None
     cls = pipeline_class(detect_backbone(model))
     kwargs = {"dtype": dtype}
