@@ -53,6 +53,40 @@ def test_bad_model_specs(text, message):
         parse_model_spec(text)
 
 
+def test_a_spec_takes_a_recipe_and_its_lora():
+    spec = parse_model_spec("m@name=Lightning4,recipe=sdxl-lightning-4,lora=l.safetensors:0.8")
+    assert (spec.recipe, spec.lora) == ("sdxl-lightning-4", "l.safetensors:0.8")
+    assert spec.scheduler_choice() == ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
+    assert spec.sampling(20, 7.5) == {"num_inference_steps": 4, "guidance_scale": 0}
+    assert parse_model_spec("m@recipe=dmd2-4").sampling(20, 7.5)["timesteps"] == [999, 749, 499, 249]
+    assert parse_model_spec("m@recipe=tcd").sampling(20, 7.5)["eta"] == 0.3
+    plain = parse_model_spec("m@name=Ours")
+    assert plain.sampling(20, 7.5) == {"num_inference_steps": 20, "guidance_scale": 7.5}
+    assert "recipe" not in plain.generation_settings()  # runs made before recipes keep their settings
+    with pytest.raises(ValueError, match="unknown recipe 'nope'; choose one of authors, "):
+        parse_model_spec("m@recipe=nope")
+
+
+def test_a_recipe_row_samples_with_the_recipe(folder_benchmark, tmp_path, monkeypatch):
+    from photobg.evaluate import runner
+
+    calls = []
+    original = runner.generate_image
+
+    def recorded(pipe, sample, spec, seed, steps, guidance):
+        calls.append((type(pipe.scheduler).__name__, pipe.scheduler.config.timestep_spacing, spec.sampling(steps, 7)))
+        return original(pipe, sample, spec, seed, steps, guidance)
+
+    monkeypatch.setattr(runner, "generate_image", recorded)
+    argv = ["evaluate", "--data", str(folder_benchmark), "--output-dir", str(tmp_path), "--resolution", "0"]
+    argv += ["--model", "tiny-sdxl-inpainting@name=L2,recipe=sdxl-lightning-2", "--metrics", "expansion"]
+    assert cli.main([*argv, "--segmenter", "threshold", "--steps", "3"]) == 0
+    assert calls and set(calls[0][:2]) == {"EulerDiscreteScheduler", "trailing"}
+    assert calls[0][2] == {"num_inference_steps": 2, "guidance_scale": 0}
+    settings = json.loads((tmp_path / "generated" / "L2" / "settings.json").read_text())
+    assert (settings["recipe"], settings["steps"], settings["guidance"]) == ("sdxl-lightning-2", 2, 0)
+
+
 def test_model_names_must_differ():
     with pytest.raises(ValueError, match="share the output folder"):
         parse_model_specs(["a/b@name=x y", "c@name=x_y"])

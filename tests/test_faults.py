@@ -79,6 +79,18 @@ today an output folder that cannot be written  -> stops before loading
       -> test_convert_of_a_missing_or_unreadable_file_says_so_in_one_line
 19.7  --scheduler NotAScheduler  -> stops before loading, naming --scheduler and some valid names
       -> test_meaningless_values_are_refused_naming_the_flag
+22.1  --scheduler-option of a key the scheduler lacks (-> the keys it has), of the wrong type, not KEY=VALUE;
+      --timesteps with a scheduler that cannot take them, not integers, or not as many as --steps; --eta with a
+      scheduler whose step takes none  -> stops before loading, naming the flag (API: a ValueError, the same)
+      -> test_meaningless_values_are_refused_naming_the_flag, test_an_unavailable_device_is_refused_before_loading
+22.4  --compile where torch cannot compile (Dynamo unsupported, no C++ compiler for CPU, no Triton for CUDA)
+      -> stops before loading, naming --compile and what is missing
+      -> test_compile_where_torch_cannot_is_refused_before_loading
+22.4  --compile  -> the first batch's time (compiling included) is reported once
+      -> test_compile_reports_the_first_batchs_time_once
+22.2  --recipe on a backbone it was not made for  -> stops before loading, naming the recipe's backbones and the
+      model's  -> test_a_recipe_on_another_backbone_is_refused_before_loading;
+      evaluate: a spec's recipe=NAME on another backbone -> test_evaluate_checks_every_model_before_generating
 """
 
 import errno
@@ -228,12 +240,81 @@ def test_a_rerun_keeps_one_record_per_image(first_run, tmp_path, fast):
         (["--num-images", "0"], "--num-images"),  # works today
         (["--device", "foo"], "^--device: Device 'foo' is not a torch device: expected cpu, cuda, mps"),
         (["--scheduler", "NotAScheduler"], "^--scheduler: Unknown scheduler 'NotAScheduler'.*e.g. DDIMScheduler"),
+        (
+            ["--scheduler-option", "nonsense=1"],
+            "^--scheduler-option: UniPCMultistepScheduler has no option 'nonsense'; its options are: "
+            "num_train_timesteps, .*solver_order, ",
+        ),
+        (
+            ["--scheduler", "LCMScheduler", "--scheduler-option", "original_inference_steps=many"],
+            "^--scheduler-option: original_inference_steps=many: LCMScheduler's original_inference_steps takes an "
+            "integer \\(default 50\\)",
+        ),
+        (["--scheduler-option", "timestep_spacing"], "^--scheduler-option: 'timestep_spacing' is not KEY=VALUE"),
+        (
+            ["--timesteps", "999,499"],
+            "^--timesteps: UniPCMultistepScheduler takes no fixed timesteps .*e.g. --scheduler LCMScheduler",
+        ),
+        (["--scheduler", "LCMScheduler", "--timesteps", "999,x"], "^--timesteps '999,x' is not a comma-separated"),
+        (["--scheduler", "LCMScheduler", "--timesteps", "499,999"], "^--timesteps: \\[499, 999\\] must be distinct"),
+        (
+            ["--scheduler", "LCMScheduler", "--timesteps", "999,499", "--steps", "4"],
+            "^--steps 4 does not match --timesteps \\(2 timesteps\\)",
+        ),
+        (["--eta", "0.3"], "^--eta: UniPCMultistepScheduler's step takes no eta"),
     ],
 )
 def test_meaningless_values_are_refused_naming_the_flag(tmp_path, extra, message):
     (path,) = cutouts(tmp_path / "in", 1)
     with pytest.raises(SystemExit, match=message):  # "nowhere/none" would fail to load: nothing loads first
         main(["generate", str(path), "--prompt", "p", *extra, "--model", "nowhere/none"])
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("dynamo", "^--compile: torch .* cannot compile on this Python \\(Dynamo is not supported\\)"),
+        ("compiler", "^--compile: torch compiles CPU code with a C\\+\\+ compiler, and none was found"),
+    ],
+)
+def test_compile_where_torch_cannot_is_refused_before_loading(tmp_path, monkeypatch, broken, message):
+    import shutil
+
+    (path,) = cutouts(tmp_path / "in", 1)
+    if broken == "dynamo":
+        monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    else:
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match=message):  # "nowhere/none" cannot load: the check comes first
+        main(["generate", str(path), "--prompt", "p", "--compile", "--device", "cpu", "--model", "nowhere/none"])
+
+
+def test_compile_reports_the_first_batchs_time_once(tmp_path, fast, capsys):
+    paths = cutouts(tmp_path / "in", 2)
+    assert generate(*paths, "--prompt", "p", "--compile", "--output-dir", tmp_path / "out") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--compile:")]
+    assert len(lines) == 1 and re.match(r"--compile: the first batch took \d+\.\d s, compiling included", lines[0])
+
+
+@pytest.mark.parametrize(
+    ("model", "recipe", "message"),
+    [
+        ("tiny-inpainting", "sdxl-lightning-4", "is made for sdxl-inpainting and sdxl-base, but --model .* is sd2-"),
+        ("tiny-sdxl-base", "tcd", None),  # made for both families
+        ("tiny-base", "dmd2-4", "is made for sdxl-inpainting and sdxl-base, but --model .* is sd2-base"),
+    ],
+)
+def test_a_recipe_on_another_backbone_is_refused_before_loading(tmp_path, monkeypatch, model, recipe, message):
+    (path,) = cutouts(tmp_path / "in", 1)
+    monkeypatch.setattr(generation_run, "load_generator", lambda settings: pytest.fail("the model was loaded"))
+    args = ["generate", str(path), "--prompt", "p", "--recipe", recipe, "--model", model]
+    args += ["--output-dir", str(tmp_path / "out")]
+    if message is None:
+        with pytest.raises(pytest.fail.Exception, match="the model was loaded"):
+            main(args)
+    else:
+        with pytest.raises(SystemExit, match=f"^--recipe {recipe} {message}"):
+            main(args)
 
 
 @pytest.mark.parametrize(
@@ -446,6 +527,11 @@ def test_evaluate_checks_every_model_before_generating(tmp_path, capsys):
         (str(tmp_path / "missing-model") + "@name=Ours", "--model Ours: Model folder .*missing-model.* not exist"),
         ("unknown-org/unknown-model@name=Ours", "--model Ours: Could not load model 'unknown-org/unknown-model'"),
         ("tiny-inpainting@name=Ours,scheduler=NoSuchScheduler", "--model Ours: Unknown scheduler"),
+        (
+            "tiny-inpainting@name=Ours,recipe=sdxl-lightning-4",
+            "--model Ours: recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, but the model is "
+            "sd2-inpainting",
+        ),
     ]:
         with pytest.raises(SystemExit, match=message):
             main([*args, "--model", "tiny-inpainting@name=SI2,scale=0", "--model", second])
@@ -716,6 +802,8 @@ def test_an_unavailable_device_is_refused_before_loading(tmp_path, monkeypatch):
         ({"device": "cuda:1"}, "^Device 'cuda:1' is not available"),
         ({"device": "foo"}, "^Device 'foo' is not a torch device"),
         ({"scheduler": "NotAScheduler"}, "^Unknown scheduler 'NotAScheduler'"),
+        ({"scheduler_options": {"nonsense": 1}}, "^UniPCMultistepScheduler has no option 'nonsense'"),
+        ({"scheduler_options": ["solver_order=two"]}, "^solver_order=two: .* takes an integer"),
     ]:
         with pytest.raises(ValueError, match=message):  # the API's errors: the same, before loading
             BackgroundGenerator("nowhere/none", **option)

@@ -18,6 +18,11 @@ def test_compiled_pipeline_keeps_images_and_reuses_graphs(pipe):
     reference = [generate(pipe), generate(pipe, "a dog on the beach", seed=3)]
     torch._dynamo.reset()
     optimize(pipe, compile="aot_eager")  # Dynamo's graph capture without Inductor's C++ build time
+    # regional compilation: the models stay themselves, each transformer block of both is compiled
+    assert not hasattr(pipe.unet, "_orig_mod") and not hasattr(pipe.controlnet, "_orig_mod")
+    for model in (pipe.unet, pipe.controlnet):
+        blocks = [m for m in model.modules() if type(m).__name__ == "BasicTransformerBlock"]
+        assert blocks and all(block._compiled_call_impl is not None for block in blocks)
     np.testing.assert_allclose(generate(pipe), reference[0], atol=1e-5)
     torch.compiler.set_stance("fail_on_recompile")
     try:

@@ -35,6 +35,8 @@ def test_args_to_settings_to_command_to_args_gives_the_same_settings(canvas, obj
     argv += ["--model", "some/model", "--controlnet", "some/controlnet", "--scheduler", "DDIMScheduler"]
     argv += ["--device", "cpu", "--dtype", "fp32", "--compile", "--vae-tiling", "--vae", "some/vae"]
     argv += ["--controlnet-scale", "0.8", "--steps", "9", "--guidance", "5"]
+    argv += ["--scheduler-option", "timestep_spacing=trailing", "--scheduler-option", "clip_sample=false"]
+    argv += ["--recipe", "tcd", "--eta", "0.5", "--timesteps", "999,749,499,399,299,199,99,49,9"]
     settings = parse(argv)
     assert (settings.num_inference_steps, settings.guidance_scale, settings.controlnet_conditioning_scale) == (
         9,

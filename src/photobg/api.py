@@ -81,6 +81,8 @@ class BackgroundGenerator:
         controlnet: ControlNet (Hub id, folder or state-dict file) for a base `model`.
         device, dtype, scheduler: as in `models.load_pipeline` (scheduler None: the authors' recipe, UniPC;
             "model": the checkpoint's own; or a diffusers scheduler class name).
+        scheduler_options: the scheduler's config values to set, a dict or `KEY=VALUE` specs typed from the
+            scheduler class's own defaults (e.g. {"timestep_spacing": "trailing"}); see `photobg.recipe.RECIPES`.
         segmenter: name (see `photobg.segment.SEGMENTERS`) or callable `PIL image -> "L" mask` that finds
             the object in photos that come with neither an alpha channel nor a mask; None to require one.
             Built on first use, so a missing package only matters for photos that need it.
@@ -108,6 +110,7 @@ class BackgroundGenerator:
         device=None,
         dtype=None,
         scheduler=None,
+        scheduler_options=None,
         segmenter=DEFAULT_SEGMENTER,
         pipe=None,
         compile=False,
@@ -125,7 +128,15 @@ class BackgroundGenerator:
         if ip_adapter is not None:
             ip_adapter_weights(ip_adapter)
         if pipe is None:
-            pipe = load_pipeline(model, controlnet, device=device, dtype=dtype, scheduler=scheduler, vae=vae)
+            pipe = load_pipeline(
+                model,
+                controlnet,
+                device=device,
+                dtype=dtype,
+                scheduler=scheduler,
+                scheduler_options=scheduler_options,
+                vae=vae,
+            )
         self.lora_names = load_loras(pipe, self.loras, fuse=fuse_loras)
         self.loras_fused = fuse_loras
         self.ip_adapter_scale = ip_adapter_scale if ip_adapter is not None else None
@@ -258,6 +269,8 @@ class BackgroundGenerator:
         batch_size=1,
         callback_on_step_end=None,
         ip_adapter_image=None,
+        timesteps=None,
+        eta=None,
     ):
         """Generate one image per `Job`, up to `batch_size` jobs of one working size per pipeline call.
 
@@ -269,6 +282,8 @@ class BackgroundGenerator:
             working_size: long side to generate at (default: the model's native size).
             ip_adapter_image: a reference image (file path, PIL image or array) for the background's style, used by
                 every output; needs the generator's `ip_adapter`.
+            timesteps: fixed timesteps (diffusers' `timesteps=`, descending) for schedulers that take them; their
+                count is the number of steps. eta: the scheduler step's `eta` (None: the pipeline's, 0).
             The rest are the pipeline's arguments of the same names (`callback_on_step_end` is called in
             every pipeline call; setting `pipe._interrupt` there skips the call's remaining steps).
 
@@ -306,7 +321,9 @@ class BackgroundGenerator:
                     # CPU generators: the same seed gives the same noise on every device.
                     generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
                     callback_on_step_end=callback_on_step_end,
+                    timesteps=timesteps,
                     **({} if reference is None else {"ip_adapter_image": reference}),
+                    **({} if eta is None else {"eta": eta}),
                 )
                 images.extend(result.images)
         return images
@@ -361,6 +378,8 @@ class BackgroundGenerator:
         working_size=None,
         batch_size=1,
         ip_adapter_image=None,
+        timesteps=None,
+        eta=None,
     ):
         """New backgrounds around the object in `image`.
 
@@ -380,6 +399,7 @@ class BackgroundGenerator:
             batch_size: images per pipeline call.
             ip_adapter_image: a reference image (path, PIL image or array) for the background's style; needs the
                 generator's `ip_adapter`.
+            timesteps, eta: see `run`.
 
         Returns:
             list of RGB PIL images, prompt by prompt, at the canvas size (by default the input's), with
@@ -413,6 +433,8 @@ class BackgroundGenerator:
             working_size=working_size,
             batch_size=batch_size,
             ip_adapter_image=ip_adapter_image,
+            timesteps=timesteps,
+            eta=eta,
         )
         for job, result in zip(jobs, images, strict=True):
             result.info.update(prompt=job.prompt, prompt_index=job.prompt_index, seed=job.seed)
@@ -516,6 +538,7 @@ def generate(
     device=None,
     dtype=None,
     scheduler=None,
+    scheduler_options=None,
     segmenter=DEFAULT_SEGMENTER,
     vae=None,
     loras=(),
@@ -530,8 +553,8 @@ def generate(
         image, prompt, object_mask: see `BackgroundGenerator.__call__`, which takes the other keyword
             arguments too (`seed`, `num_images_per_prompt`, `num_inference_steps`, `aspect`,
             `ip_adapter_image`, ...).
-        model, controlnet, device, dtype, scheduler, segmenter, vae, loras, ip_adapter, ip_adapter_scale: see
-            `BackgroundGenerator`.
+        model, controlnet, device, dtype, scheduler, scheduler_options, segmenter, vae, loras, ip_adapter,
+            ip_adapter_scale: see `BackgroundGenerator`.
 
     Returns:
         list of PIL images (see `BackgroundGenerator.__call__`).
@@ -539,6 +562,9 @@ def generate(
     from .models.adapters import parse_lora
 
     loading = dict(
+        scheduler_options=tuple(
+            scheduler_options.items() if isinstance(scheduler_options, dict) else scheduler_options or ()
+        ),
         vae=vae,
         loras=tuple(parse_lora(lora) for lora in loras),
         ip_adapter=ip_adapter,

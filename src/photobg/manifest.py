@@ -74,10 +74,14 @@ def output_record(
         seed=job.seed,
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=settings.guidance_scale,
+        recipe=settings.recipe,
         controlnet_conditioning_scale=settings.controlnet_conditioning_scale,
         model=settings.model,
         controlnet=settings.controlnet,
         **made,
+        scheduler_options=settings.scheduler_options or None,
+        timesteps=settings.timesteps,
+        eta=settings.eta,
         aspect=settings.aspect,
         object_scale=settings.object_scale,
         position=settings.position,
@@ -117,6 +121,11 @@ def reproduce_command(settings, record, output_dir=None):
     flags = settings.command_flags()
     flags.update({"--device": record["device"], "--dtype": record["dtype"], "--vae": record.get("vae")})
     flags["--lora"] = [f"{lora['path']}:{lora['scale']:g}" for lora in record.get("loras", [])]
+    options, timesteps = settings.scheduler_options, settings.timesteps  # typed by `check`, or as given
+    if isinstance(options, dict):
+        options = [f"{key}={_option_text(value)}" for key, value in options.items()]
+    flags["--scheduler-option"] = options
+    flags["--timesteps"] = timesteps if not isinstance(timesteps, list) else ",".join(map(str, timesteps))
     for name, flag in (("ip_adapter", "--ip-adapter"), ("ip_adapter_scale", "--ip-adapter-scale")):
         flags[flag] = record.get(name)  # with a reference image only: the IP-Adapter needs one
     flags["--reference-image"] = record.get("reference_image")
@@ -130,6 +139,13 @@ def reproduce_command(settings, record, output_dir=None):
     return shlex.join(words)
 
 
+def _option_text(value):
+    """A scheduler option's value as `--scheduler-option` takes it back (`models.scheduler_options`)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # true/false, numbers, null, lists
+
+
 # ----------------------------------------------------------------------------- the key
 
 
@@ -137,8 +153,9 @@ def output_key(settings, item, files):
     """The key of an output: a sha256 of everything that decides what it shows. That is the photo's and the
     mask's content (so an edited photo counts as another), the segmenter (where no mask is given), the prompt,
     negative prompt and seed, the model, ControlNet, scheduler, steps, guidance and ControlNet scale, the
-    canvas and working size, and where given the VAE, the LoRAs (each file's content and its scale) and the
-    IP-Adapter (its weights' content, scale, and the reference image's content). How it is computed is left out:
+    canvas and working size, and where given the scheduler's options, fixed timesteps and eta, the VAE, the LoRAs
+    (each file's content and its scale) and the IP-Adapter (its weights' content, scale, and the reference
+    image's content). How it is computed is left out:
     device, dtype, --batch-size, --compile and --vae-tiling change only the numerical precision; they and
     photobg's version are in the record.
 
@@ -181,6 +198,7 @@ def _settings(settings, prompt, has_mask, files):
         "ip_adapter": lambda value: files.sha256(ip_adapter_weights(value)) if value else None,
         "ip_adapter_scale": lambda value: value if settings.ip_adapter else None,
         "reference_image": lambda value: files.sha256(value) if value else None,
+        "scheduler_options": lambda value: value or None,
     }
     determining = dict(prompt=prompt)
     for name, how in keyed_fields().items():

@@ -78,6 +78,7 @@ _prefer_pil_image_processors()  # before diffusers binds the names
 from diffusers import ControlNetModel  # noqa: E402
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps  # noqa: E402
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents  # noqa: E402
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files  # noqa: E402
 
@@ -246,6 +247,7 @@ class BackgroundMethodMixin:
         width=None,
         strength=1.0,
         num_inference_steps=50,
+        timesteps=None,
         guidance_scale=7.5,
         negative_prompt=None,
         num_images_per_prompt=1,
@@ -286,6 +288,8 @@ class BackgroundMethodMixin:
                 rounded to the nearest multiple of 8 (`working_size`), and the result is returned at the input's
                 own size (so with `height` and `width` given, the images of one call may differ in size: each
                 comes back at its own, as PIL images); otherwise diffusers' rule (rounded down).
+            timesteps (`list[int]`): fixed timesteps, in descending order, for schedulers whose `set_timesteps`
+                takes them (diffusers' `timesteps=`); their count is then the number of steps.
             strength, num_inference_steps, guidance_scale, negative_prompt, num_images_per_prompt, eta,
             generator, latents, prompt_embeds, negative_prompt_embeds, cross_attention_kwargs, clip_skip:
                 as in diffusers' Stable Diffusion pipelines.
@@ -383,7 +387,7 @@ class BackgroundMethodMixin:
         masked_image = init_image * (mask_condition < 0.5)  # the region to generate zeroed
 
         # 4. Timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        _, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
         if num_inference_steps < 1:
             raise ValueError(f"strength={strength} leaves no denoising steps out of {num_inference_steps}.")

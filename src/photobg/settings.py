@@ -10,11 +10,12 @@ app's label).
 This module imports neither torch nor diffusers, so `photobg generate --help` answers at once.
 """
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from . import recipe
+from . import recipe as recipe_py  # as `recipe_py`: `recipe` is a field
 from .defaults import (
     DEFAULT_MODEL,
     DEFAULT_POSITION,
@@ -135,6 +136,17 @@ class GenerationSettings:
         group="model",
         keyed="always",
     )
+    # `KEY=VALUE` specs as given; `check` types them from the scheduler class's defaults into a {key: value} dict.
+    scheduler_options: list = option(
+        None,
+        "--scheduler-option",
+        "a value of the scheduler's config, typed as its default is (e.g. timestep_spacing=trailing); repeatable",
+        group="model",
+        keyed="given",
+        action="append",
+        metavar="KEY=VALUE",
+        default_factory=list,
+    )
     device: str | None = option(None, "--device", "cuda, cpu, ... (default: CUDA if present)", group="model")
     dtype: str | None = option(
         None,
@@ -146,7 +158,8 @@ class GenerationSettings:
     compile: bool = option(
         False,
         "--compile",
-        "torch.compile UNet + ControlNet: slow first call, faster after",
+        "torch.compile the UNet's and ControlNet's transformer blocks (regional compilation): slow first call "
+        "(its time is reported), faster after",
         group="model",
         action="store_true",
     )
@@ -196,8 +209,34 @@ class GenerationSettings:
         metavar="SCALE",
     )
     # sampling
+    # A recipe sets the settings it names that were not given (`resolve`); they, not its name, are keyed.
+    recipe: str | None = option(
+        None,
+        "--recipe",
+        "a named sampling recipe (scheduler, options, timesteps, steps, guidance, eta) of a few-step LoRA, which "
+        "--lora loads; explicit flags override it (docs/recipes.md)",
+        group="sampling",
+        choices=list(recipe_py.RECIPES),
+    )
+    # A comma-separated text as given; `check` turns it into a list of ints.
+    timesteps: list | None = option(
+        None,
+        "--timesteps",
+        "fixed timesteps, descending (e.g. 999,749,499,249), for a scheduler that takes them; sets the steps",
+        group="sampling",
+        keyed="given",
+        metavar="T1,T2,...",
+    )
+    eta: float | None = option(
+        None,
+        "--eta",
+        "the scheduler step's eta (DDIM's noise, TCD's gamma; default: the pipeline's, 0)",
+        group="sampling",
+        keyed="given",
+        type=float,
+    )
     controlnet_conditioning_scale: float = option(
-        recipe.CONTROLNET_CONDITIONING_SCALE,
+        recipe_py.CONTROLNET_CONDITIONING_SCALE,
         "--controlnet-scale",
         "0 = plain SD2-inpainting (default: %(default)s)",
         group="sampling",
@@ -207,7 +246,7 @@ class GenerationSettings:
         type=float,
     )
     num_inference_steps: int = option(
-        recipe.NUM_INFERENCE_STEPS,
+        recipe_py.NUM_INFERENCE_STEPS,
         "--steps",
         "denoising steps (default: %(default)s)",
         group="sampling",
@@ -217,7 +256,7 @@ class GenerationSettings:
         type=int,
     )
     guidance_scale: float = option(
-        recipe.GUIDANCE_SCALE,
+        recipe_py.GUIDANCE_SCALE,
         "--guidance",
         "classifier-free guidance (default: %(default)s)",
         group="sampling",
@@ -267,17 +306,48 @@ class GenerationSettings:
             options["default"] = f.default
         elif options.get("action") == "append":
             options["default"] = []
+        if name in RECIPE_FIELDS:  # a recipe sets only what was not given: note what was
+            options["action"] = _AppendGiven if options.get("action") == "append" else _StoreGiven
         parser.add_argument(f.metadata["flag"], **{**options, **overrides})
 
     @classmethod
     def from_args(cls, args):
-        """The settings of parsed arguments; fields whose flag the parser lacks keep their defaults."""
+        """The settings of parsed arguments, resolved (`resolve`: the recipe sets what was not given); fields whose
+        flag the parser lacks keep their defaults."""
         values = {}
         for f in dataclasses.fields(cls):
             dest = _dest(f)
             if hasattr(args, dest):
                 values[f.name] = getattr(args, dest)
-        return cls(**values)
+        given = {f.name for f in dataclasses.fields(cls) if _dest(f) in getattr(args, GIVEN, ())}
+        return cls(**values).resolve(given)
+
+    def resolve(self, given=None):
+        """Apply the recipe (`--recipe`) to the settings it names that were not `given`, and let fixed timesteps
+        set the number of steps where the steps were not given. A recipe's fixed timesteps are dropped where the
+        steps are given and the timesteps are not.
+
+        Args:
+            given: the names of the fields given explicitly (default: those that differ from their defaults).
+
+        Returns:
+            self, changed in place.
+        """
+        if given is None:
+            given = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != default(f.name)}
+        if self.recipe is not None and self.recipe in recipe_py.RECIPES:
+            values = recipe_py.RECIPES[self.recipe].settings()
+            if "num_inference_steps" in given:
+                values["timesteps"] = None
+            for name, value in values.items():
+                if name not in given:
+                    setattr(self, name, value)
+        if self.timesteps and "num_inference_steps" not in given:
+            try:
+                self.num_inference_steps = len(_timesteps(self.timesteps))
+            except ValueError:
+                pass  # `check` names the bad --timesteps
+        return self
 
     def command_flags(self):
         """{flag: value} of the fields a reproduce-command carries, in the fields' order, values as given (a flag
@@ -321,13 +391,14 @@ class GenerationSettings:
         self.check_canvas()
 
     def check_model(self):
-        """Check the device, scheduler, LoRA and IP-Adapter settings before any model loads (errors name the flag
-        and file); turns `loras` into `models.Lora`s."""
-        from .models import check_scheduler, parse_lora, resolve_device
+        """Check the device, scheduler (and its options, timesteps, eta, recipe), LoRA and IP-Adapter settings before
+        any model loads (errors name the flag and file); turns `loras` into `models.Lora`s."""
+        from .models import check_compile, check_scheduler, parse_lora, resolve_device
 
         for flag, check, value in (
             ("--device", resolve_device, self.device),
             ("--scheduler", check_scheduler, self.scheduler),
+            ("--compile", lambda device: self.compile and check_compile(device), self.device),
         ):
             try:
                 check(value)
@@ -350,6 +421,95 @@ class GenerationSettings:
                 ip_adapter_weights(self.ip_adapter)
             except OSError as err:
                 raise SettingsError(f"--ip-adapter: {err}") from None
+        self.check_scheduler_settings()
+
+    def check_scheduler_settings(self):
+        """Check the scheduler's options, timesteps and eta against the scheduler class, and the recipe against the
+        model's backbone, before any weights load; types `scheduler_options` into a {key: value} dict and
+        `timesteps` into a list of ints. The model's configs are read only where needed (`--scheduler model`
+        with options, timesteps or eta; a recipe made for some backbones)."""
+        from .models import check_timesteps, scheduler_options
+
+        if self.timesteps is not None:
+            try:
+                self.timesteps = _timesteps(self.timesteps)
+            except ValueError:
+                raise SettingsError(
+                    f"--timesteps {self.timesteps!r} is not a comma-separated list of integers."
+                ) from None
+            if len(self.timesteps) != self.num_inference_steps:
+                raise SettingsError(
+                    f"--steps {self.num_inference_steps} does not match --timesteps ({len(self.timesteps)} "
+                    "timesteps): the timesteps set the number of steps; give one of the two."
+                )
+        cls = self._scheduler_class()
+        if cls is not None:
+            try:
+                self.scheduler_options = scheduler_options(cls, self.scheduler_options)
+            except ValueError as err:
+                raise SettingsError(f"--scheduler-option: {err}") from None
+            try:
+                if self.timesteps is not None:
+                    check_timesteps(cls, self.timesteps)
+            except ValueError as err:
+                raise SettingsError(f"--timesteps: {err}") from None
+            self._check_eta(cls)
+        self.check_recipe_backbone()
+
+    def _check_eta(self, cls):
+        import inspect
+
+        if self.eta is None:
+            return
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise SettingsError(f"--eta must be a finite number of at least 0, not {self.eta}.")
+        if "eta" not in inspect.signature(cls.step).parameters:
+            raise SettingsError(f"--eta: {cls.__name__}'s step takes no eta (DDIMScheduler and TCDScheduler do).")
+
+    def _scheduler_class(self):
+        """The scheduler class the settings choose; the model's own is read from its config only where options,
+        timesteps or eta need it (None where it cannot be read: the loader says why)."""
+        from .models import scheduler_class, scheduler_name
+
+        config = {}
+        if self.scheduler == recipe_py.MODEL_SCHEDULER:
+            if not (self.scheduler_options or self.timesteps or self.eta is not None):
+                return None
+            config = self._model_config("scheduler")
+            if config.get("_class_name") is None:
+                return None
+        return scheduler_class(scheduler_name(self.scheduler, config))
+
+    def recipe_backbones(self):
+        """The backbone names the recipe is for, or None (no recipe, or one for every backbone)."""
+        return None if self.recipe is None else recipe_py.RECIPES[self.recipe].backbones
+
+    def check_recipe_backbone(self):
+        """Refuse a recipe on a backbone it was not made for, naming both (the backbone is read from the configs)."""
+        backbones = self.recipe_backbones()
+        if backbones is None:
+            return
+        from .backbones import detect_backbone
+        from .models import resolve_model
+
+        try:
+            backbone = detect_backbone(resolve_model(self.model)).name
+        except (OSError, ValueError):
+            return  # the loader names what is wrong with the model
+        if backbone not in backbones:
+            raise SettingsError(
+                f"--recipe {self.recipe} is made for {' and '.join(backbones)}, but --model {self.model} is {backbone}."
+            )
+
+    def _model_config(self, component):
+        """A component's config of the model, or {} where it cannot be read (the loader then says why)."""
+        from .hub import load_component_config
+        from .models import resolve_model
+
+        try:
+            return load_component_config(resolve_model(self.model), component)
+        except (OSError, ValueError):
+            return {}
 
     def check_sampling(self, names="flag"):
         """Refuse sampling values that mean nothing (`api.SAMPLING_RULES`), naming the field by its flag or, with
@@ -381,7 +541,8 @@ class GenerationSettings:
 
     def loading(self):
         """The keyword arguments of `BackgroundGenerator(...)` (after `check`: `loras` are `models.Lora`s)."""
-        names = ("model", "controlnet", "device", "dtype", "scheduler", "segmenter", "compile", "vae_tiling", "vae")
+        names = ("model", "controlnet", "device", "dtype", "scheduler", "scheduler_options", "segmenter", "compile")
+        names += ("vae_tiling", "vae")
         names += ("loras", "ip_adapter", "ip_adapter_scale")
         return {name: getattr(self, name) for name in names}
 
@@ -399,6 +560,8 @@ class GenerationSettings:
             working_size=self.working_size,
             batch_size=self.batch_size,
             ip_adapter_image=self.reference_image,
+            timesteps=self.timesteps,
+            eta=self.eta,
         )
 
 
@@ -439,3 +602,32 @@ def _model_help():
         f"Hub id or folder of a complete model, or a base model with --controlnet; "
         f"{' / '.join(TEST_MODELS)} build a random test model offline (default: %(default)s)"
     )
+
+
+# The settings a recipe sets (`Recipe.settings`): their flags note that they were given (`GIVEN`), so that a recipe
+# never overrides an explicit flag, even one given its default value.
+RECIPE_FIELDS = ("scheduler", "scheduler_options", "timesteps", "num_inference_steps", "guidance_scale", "eta")
+GIVEN = "given_settings"  # the parsed arguments' set of the destinations of the given `RECIPE_FIELDS`
+
+
+class _StoreGiven(argparse.Action):
+    """argparse's "store", noting the flag as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, GIVEN, getattr(namespace, GIVEN, set()) | {self.dest})
+
+
+class _AppendGiven(argparse.Action):
+    """argparse's "append", noting the flag as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        setattr(namespace, GIVEN, getattr(namespace, GIVEN, set()) | {self.dest})
+
+
+def _timesteps(value):
+    """`--timesteps` as a list of ints: a comma-separated text, or a list as the API gives it."""
+    if isinstance(value, str):
+        return [int(part) for part in value.split(",") if part.strip()]
+    return [int(t) for t in value]

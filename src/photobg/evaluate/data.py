@@ -15,7 +15,7 @@ from pathlib import Path
 import PIL.Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-SPEC_KEYS = ("name", "model", "controlnet", "scale", "scheduler")
+SPEC_KEYS = ("name", "model", "controlnet", "scale", "scheduler", "recipe", "lora")
 
 
 @dataclass
@@ -157,7 +157,10 @@ class ModelSpec:
         model: what `photobg.models.load_pipeline` takes (Hub id, folder, `tiny-inpainting`, ...).
         controlnet: optional ControlNet for a base `model`.
         scale: `controlnet_conditioning_scale`; 0 = the base model alone (SI2 for SD2-inpainting).
-        scheduler: optional diffusers scheduler class name.
+        scheduler: optional diffusers scheduler class name (overrides the recipe's, and its options).
+        recipe: optional named sampling recipe (`photobg.recipe.RECIPES`): its scheduler, options, timesteps,
+            steps, guidance and eta replace the report's --steps and --guidance for this row.
+        lora: optional LoRA, `PATH[:SCALE]` (the one a recipe needs), fused into the UNet and text encoders.
     """
 
     name: str
@@ -165,14 +168,47 @@ class ModelSpec:
     controlnet: str | None = None
     scale: float = 1.0
     scheduler: str | None = None
+    recipe: str | None = None
+    lora: str | None = None
 
     @property
     def folder_name(self):
         return safe_name(self.name)
 
     def generation_settings(self):
-        """Everything about this model that changes its outputs (a resumed run must match it)."""
-        return {"model": self.model, "controlnet": self.controlnet, "scale": self.scale, "scheduler": self.scheduler}
+        """Everything about this model that changes its outputs (a resumed run must match it); the recipe and LoRA
+        where given, so that the settings of runs made before they existed stay the same."""
+        settings = {
+            "model": self.model,
+            "controlnet": self.controlnet,
+            "scale": self.scale,
+            "scheduler": self.scheduler,
+        }
+        settings.update({key: value for key, value in (("recipe", self.recipe), ("lora", self.lora)) if value})
+        return settings
+
+    def scheduler_choice(self):
+        """(scheduler, scheduler options) as `load_pipeline` takes them: the spec's scheduler, else the recipe's
+        with its options."""
+        from ..recipe import RECIPES
+
+        if self.scheduler is not None or self.recipe is None:
+            return self.scheduler, None
+        return RECIPES[self.recipe].scheduler, RECIPES[self.recipe].options or None
+
+    def sampling(self, steps, guidance):
+        """The pipeline's sampling arguments for this row: the recipe's, else the report's `steps` and `guidance`."""
+        from ..recipe import RECIPES
+
+        if self.recipe is None:
+            return {"num_inference_steps": steps, "guidance_scale": guidance}
+        recipe = RECIPES[self.recipe]
+        sampling = {"num_inference_steps": recipe.steps, "guidance_scale": recipe.guidance}
+        if recipe.timesteps is not None and self.scheduler is None:
+            sampling["timesteps"] = recipe.timesteps
+        if recipe.eta is not None:
+            sampling["eta"] = recipe.eta
+        return sampling
 
 
 SPEC_HELP = """\
@@ -182,10 +218,13 @@ Model specs (--model, repeatable; one report row each):
   KEY=VALUE,...             all options, with model=MODEL
 Keys: name (the row's label; default the spec as written), model, controlnet (for a base model),
 scale (ControlNet conditioning scale, default 1; 0 runs the base model alone: SI2 for SD2-inpainting),
-scheduler (a diffusers scheduler class name).
+scheduler (a diffusers scheduler class name), recipe (a named sampling recipe, e.g. sdxl-lightning-4: its
+scheduler, steps and guidance replace --steps and --guidance for the row; docs/recipes.md), lora (PATH[:SCALE],
+the LoRA a recipe needs).
 Examples:
   --model yahoo-inc/photo-background-generation@name=SI2,scale=0 --model yahoo-inc/photo-background-generation@name=Ours
   --model tiny-inpainting@scale=0 --model tiny-inpainting@scale=1
+  --model MODEL@name=Ours --model MODEL@name=Lightning4,recipe=sdxl-lightning-4,lora=lightning_4step.safetensors
   --model name=Ours,model=stabilityai/stable-diffusion-2-inpainting,controlnet=ckpt/controlnet.pth"""
 
 
@@ -236,6 +275,12 @@ def parse_model_spec(text):
     check_sampling(
         {"controlnet_conditioning_scale": f"Model spec {text!r}: scale"}, controlnet_conditioning_scale=scale
     )
+    from ..recipe import RECIPES
+
+    if values.get("recipe") is not None and values["recipe"] not in RECIPES:
+        raise ValueError(
+            f"Model spec {text!r}: unknown recipe {values['recipe']!r}; choose one of {', '.join(RECIPES)}."
+        )
     return ModelSpec(name=values.pop("name", text), model=model, scale=scale, **values)
 
 

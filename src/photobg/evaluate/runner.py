@@ -35,15 +35,15 @@ class EvalSettings:
 
 
 def generate_image(pipe, sample, spec, seed, steps, guidance):
-    """THE generation call of the evaluation: the pipeline's object mode, like `photobg generate`."""
+    """THE generation call of the evaluation: the pipeline's object mode, like `photobg generate`; a spec's recipe
+    replaces `steps` and `guidance` (`ModelSpec.sampling`)."""
     import torch
 
     return pipe(
         sample.prompt,
         image=sample.image,
         object_mask=sample.object_mask,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        **spec.sampling(steps, guidance),
         controlnet_conditioning_scale=spec.scale,
         generator=torch.Generator("cpu").manual_seed(seed),
     ).images[0]
@@ -112,15 +112,23 @@ class PipelineCache:
         self.settings, self.key, self.pipe = settings, None, None
 
     def get(self, spec):
+        from ..models.adapters import load_loras
         from ..models.loading import load_pipeline
 
-        key = (spec.model, spec.controlnet, spec.scheduler)
+        scheduler, options = spec.scheduler_choice()
+        key = (spec.model, spec.controlnet, scheduler, str(options), spec.lora)
         if key != self.key:
             self.release()
             s = self.settings
             self.pipe = load_pipeline(
-                spec.model, spec.controlnet, device=s.device, dtype=s.dtype, scheduler=spec.scheduler
+                spec.model,
+                spec.controlnet,
+                device=s.device,
+                dtype=s.dtype,
+                scheduler=scheduler,
+                scheduler_options=options,
             )
+            load_loras(self.pipe, [spec.lora] if spec.lora else [])
             self.pipe.set_progress_bar_config(disable=True)
             self.key = key
         return self.pipe
@@ -136,10 +144,12 @@ def generate_outputs(benchmark, indices, spec, output_dir, settings, pipelines, 
     """Generate the missing outputs of one model (skipping existing files), each process its share of them; the
     pipeline (from `pipelines`, a `PipelineCache`) loads only if needed."""
     folder = Path(output_dir) / "generated" / spec.folder_name
+    sampling = spec.sampling(settings.steps, settings.guidance)
     run_settings = {
         **spec.generation_settings(),
-        "steps": settings.steps,
-        "guidance": settings.guidance,
+        "steps": sampling.pop("num_inference_steps"),
+        "guidance": sampling.pop("guidance_scale"),
+        **sampling,  # a recipe's timesteps and eta
         "benchmark": str(benchmark.path.resolve()),
         "resolution": benchmark.resolution,
     }
@@ -259,11 +269,22 @@ def check_models(specs):
     Raises:
         ValueError: naming the spec and what is wrong.
     """
+    from ..backbones import detect_backbone
+    from ..models.adapters import parse_lora
     from ..models.loading import check_model
+    from ..recipe import RECIPES
 
     for spec in specs:
         try:
-            check_model(spec.model, spec.controlnet, spec.scheduler)
+            model, _, _ = check_model(spec.model, spec.controlnet, spec.scheduler_choice()[0])
+            backbones = RECIPES[spec.recipe].backbones if spec.recipe else None
+            if backbones is not None and detect_backbone(model).name not in backbones:
+                raise ValueError(
+                    f"recipe {spec.recipe} is made for {' and '.join(backbones)}, but the model is "
+                    f"{detect_backbone(model).name}."
+                )
+            if spec.lora:
+                parse_lora(spec.lora)
         except (OSError, ValueError) as err:
             raise ValueError(f"--model {spec.name}: {err}") from err
 

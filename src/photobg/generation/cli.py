@@ -41,7 +41,8 @@ many GPUs: accelerate launch --multi_gpu --num_processes N -m photobg generate .
 
 LoRA, VAE, reference image: --lora PATH[:SCALE] (repeatable; a PATH that exists is taken whole, even with ':'),
   --vae (madebyollin/sdxl-vae-fp16-fix for SDXL in fp16), --ip-adapter PATH with --reference-image FILE. A
-  few-step LoRA runs with its scheduler: --scheduler LCMScheduler --steps 4 --guidance 0. All of them are keyed.
+  few-step LoRA runs with its sampling recipe: --recipe sdxl-lightning-4 (or --scheduler, --scheduler-option,
+  --timesteps, --steps, --guidance 0 one by one; docs/recipes.md). All of them are keyed.
 
 examples:
   photobg generate cutout.png --prompt "a bottle on a beach at sunset" --num-images 4

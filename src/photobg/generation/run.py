@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from time import perf_counter
 
 from ..api import load_generator
 from ..manifest import (
@@ -73,6 +74,7 @@ class GenerationRun:
         self.lines = self.manifest if self.processes.count == 1 else manifest_part(output_dir, self.processes.index)
         self.files = files or FileHashes()
         self.generator = None
+        self.first_call_seconds = None  # with --compile: the first model call, compilation included (reported)
         self.written, self.kept, self.replaced = 0, 0, []
         self.kept_as = {}  # output path -> the old-named image kept in its place (`legacy_images`)
         self.legacy = {}  # photo stem -> {key: path} of its old-named images (`legacy_images`)
@@ -248,7 +250,6 @@ class GenerationRun:
         any of them must stop. The next batch's photos are prepared while the model runs, and a batch's images
         are written while the next one is generated."""
         from contextlib import closing
-        from time import perf_counter
 
         from tqdm.auto import tqdm
 
@@ -287,6 +288,15 @@ class GenerationRun:
         """Read an output's photo, find its object and place both on the canvas (`api.Prepared`)."""
         return self.generator.prepare(item.photo, item.mask, **self.settings.canvas())
 
+    def report_compile_time(self, seconds):
+        """With --compile, say once how long the first batch took: its call compiles the models' blocks."""
+        if self.settings.compile and self.first_call_seconds is None:
+            from tqdm.auto import tqdm
+
+            self.first_call_seconds = seconds
+            message = f"--compile: the first batch took {seconds:.1f} s, compiling included; later batches of its size"
+            tqdm.write(f"{message} reuse the compiled blocks.", file=sys.stderr)
+
     def make_batch(self, batch, prepared, writer):
         """Generate one batch and queue its images for writing. A photo that could not be prepared, or whose
         model call fails, is reported and skipped (`fail`).
@@ -309,7 +319,9 @@ class GenerationRun:
         items = [item for _, group in usable for item in group]
         jobs = [replace(item.job, input_index=k) for k, (_, group) in enumerate(usable) for item in group]
         try:
+            started = perf_counter()
             images = self.generator.run(inputs if len(inputs) > 1 else inputs[0], jobs, **self.settings.sampling())
+            self.report_compile_time(perf_counter() - started)
             records = [self.record(item, prepared[item.photo]) for item in items]
         except Exception as err:  # anything a photo can cause; `fail` stops on what hits them all
             for photo, _ in usable:

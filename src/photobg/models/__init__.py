@@ -34,8 +34,10 @@ from .adapters import (
 from .loading import (
     DEFAULT_BASE_MODEL,
     DTYPES,
+    check_compile,
     check_model,
     check_scheduler,
+    check_timesteps,
     free_device_memory,
     load_pipeline,
     make_scheduler,
@@ -43,6 +45,9 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     scheduler_class,
+    scheduler_name,
+    scheduler_options,
+    scheduler_options_of,
 )
 from .pipelines import pipeline_class, pipeline_from_components
 from .specs import resolve_model
@@ -69,7 +74,9 @@ __all__ = [
     "build_components",
     "check_hub_file",
     "check_model",
+    "check_compile",
     "check_scheduler",
+    "check_timesteps",
     "check_vae",
     "controlnet_config_from_unet",
     "controlnet_from_state_dict",
@@ -93,6 +100,9 @@ __all__ = [
     "resolve_dtype",
     "resolve_model",
     "scheduler_class",
+    "scheduler_name",
+    "scheduler_options",
+    "scheduler_options_of",
     "set_lora_scales",
     "text_encoder_from_config",
     "unreadable_weights",

@@ -70,7 +70,9 @@ def resolve_dtype(dtype=None, device=None):
     return DTYPES[dtype]
 
 
-def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, scheduler=None, vae=None):
+def load_pipeline(
+    model=None, controlnet=None, *, device=None, dtype=None, scheduler=None, scheduler_options=None, vae=None
+):
     """Load a background-generation pipeline.
 
     Args:
@@ -86,6 +88,8 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
         scheduler: None for the authors' recipe (`photobg.recipe`: UniPC as diffusers 0.27 ran it), "model" for
             the checkpoint's own scheduler, or a diffusers scheduler class name (e.g. `DDIMScheduler`),
             configured from the model's scheduler config. See `make_scheduler`.
+        scheduler_options: the scheduler's config values to set (`KEY=VALUE` specs or a dict), typed by
+            `scheduler_options`, e.g. {"timestep_spacing": "trailing"}.
         vae: a VAE to use instead of the model's (Hub id or folder of an `AutoencoderKL`, or a model folder with
             `vae/`), e.g. the fp16-safe SDXL VAE `madebyollin/sdxl-vae-fp16-fix`; see `check_vae`.
 
@@ -98,6 +102,9 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
     from diffusers import AutoencoderKL, ControlNetModel
 
     device, dtype = resolve_device(device), resolve_dtype(dtype, device)
+    if scheduler != recipe.MODEL_SCHEDULER:  # checked before anything is read where the class is known
+        check_scheduler(scheduler)
+        scheduler_options_of(scheduler, scheduler_options, {})
     model, controlnet, unet_config = check_model(model, controlnet, scheduler)
     vae_source = check_vae(vae, model) if vae is not None else None
     cls = pipeline_class(detect_backbone(model))
@@ -112,7 +119,8 @@ def load_pipeline(model=None, controlnet=None, *, device=None, dtype=None, sched
         spec, subfolder = vae_source
         kwargs["vae"] = _from_pretrained(AutoencoderKL, spec, "VAE", subfolder=subfolder, dtype=dtype)
     pipe = _from_pretrained(cls, model, "Model", **kwargs)
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    options = scheduler_options_of(scheduler, scheduler_options, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config, options)
     return pipe.to(device)
 
 
@@ -163,9 +171,11 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
 
     Args:
         pipe: a loaded pipeline; changed in place.
-        compile: `torch.compile` the UNet and ControlNet. Shapes do not depend on the prompt or the seed, so
-            new prompts and seeds reuse the compiled graphs; a new size or batch size compiles once more.
-            `True` uses the default backend; a string names another (e.g. "aot_eager").
+        compile: `torch.compile` the UNet's and ControlNet's transformer blocks, the repeated blocks of diffusers'
+            regional compilation (`compile_repeated_blocks`): one block's graph serves all its copies, so compiling
+            takes a fraction of the whole model's time for about its speed. Shapes do not depend on the prompt or
+            the seed, so new prompts and seeds reuse the compiled graphs; a new size or batch size compiles once
+            more. `True` uses the default backend (Inductor); a string names another (e.g. "aot_eager").
         channels_last: NHWC memory format for the convolution-heavy UNet, ControlNet and VAE.
         vae_tiling: decode/encode the VAE in overlapping tiles so 1024 px and larger canvases fit in memory.
 
@@ -179,27 +189,56 @@ def optimize(pipe, *, compile=False, channels_last=False, vae_tiling=False):
         pipe.vae.enable_tiling()
     if compile:
         backend = compile if isinstance(compile, str) else "inductor"
-        pipe.unet = torch.compile(pipe.unet, backend=backend, dynamic=False)
-        pipe.controlnet = torch.compile(pipe.controlnet, backend=backend, dynamic=False)
+        pipe.unet.compile_repeated_blocks(backend=backend, dynamic=False)
+        # diffusers' ControlNetModel names no repeated blocks (0.42), though it holds the UNet's: compiled alike.
+        for block in pipe.controlnet.modules():
+            if type(block).__name__ in pipe.unet._repeated_blocks:
+                block.compile(backend=backend, dynamic=False)
     return pipe
 
 
-def make_scheduler(name, config):
+def check_compile(device=None):
+    """Raise a `ValueError` saying why, where torch cannot compile the models for `device` with its default
+    backend (Inductor): Dynamo unsupported on this Python, no C++ compiler for CPU code, no Triton for GPU code.
+    Checked before the model loads, rather than failing at the first generation."""
+    import importlib.util
+    import shutil
+
+    device = resolve_device(device)
+    if not torch._dynamo.is_dynamo_supported():
+        raise ValueError(f"torch {torch.__version__} cannot compile on this Python (Dynamo is not supported).")
+    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise ValueError("torch compiles CPU code with a C++ compiler, and none was found (g++, c++, clang++, $CXX).")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ValueError("torch compiles CUDA code with Triton, which is not installed (pip install triton).")
+
+
+def make_scheduler(name, config, options=None):
     """A scheduler built from a checkpoint's scheduler `config`.
 
     Args:
         name: None for the authors' recipe (`photobg.recipe.SCHEDULER` with its `SCHEDULER_CONFIG`), "model" for
             the checkpoint's own class, or a diffusers scheduler class name (with diffusers' defaults).
         config: the checkpoint's scheduler config.
+        options: {key: value} of the scheduler's config to set on top (`scheduler_options`, checked and typed).
 
     Returns:
         The scheduler; unknown names are a `ValueError`.
     """
+    overrides = dict(recipe.SCHEDULER_CONFIG) if name is None else {}
+    return scheduler_class(scheduler_name(name, config)).from_config(config, **overrides, **(options or {}))
+
+
+def scheduler_name(name, config):
+    """The class name a scheduler choice (None, "model" or a class name) means for a checkpoint's `config`."""
     if name is None:
-        return scheduler_class(recipe.SCHEDULER).from_config(config, **recipe.SCHEDULER_CONFIG)
-    if name == recipe.MODEL_SCHEDULER:
-        name = config["_class_name"]
-    return scheduler_class(name).from_config(config)
+        return recipe.SCHEDULER
+    return config["_class_name"] if name == recipe.MODEL_SCHEDULER else name
+
+
+def scheduler_options_of(name, specs, config):
+    """The typed options (`scheduler_options`) of scheduler choice `name` for a checkpoint's scheduler `config`."""
+    return scheduler_options(scheduler_class(scheduler_name(name, config)), specs or {})
 
 
 def check_scheduler(name):
@@ -207,6 +246,82 @@ def check_scheduler(name):
     it and some valid names when diffusers has no such scheduler class."""
     if name not in (None, recipe.MODEL_SCHEDULER):
         scheduler_class(name)
+
+
+def scheduler_options(cls, specs):
+    """`KEY=VALUE` specs (or a {key: value} dict) of a scheduler class's config, typed as the class's own default
+    of each key is (a bool takes true/false, a number a number; a key whose default is None takes JSON, or the
+    text as it is).
+
+    Returns:
+        {key: typed value}.
+
+    Raises:
+        ValueError: naming the spec: not KEY=VALUE, a key the class's config does not have (with those it has),
+            or a value that is not of the key's type.
+    """
+    import inspect
+    import json
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+    }
+    items = specs.items() if isinstance(specs, dict) else [_split_option(spec) for spec in specs]  # or (key, value)
+    options = {}
+    for key, value in items:
+        if key not in defaults:
+            raise ValueError(f"{cls.__name__} has no option {key!r}; its options are: {', '.join(defaults)}.")
+        default = defaults[key]
+        try:
+            options[key] = _typed(value, default, json)
+        except ValueError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a value")
+            raise ValueError(f"{key}={value}: {cls.__name__}'s {key} takes {kind} (default {default!r}).") from None
+    return options
+
+
+def check_timesteps(cls, timesteps):
+    """Raise a `ValueError` unless scheduler class `cls` takes fixed timesteps (its `set_timesteps` has diffusers'
+    `timesteps=`) and `timesteps` are distinct integers in [0, 1000) in descending order."""
+    import inspect
+
+    if "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
+        raise ValueError(
+            f"{cls.__name__} takes no fixed timesteps (its set_timesteps has no `timesteps`): choose a scheduler "
+            "that does, e.g. --scheduler LCMScheduler, TCDScheduler or EulerDiscreteScheduler."
+        )
+    train_steps = inspect.signature(cls.__init__).parameters["num_train_timesteps"].default
+    if list(timesteps) != sorted(set(timesteps), reverse=True) or not all(0 <= t < train_steps for t in timesteps):
+        raise ValueError(f"{list(timesteps)} must be distinct timesteps in [0, {train_steps}), in descending order.")
+
+
+def _split_option(spec):
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return spec
+    key, sep, value = str(spec).partition("=")
+    if not sep or not key:
+        raise ValueError(f"{spec!r} is not KEY=VALUE (e.g. timestep_spacing=trailing).")
+    return key.strip(), value.strip()
+
+
+def _typed(value, default, json):
+    """`value` (text, or already typed) as the type of `default`; a ValueError when it is not of it."""
+    if not isinstance(value, str):
+        return value
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(value)
+        return value.lower() == "true"
+    if isinstance(default, (int, float)):
+        return type(default)(value)
+    if default is None:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def scheduler_class(name):
