@@ -67,7 +67,8 @@ def app_url(inpaint_model, tiny_sam, tmp_path_factory, app_tmp):
     port, log = free_port(), tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "gradio"), "OMP_NUM_THREADS": "1", "TMPDIR": str(app_tmp)}
     command = [sys.executable, "-m", "photobg", "app", "--model", str(inpaint_model), "--device", "cpu"]
-    command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1", "--segmenter", "threshold"]
+    # The default segmenter (transparent-background), which is not installed here: plain photos still load.
+    command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1"]
     command += ["--sam-model", str(tiny_sam)]
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -232,6 +233,26 @@ def test_select_place_generate_compare_download(page, tmp_path):
         "document.querySelector('#command textarea').value.includes('--controlnet-scale 0.0')", timeout=60_000
     )
     assert page.locator("#object-file a").count() == 1
+
+
+def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_object(page, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("transparent_background"):
+        pytest.skip("transparent-background is installed: the app finds the object itself")
+    status = page.locator("#object-status")
+    status.get_by_text("(the transparent-background segmenter) is not installed").wait_for(timeout=30_000)
+    photo_file, _ = cat_files(tmp_path)
+    page.set_input_files("#photo input[type=file]", str(photo_file))  # no mask, no alpha
+    status.get_by_text("No object yet. The automatic object finder").wait_for(timeout=60_000)
+    assert "pip install transparent-background" in status.inner_text()
+    assert fetch(page, "#selection img").size == (451, 300)  # the photo loaded
+    shot(page, "0-no-segmenter")
+    page.get_by_role("tab", name="Brush").click()
+    page.wait_for_selector("#editor canvas", timeout=30_000)
+    page.wait_for_timeout(1000)
+    paint(page, "#editor canvas", (0.35, 0.5), (0.65, 0.5))
+    status.get_by_text("Object from your brush strokes. Output 451x300").wait_for(timeout=60_000)
 
 
 def test_stop_a_long_run_and_generate_again(page):

@@ -85,6 +85,29 @@ def test_overlay_shows_exactly_what_generation_keeps(app, cat, tmp_path):
     np.testing.assert_array_equal(np.asarray(cutout.getchannel("A")), np.asarray(object_mask(selection)))
 
 
+def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_object(inpaint_model, cat, monkeypatch):
+    import sys
+
+    from photobg.app import segmenter_problem
+
+    monkeypatch.setitem(sys.modules, "transparent_background", None)  # not installed, wherever this runs
+    generator = BackgroundGenerator(inpaint_model, device="cpu")  # the default segmenter: transparent-background
+    plain = App(generator, settings=GenerationSettings(model=str(inpaint_model)))
+    assert segmenter_problem(generator) == (
+        "The automatic object finder (the transparent-background segmenter) is not installed: click on the object "
+        "or paint it with the brush. To have objects found automatically, install it (pip install "
+        "transparent-background) and restart the app."
+    )
+    selection = plain.open(str(cat[0]))  # the photo loads, with no object yet
+    assert selection.source == "none" and object_mask(selection).getbbox() is None
+    _, view, editor, preview, status = _selection_views(plain, selection, CANVAS)
+    assert view.size == (120, 80) and editor["background"].size == (120, 80) and preview is None
+    assert status == "No object yet. " + segmenter_problem(generator)
+    painted = apply_strokes(selection, strokes(display_size(selection.image.size), (30, 10, 90, 70)))
+    *_, preview, status = _selection_views(plain, painted, CANVAS)
+    assert preview is not None and status.startswith("Object from your brush strokes. Output 120x80")
+
+
 def test_strokes_are_taken_back_by_the_eraser(app, cat):
     selection = app.open(*map(str, cat))
     size = display_size(selection.image.size)

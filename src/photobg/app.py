@@ -79,6 +79,8 @@ def run(args):
         raise SystemExit(str(err)) from None
     generator = load_generator(settings, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
     app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, settings=settings)
+    found_by = app.segmenter_problem or f"the {settings.segmenter} segmenter finds their object."
+    print(f"Photos without alpha or mask: {found_by}", flush=True)
     demo = build_app(app, default_steps=settings.num_inference_steps)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host,
@@ -122,6 +124,7 @@ class App:
         self.loras = list(getattr(generator, "loras", []))  # the page's slider sets the scale of a single one
         self.settings = dataclasses.replace(settings or GenerationSettings(), loras=self.loras)
         self._stops = {}  # session -> threading.Event of its running generation
+        self.segmenter_problem = segmenter_problem(generator)  # None when photos get their object automatically
 
     # ------------------------------------------------------------------------- the object
 
@@ -308,6 +311,26 @@ class App:
         return event is not None
 
 
+def segmenter_problem(generator):
+    """None when the generator's segmenter loads; else, in words for the page, that it is missing, what to do in
+    the app instead, and how to get it. Photos without alpha or mask still load then, with no object yet."""
+    from .segment import SegmenterUnavailable
+
+    try:
+        generator.load_segmenter()
+        return None
+    except SegmenterUnavailable as err:
+        installed = not isinstance(err.__cause__, ImportError)
+    name = generator.segmenter
+    what = f"The automatic object finder (the {name} segmenter)"
+    if installed:
+        return f"{what} could not be loaded: click on the object or paint it with the brush."
+    return (
+        f"{what} is not installed: click on the object or paint it with the brush. To have objects found "
+        f"automatically, install it (pip install {name}) and restart the app."
+    )
+
+
 def check_limits(names=None, **values):
     """Refuse values outside `LIMITS`, naming the field and its range.
 
@@ -457,7 +480,7 @@ def _layout(default_steps, app):
                         eraser=gr.Eraser(),
                         elem_id="editor",
                     )
-            ui.object_status = gr.Markdown("Upload a photo (or an RGBA cutout) to start.", elem_id="object-status")
+            ui.object_status = gr.Markdown(_welcome(app), elem_id="object-status")
             with gr.Row():
                 ui.aspect = gr.Dropdown(
                     ASPECTS, value=ASPECTS[0], allow_custom_value=True, label="Aspect ratio", elem_id="aspect"
@@ -552,7 +575,7 @@ def _selection_views(app, selection, canvas_fields, layer=None):
     from .selection import overlay
 
     if selection is None:
-        return None, None, None, None, "Upload a photo (or an RGBA cutout) to start."
+        return None, None, None, None, _welcome(app)
     base = selection.clicked if selection.clicked is not None else selection.automatic
     editor = {
         "background": overlay(selection, with_points=False, mask=base),
@@ -562,8 +585,18 @@ def _selection_views(app, selection, canvas_fields, layer=None):
     return selection, overlay(selection), editor, *_preview(app, selection, canvas_fields)
 
 
+def _welcome(app):
+    """The object status before a photo is uploaded: what to upload, and what finds the object of a plain photo."""
+    found_by = app.segmenter_problem or f"the {app.generator.segmenter} segmenter finds the object of a plain photo."
+    return f"Upload a photo (or an RGBA cutout, or a photo and its mask) to start. {found_by}"
+
+
 def _preview(app, selection, canvas_fields):
     """(preview image, status) for the canvas fields; a problem is the status and no preview."""
+    from .selection import describe
+
+    if selection.source == "none" and not selection.edited:  # no segmenter: the user gives the object
+        return None, f"{describe(selection)} {app.segmenter_problem}"
     try:
         prepared = app.prepare(selection, canvas_options(*canvas_fields))
     except ValueError as err:

@@ -17,6 +17,7 @@ import PIL.ImageChops
 import PIL.ImageDraw
 
 from .masks import OBJECT_THRESHOLD, load_image
+from .segment import SegmenterUnavailable
 
 DISPLAY_SIZE = 1024  # long side, in pixels, of the photo as the browser shows it
 OBJECT_TINT = (37, 99, 235)  # the overlay's colour on the object
@@ -36,7 +37,7 @@ class Selection:
     name: str  # the photo's file name, for messages and commands
     image: PIL.Image.Image  # RGB, full resolution, EXIF orientation applied
     automatic: PIL.Image.Image  # "L", white = object: from the alpha channel, the mask file or the segmenter
-    source: str  # where `automatic` came from: "alpha", "mask" or "segmenter:NAME"
+    source: str  # where `automatic` came from: "alpha", "mask", "segmenter:NAME", or "none" (no segmenter: empty)
     mask_name: str | None = None  # the uploaded mask's file name, when there is one
     points: list = field(default_factory=list)  # [x, y, label] in photo pixels; label 1 = object, 0 = not
     clicked: PIL.Image.Image | None = None  # SAM's mask for `points`
@@ -72,6 +73,8 @@ def open_selection(generator, photo, mask=None, *, max_megapixels=None):
         rgb, automatic, source = generator._find_object(image, mask, str(photo))
     except ValueError as err:
         raise ValueError(f"{photo}: {err}") from err
+    except SegmenterUnavailable:  # the photo still loads: clicks and the brush give its object
+        rgb, automatic, source = image.convert("RGB"), PIL.Image.new("L", image.size), "none"
     mask_name = Path(mask).name if mask is not None and source == "mask" else None
     return Selection(Path(photo).name, rgb, automatic.convert("L"), source, mask_name)
 
@@ -191,13 +194,15 @@ def cutout(selection):
 
 
 def describe(selection):
-    """Where the object mask comes from, in words."""
-    source = {"alpha": "its alpha channel", "mask": f"the mask {selection.mask_name}"}.get(selection.source)
-    source = source or f"the {selection.source.split(':', 1)[1]} segmenter"
+    """Where the object mask comes from, in words ("No object yet." for a photo without one)."""
     edits = []
     if selection.points:
         on = sum(1 for *_, label in selection.points if label == 1)
         edits.append(f"{on} point(s) on and {len(selection.points) - on} off the object (SAM)")
     if any(m is not None and m.getbbox() for m in (selection.added, selection.removed)):
         edits.append("brush strokes")
+    if selection.source == "none":
+        return f"Object from your {' and '.join(edits)}." if edits else "No object yet."
+    source = {"alpha": "its alpha channel", "mask": f"the mask {selection.mask_name}"}.get(selection.source)
+    source = source or f"the {selection.source.split(':', 1)[1]} segmenter"
     return f"Object from {source}" + (f", edited: {' and '.join(edits)}" if edits else "") + "."
