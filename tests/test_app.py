@@ -255,22 +255,38 @@ def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_objec
     status.get_by_text("Object from your brush strokes. Output 451x300").wait_for(timeout=60_000)
 
 
-def test_stop_a_long_run_and_generate_again(page):
+def test_stop_a_long_run_and_generate_again(page, tmp_path):
     page.set_input_files("#photo input[type=file]", str(REPO / "assets/coffee_cutout.png"))
     page.locator("#object-status").get_by_text("Object from its alpha channel").wait_for(timeout=60_000)
+    page.click("#generate")
+    page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea").startswith("photobg generate coffee_cutout.png")
+    page.fill("#prompt textarea", "a cup on a table")  # the results shown are not of these settings any more
+    page.locator("#status").get_by_text("changed since these results").wait_for(timeout=30_000)
     set_number(page, "num-images", 8)
     page.get_by_text("Sampling").click()
     set_number(page, "steps", 100)
     page.click("#generate")
     page.locator("#results").get_by_text(STEP_PROGRESS).wait_for(timeout=120_000)
+    # While it runs, nothing of the last run is shown as if it were this one's.
+    assert page.input_value("#command textarea") == "" and "Done" not in page.inner_text("#status")
     shot(page, "6-progress")
     page.click("#stop")
     page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done.")).wait_for(timeout=60_000)
     shot(page, "7-stopped")
+    # A new photo: the results, command and status of the last one are gone.
+    photo_file, mask_file = cat_files(tmp_path)
+    page.locator("#photo button[aria-label='Clear']").click()
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(mask_file))
+    page.locator("#object-status").get_by_text("Object from the mask cat_mask.png").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea") == "" and page.inner_text("#status").strip() == ""
+    assert page.locator("#results img").count() == 0 and page.locator("#slider img").count() == 0
     set_number(page, "num-images", 1)
     set_number(page, "steps", 2)
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea").startswith("photobg generate cat.png --mask cat_mask.png")
 
 
 def test_bad_input_gets_messages_and_the_app_stays_usable(page, tmp_path):

@@ -565,6 +565,7 @@ def _layout(default_steps, app):
                 label="Your edited object (RGBA PNG; the command reads it)", visible=False, elem_id="object-file"
             )
             ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
+    ui.result_views = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
     return ui
 
 
@@ -611,14 +612,14 @@ def _wire_object(app, ui):
     canvas = [ui.aspect, ui.size, ui.object_scale, ui.position]
     views = [ui.selection, ui.view, ui.editor, ui.preview, ui.object_status]
 
-    def load(photo, mask, *canvas_fields):
+    def load(photo, mask, *canvas_fields):  # a new photo: the last one's results are cleared too
         if photo is None:
-            return _selection_views(app, None, canvas_fields)
+            return *_selection_views(app, None, canvas_fields), *_no_results()
         try:
             selection = app.open(photo, mask)
         except ValueError as err:
-            return None, None, None, None, f"⚠ {err}"
-        return _selection_views(app, selection, canvas_fields)
+            return None, None, None, None, f"⚠ {err}", *_no_results()
+        return *_selection_views(app, selection, canvas_fields), *_no_results()
 
     def click(selection, mode, editor, aspect, size, object_scale, position, evt: gr.SelectData):
         canvas_fields = (aspect, size, object_scale, position)
@@ -649,7 +650,7 @@ def _wire_object(app, ui):
 
     private = dict(api_visibility="private")
     for upload in (ui.photo, ui.mask):
-        upload.change(load, [ui.photo, ui.mask, *canvas], views, **private)
+        upload.change(load, [ui.photo, ui.mask, *canvas], views + ui.result_views, **private)
     ui.view.select(click, [ui.selection, ui.point_mode, ui.editor, *canvas], views, **private)
     # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
     ui.editor.input(
@@ -714,6 +715,7 @@ def _wire_generation(app, ui):
 
         seed = None if seed is None or seed < 0 else int(seed)
         run = (selection, prompt, num_images, seed, compare, options, canvas)
+        yield _no_results("Starting…")  # nothing of the last run stays on show as if it were this one's
         with app.stoppable(request.session_hash) as stop:
             yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
 
@@ -729,8 +731,13 @@ def _wire_generation(app, ui):
     inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
     inputs += [ui.lora_scale, ui.reference, ui.ip_adapter_scale]
-    outputs = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
+    outputs = ui.result_views
     ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
+    # A setting or the object changed after a run: the results shown are marked as those of earlier settings
+    # (in the browser, so that it does not wait behind a running generation).
+    for field in inputs[1:] + [ui.view, ui.editor]:
+        event = {ui.view: ui.view.select, ui.editor: ui.editor.input}.get(field, field.change)
+        event(None, None, ui.status, js=MARK_STALE, queue=False, api_visibility="private")
     # Stop must not wait behind the generation it stops.
     ui.stop.click(stop, None, None, concurrency_limit=None, api_visibility="private")
     ui.gallery.select(show, ui.results, [ui.slider, ui.command, ui.parameters], api_visibility="private")
@@ -751,6 +758,25 @@ def _stream(app, run, stop, on_step, wanted):
             return
         status = f"Stopped: {len(results)} of {wanted} image(s) done." if stop.is_set() else f"Done: {wanted} image(s)."
         yield _status_only(status) if not results else (*_show_results(results), status, results)
+
+
+# The status after a setting or the object changed: kept while nothing is shown or a run is going on.
+MARK_STALE = """() => {
+    const status = document.querySelector('#status');
+    const shown = document.querySelector('#command textarea')?.value;
+    const text = status ? status.innerText.trim() : '';
+    if (!shown || text.startsWith('Starting') || text.includes('done…')) return text;
+    return 'Settings or object changed since these results: the command and parameters shown are theirs. '
+        + 'Generate to make new ones.';
+}"""
+
+
+def _no_results(status=""):
+    """The generate event's outputs with nothing shown: gallery, slider, command, object file, parameters,
+    status, results."""
+    import gradio as gr
+
+    return [], None, "", gr.update(value=None, visible=False), None, status, []
 
 
 def _status_only(status):
