@@ -208,7 +208,17 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # the command names the uploaded files (and the selection file) by their names
     assert main([*command[1:], "--output-dir", "cli"]) == 0
     (again,) = (tmp_path / "cli").glob("*.png")
-    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(result.path)))
+    # The same name (photobg generate's scheme), the same pixels, the same key in the same PNG chunk.
+    assert again.name == Path(result.path).name
+    assert Image.open(again).tobytes() == Image.open(result.path).tobytes()
+    app_record, cli_record = (json.loads(Image.open(path).info["photobg"]) for path in (result.path, again))
+    assert app_record["key"] == cli_record["key"] and app_record["output"] == again.name
+    # So --skip-existing keeps the app's image where the command would write it.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / again.name).write_bytes(Path(result.path).read_bytes())
+    assert main([*command[1:], "--output-dir", "kept", "--skip-existing"]) == 0
+    assert (kept / again.name).read_bytes() == Path(result.path).read_bytes()
     # The app shows the command the CLI records for the same photo and settings (the CLI names the files by their
     # absolute paths, and its output folder).
     (record,) = [json.loads(line) for line in (tmp_path / "cli" / "manifest.jsonl").read_text().splitlines()]

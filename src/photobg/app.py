@@ -201,18 +201,18 @@ class App:
         from pathlib import Path
 
         from .api import make_jobs
-        from .manifest import RECORD_CHUNK, save_png
+        from .manifest import RECORD_CHUNK, FileHashes, save_png
         from .selection import cutout
 
         prepared = self.prepare(selection, canvas)
         jobs = make_jobs([prompt or ""], int(num_images), seed)
         runs = ([("SI2", 0.0)] if compare else []) + [("ours", options["controlnet_conditioning_scale"])]
-        stem = Path(selection.name).stem
         object_file = None
         if selection.edited:  # the command reads the edited selection from this file
-            object_file = str(Path(folder, f"{stem}_object.png"))
+            object_file = str(Path(folder, f"{Path(selection.name).stem}_object.png"))
             save_png(cutout(selection), Path(object_file))
         si2 = None  # the SI2 image of the current seed, which ours is compared with
+        files = FileHashes()  # digests of the files the outputs' keys hash (read once per request)
         for index, (job, (name, scale)) in enumerate(itertools.product(jobs, runs)):
             label = f"{name}, seed {job.seed}"
             run_options = {**options, "controlnet_conditioning_scale": scale}
@@ -220,8 +220,10 @@ class App:
             image = self._run(prepared, job, run_options, stop, report)
             if image is None:
                 return
-            parameters = self.parameters(selection, prepared, job, self.settings_of(run_options, canvas), object_file)
-            path = Path(folder, f"{stem}_s{job.seed}{'' if name == 'ours' else '_si2'}.png")
+            settings = self.settings_of(run_options, canvas)
+            output = self.output_job(selection, job, settings, object_file, folder, files)
+            parameters = self.parameters(selection, prepared, output, settings, object_file, files)
+            path = output.output
             save_png(image, path, {RECORD_CHUNK: parameters})
             before = si2 if name == "ours" and si2 is not None else prepared.image
             yield Result(str(path), image, label, before, parameters, object_file)
@@ -267,12 +269,27 @@ class App:
             ip_adapter_scale=self.settings.ip_adapter_scale if reference_strength is None else reference_strength,
         )
 
-    def parameters(self, selection, prepared, job, settings, object_file):
-        """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
-        (`manifest.output_record`), with the uploaded files by their names and the object's description."""
+    def output_job(self, selection, job, settings, object_file, folder, files):
+        """The `generation.plan.OutputJob` that the command shown for this image plans: the files it reads (the
+        uploaded ones, or the edited object's) and the file `photobg generate` names its output (`output_name`),
+        in `folder`. The app names its PNGs so, and keys them so, that `--skip-existing` recognises them. `files`:
+        the request's `manifest.FileHashes`."""
         from pathlib import Path
 
-        from .manifest import generated_with, output_record
+        from .generation.plan import OutputJob, output_name
+        from .manifest import settings_key
+
+        photo, mask = (object_file, None) if object_file is not None else selection.files
+        photo, mask = Path(photo), mask and Path(mask)
+        key = settings_key(settings, job.prompt, mask is not None, files)
+        return OutputJob(photo, mask, job, Path(folder, output_name(photo.stem, job, key)))
+
+    def parameters(self, selection, prepared, output, settings, object_file, files):
+        """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
+        (`manifest.output_record`) and key, with the files by their names and the object's description."""
+        from pathlib import Path
+
+        from .manifest import generated_with, output_key, output_record
         from .selection import describe
 
         if object_file is not None:  # the edited object, as an RGBA cutout: its alpha is the object
@@ -282,12 +299,14 @@ class App:
         reference = settings.reference_image
         return output_record(
             settings,
-            job,
+            output.job,
             generated_with(self.generator, prepared, settings.working_size),
             input_file=input_file,
             object_source=source,
             mask_file=selection.mask_name,
+            output=output.output.name,
             reference_image=Path(reference).name if reference else None,
+            key=output_key(settings, output, files),
             photo=selection.name,
             object=describe(selection),
         )

@@ -39,6 +39,7 @@ class Selection:
     automatic: PIL.Image.Image  # "L", white = object: from the alpha channel, the mask file or the segmenter
     source: str  # where `automatic` came from: "alpha", "mask", "segmenter:NAME", or "none" (no segmenter: empty)
     mask_name: str | None = None  # the uploaded mask's file name, when there is one
+    files: tuple = (None, None)  # the uploaded photo and mask files (the mask only when it is the object's source)
     points: list = field(default_factory=list)  # [x, y, label] in photo pixels; label 1 = object, 0 = not
     clicked: PIL.Image.Image | None = None  # SAM's mask for `points`
     added: PIL.Image.Image | None = None  # brush strokes that add to the object (255), photo size
@@ -76,7 +77,8 @@ def open_selection(generator, photo, mask=None, *, max_megapixels=None):
     except SegmenterUnavailable:  # the photo still loads: clicks and the brush give its object
         rgb, automatic, source = image.convert("RGB"), PIL.Image.new("L", image.size), "none"
     mask_name = Path(mask).name if mask is not None and source == "mask" else None
-    return Selection(Path(photo).name, rgb, automatic.convert("L"), source, mask_name)
+    files = (str(photo), str(mask) if mask_name else None)
+    return Selection(Path(photo).name, rgb, automatic.convert("L"), source, mask_name, files)
 
 
 def object_mask(selection):
