@@ -191,6 +191,8 @@ def test_select_place_generate_compare_download(page, tmp_path):
 
     page.get_by_role("tab", name="Brush").click()
     page.wait_for_selector("#editor canvas", timeout=30_000)
+    legend = page.inner_text("#brush-legend")
+    assert "Green: adds to the object" in legend and "Red: removes from it" in legend
     page.wait_for_timeout(1000)
     paint(page, "#editor canvas", (0.3, 0.85), (0.6, 0.85))  # the first colour: adds to the object
     status.get_by_text("and brush strokes").wait_for(timeout=60_000)
@@ -212,7 +214,8 @@ def test_select_place_generate_compare_download(page, tmp_path):
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 2 image(s).").wait_for(timeout=300_000)
     shown = page.evaluate("window.progressShown")  # the progress bar's texts while it ran: one per step shown
-    assert any(re.fullmatch(r"(SI2|ours), seed 0: step \d+ of 2\d.*", text, re.S) for text in shown), shown
+    progress = r"(SI2|ours), seed 0 \(image [12] of 2\): step \d+ of 2\d\. All images: - [\d.]+%"
+    assert any(re.fullmatch(progress, text.strip(), re.S) for text in shown), shown
     shot(page, "5-results")
 
     captions = page.inner_text("#results")

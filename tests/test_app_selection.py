@@ -134,8 +134,12 @@ def test_clicks_ask_sam_and_bad_clicks_are_messages(app, cat, inpaint_model):
     with pytest.raises(ValueError, match="Upload a photo first"):
         app.click(None, 1, 1, 1)
     no_sam = App(app.generator, sam_model=str(inpaint_model / "no-such-sam"))
-    with pytest.raises(ValueError, match="Clicks need SAM, which is not available: The 'sam' segmenter could not"):
+    with pytest.raises(ValueError) as error:
         no_sam.click(selection, 60, 40, 1)
+    assert str(error.value) == (
+        "Clicks need SAM, which could not be loaded (no-such-sam): paint the object with the brush instead "
+        "(Brush tab: green adds to the object, red removes from it)."
+    )
 
 
 def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(app, cat, tmp_path):
@@ -152,6 +156,7 @@ def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(
     full = apply_strokes(selection, strokes(size, add=everything))
     _, _, _, preview, status = _selection_views(app, full, CANVAS)
     assert preview is None and "cat.png: the object fills the whole image" in status
+    assert status.endswith("give it room with the aspect ratio, the exact size or the object scale.")  # no flags
     # Room on the canvas makes the same selection usable.
     _, _, _, preview, status = _selection_views(app, full, ("1:1", "", 0, "center"))
     assert preview.size == (120, 120) and status.endswith("Output 120x120, generated at 64x64.")
@@ -184,7 +189,9 @@ def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
     generate(app, selection, tmp_path, steps=3, num_images=2, on_step=lambda *report: reports.append(report))
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(reports) >= 6
-    assert reports[0][1].startswith("ours, seed 0: step 1 of ") and reports[-1][1].startswith("ours, seed 1: step ")
+    # Which image of how many, and which step of it; the page's bar adds the share of the whole run.
+    assert reports[0][1] == "ours, seed 0 (image 1 of 2): step 1 of 3"
+    assert reports[-1][1] == "ours, seed 1 (image 2 of 2): step 3 of 3"
 
     stop, seen = threading.Event(), []
 
@@ -193,7 +200,7 @@ def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
         stop.set()
 
     assert generate(app, selection, tmp_path, steps=5, num_images=2, stop=stop, on_step=stop_after_first_step) == []
-    assert seen == [seen[0]] and seen[0].startswith("ours, seed 0: step 1 of ")  # no step ran after Stop
+    assert seen == [seen[0]] and seen[0].startswith("ours, seed 0 (image 1 of 2): step 1 of ")  # none after Stop
 
 
 @pytest.mark.parametrize("edit", [False, True])

@@ -26,6 +26,11 @@ LIMITS = {"num_images": app_range("num_images"), "steps": app_range("num_inferen
 DEFAULT = GenerationSettings()  # the defaults of the page's fields and of the API's arguments
 # The app's names of its adapter scales, for messages (the single LoRA's scale is the app's own field).
 ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": label("ip_adapter_scale")}
+# The app's words for what `BackgroundGenerator`'s messages say in `photobg generate`'s flags.
+APP_WORDS = {
+    "an aspect ratio, a size or an object scale (--aspect, --size, --object-scale)": "the aspect ratio, the exact "
+    "size or the object scale",
+}
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
@@ -146,6 +151,8 @@ class App:
 
     def click(self, selection, x, y, label):
         """Add a clicked point (display coordinates; label 1 = on the object) and let SAM redo the mask."""
+        from pathlib import Path
+
         from .segment import SegmenterUnavailable
         from .selection import add_point
 
@@ -153,8 +160,13 @@ class App:
             raise ValueError("Upload a photo first.")
         try:
             return add_point(selection, self.sam(), x, y, label)
-        except SegmenterUnavailable as err:
-            raise ValueError(f"Clicks need SAM, which is not available: {err}") from None
+        except SegmenterUnavailable:  # its message speaks to the command line; this one says what to do here
+            model = Path(str(self.sam_model))
+            name = model.name if model.is_absolute() or model.exists() else str(model)
+            raise ValueError(
+                f"Clicks need SAM, which could not be loaded ({name}): paint the object with the brush instead "
+                "(Brush tab: green adds to the object, red removes from it)."
+            ) from None
 
     def sam(self):
         from .segment import Sam
@@ -171,7 +183,10 @@ class App:
         try:
             return self.generator.prepare(selection.image, object_mask(selection), **canvas)
         except ValueError as err:
-            raise ValueError(f"{selection.name}: {str(err).removeprefix('image: ')}") from None
+            message = str(err).removeprefix("image: ")
+            for cli_words, app_words in APP_WORDS.items():
+                message = message.replace(cli_words, app_words)
+            raise ValueError(f"{selection.name}: {message}") from None
 
     def describe(self, selection, prepared):
         from .selection import describe
@@ -407,8 +422,9 @@ def sampling_options(
 
 
 def _report_step(on_step, index, count, label, step, steps):
-    """Progress of image `index` of `count` at `step` of `steps`, as `on_step(fraction_done, text)`."""
-    on_step((index + step / steps) / count, f"{label}: step {step} of {steps}")
+    """Progress of image `index` of `count` at `step` of `steps`, as `on_step(fraction_done, text)`: the text says
+    which image and which of its steps; the fraction is of the whole run."""
+    on_step((index + step / steps) / count, f"{label} (image {index + 1} of {count}): step {step} of {steps}")
 
 
 def _uploaded_names(message, *paths):
@@ -489,6 +505,12 @@ def _layout(default_steps, app):
                         ui.reset = gr.Button("Reset to the automatic object", elem_id="reset")
                 with gr.Tab("Brush", id="brush-tab"):
                     colours = ["#{:02x}{:02x}{:02x}".format(*ADD_COLOUR), "#{:02x}{:02x}{:02x}".format(*REMOVE_COLOUR)]
+                    swatch = '<span style="display:inline-block;width:1em;height:1em;background:{}"></span>'
+                    gr.HTML(  # the editor's colour swatches carry no names: this says what each does
+                        f"{swatch.format(colours[0])} Green: adds to the object &nbsp; {swatch.format(colours[1])} "
+                        "Red: removes from it &nbsp; Eraser: takes strokes back",
+                        elem_id="brush-legend",
+                    )
                     ui.editor = gr.ImageEditor(
                         label="Green adds to the object, red removes from it; the eraser takes strokes back",
                         type="pil",
@@ -730,7 +752,7 @@ def _wire_generation(app, ui):
             return
 
         def on_step(fraction, text):
-            progress(fraction, desc=text)
+            progress(fraction, desc=f"{text}. All images:")  # the bar adds the share of the run: "- 40.0%"
 
         seed = None if seed is None or seed < 0 else int(seed)
         run = (selection, prompt, num_images, seed, compare, options, canvas)
