@@ -186,7 +186,12 @@ def test_select_place_generate_compare_download(page, tmp_path):
     page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
     status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
     clicked = np.asarray(fetch(page, "#preview img"))
-    assert not np.array_equal(clicked, preview)  # SAM's mask replaced the uploaded one
+    assert not np.array_equal(clicked, preview)  # SAM's region at the point was added to the uploaded object
+    page.click("#undo")  # and taken back
+    status.get_by_text("Object from the mask cat_mask.png. Output").wait_for(timeout=60_000)
+    assert np.array_equal(np.asarray(fetch(page, "#preview img")), preview)
+    page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
+    status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
     shot(page, "2-click")
 
     page.get_by_role("tab", name="Brush").click()
@@ -198,6 +203,8 @@ def test_select_place_generate_compare_download(page, tmp_path):
     status.get_by_text("and brush strokes").wait_for(timeout=60_000)
     assert not np.array_equal(np.asarray(fetch(page, "#preview img")), clicked)
     shot(page, "3-brush")
+    page.click("#clear-clicks")  # the strokes stay
+    status.get_by_text("Object from the mask cat_mask.png, edited: brush strokes.").wait_for(timeout=60_000)
 
     before = page.locator("#preview img").get_attribute("src")
     set_number(page, "object-scale", 0.5)

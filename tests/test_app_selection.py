@@ -108,6 +108,50 @@ def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_objec
     assert preview is not None and status.startswith("Object from your brush strokes. Output 120x80")
 
 
+def test_clicks_and_strokes_are_cleared_apart_and_undone_one_by_one(app, cat):
+    from photobg.app import remember, undo
+    from photobg.selection import clear_clicks, clear_strokes
+
+    selection = app.open(*map(str, cat))
+    size = display_size(selection.image.size)
+    layer = strokes(size, (0, 0, 20, 79))
+    history = remember([], selection, None)  # before each edit, the page remembers the selection and strokes
+    clicked = app.click(selection, 60, 40, 1)
+    history = remember(history, clicked, None)
+    painted = apply_strokes(clicked, layer)
+    # Clearing the clicks keeps the strokes, and clearing the strokes keeps the clicks.
+    no_clicks, no_strokes = clear_clicks(painted), clear_strokes(painted)
+    assert no_clicks.points == [] and no_clicks.added is painted.added
+    np.testing.assert_array_equal(
+        np.asarray(object_mask(no_clicks)), np.asarray(object_mask(apply_strokes(selection, layer)))
+    )
+    assert no_strokes.points == painted.points and no_strokes.added is None
+    np.testing.assert_array_equal(np.asarray(object_mask(no_strokes)), np.asarray(object_mask(clicked)))
+    # Undo takes back the last edit, the stroke, then the click; with nothing left it changes nothing.
+    (back, back_layer), history = undo(history)
+    assert back is clicked and back_layer is None
+    (back, _), history = undo(history)
+    assert back is selection and history == []
+    assert undo(history) == (None, [])
+
+
+def test_brush_edges_are_soft_where_the_mask_is_soft(app, cat, tmp_path):
+    from PIL import ImageFilter
+
+    photo, mask = cat
+    Image.open(mask).filter(ImageFilter.GaussianBlur(3)).save(tmp_path / "soft_mask.png")
+    size = display_size((120, 80))
+    layer = strokes(size, (40, 20, 80, 60))
+    layer.putalpha(layer.getchannel("A").filter(ImageFilter.GaussianBlur(2)))  # the brush's antialiased edge
+
+    def values(selection):  # of the stroke, as it enters the object mask
+        return set(np.unique(np.asarray(apply_strokes(selection, layer).added)))
+
+    assert values(app.open(str(photo), str(mask))) <= {0, 255}  # a hard mask stays hard
+    soft = values(app.open(str(photo), str(tmp_path / "soft_mask.png")))
+    assert len(soft - {0, 255}) > 10  # a soft one gets a soft stroke edge
+
+
 def test_strokes_are_taken_back_by_the_eraser(app, cat):
     selection = app.open(*map(str, cat))
     size = display_size(selection.image.size)
@@ -118,17 +162,20 @@ def test_strokes_are_taken_back_by_the_eraser(app, cat):
     np.testing.assert_array_equal(np.asarray(object_mask(erased)), np.asarray(selection.automatic))
 
 
-def test_clicks_ask_sam_and_bad_clicks_are_messages(app, cat, inpaint_model):
+def test_clicks_refine_the_object_and_bad_clicks_are_messages(app, cat, inpaint_model):
     selection = app.open(*map(str, cat))
+    automatic = np.asarray(selection.automatic)
     clicked = app.click(selection, 60, 40, 1)
     assert clicked.points == [[60, 40, 1]] and clicked.edited
-    assert clicked.clicked.size == selection.image.size
-    np.testing.assert_array_equal(np.asarray(object_mask(clicked)), np.asarray(clicked.clicked))
-    # SAM sees every point so far: a second point changes its prompt.
+    (region,) = map(np.asarray, clicked.regions)  # what SAM finds at the click, at the photo's size
+    assert region.shape == automatic.shape and region.any()
+    # The first click adds to the uploaded mask's object: it refines it, never replaces it.
+    np.testing.assert_array_equal(np.asarray(object_mask(clicked)), np.maximum(automatic, region))
+    # A click off the object takes SAM's region at that point away; an undo-able list of clicks.
     both = app.click(clicked, 10, 10, 0)
     assert both.points == [[60, 40, 1], [10, 10, 0]]
-    # Off-object points alone are prompted with the automatic object's box.
-    assert app.click(selection, 5, 5, 0).clicked is not None
+    off = np.asarray(both.regions[1])
+    np.testing.assert_array_equal(np.asarray(object_mask(both)), np.minimum(np.maximum(automatic, region), 255 - off))
     with pytest.raises(ValueError, match=r"the click at \(120, 5\) is outside the photo \(120x80 as shown\)"):
         app.click(selection, 120, 5, 1)
     with pytest.raises(ValueError, match="Upload a photo first"):

@@ -481,7 +481,7 @@ def _layout(default_steps, app):
     from .defaults import POSITIONS
     from .selection import ADD_COLOUR, REMOVE_COLOUR
 
-    ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]))
+    ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]), history=gr.State([]), layer=gr.State())
     shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
     gr.Markdown(
         "# photobg\nA new background around your object, which stays exactly as it is. **1.** Upload a photo "
@@ -498,11 +498,9 @@ def _layout(default_steps, app):
                     ui.view = gr.Image(
                         label="Click to mark points (blue = the object kept)", elem_id="selection", **shown
                     )
-                    with gr.Row():
-                        ui.point_mode = gr.Radio(
-                            POINT_MODES, value=POINT_MODES[0], label="A click is", elem_id="point-mode"
-                        )
-                        ui.reset = gr.Button("Reset to the automatic object", elem_id="reset")
+                    ui.point_mode = gr.Radio(
+                        POINT_MODES, value=POINT_MODES[0], label="A click is", elem_id="point-mode"
+                    )
                 with gr.Tab("Brush", id="brush-tab"):
                     colours = ["#{:02x}{:02x}{:02x}".format(*ADD_COLOUR), "#{:02x}{:02x}{:02x}".format(*REMOVE_COLOUR)]
                     swatch = '<span style="display:inline-block;width:1em;height:1em;background:{}"></span>'
@@ -521,6 +519,10 @@ def _layout(default_steps, app):
                         eraser=gr.Eraser(),
                         elem_id="editor",
                     )
+            with gr.Row():
+                ui.undo = gr.Button("Undo", size="sm", elem_id="undo")
+                ui.clear_clicks = gr.Button("Clear clicks", size="sm", elem_id="clear-clicks")
+                ui.clear_strokes = gr.Button("Clear strokes", size="sm", elem_id="clear-strokes")
             ui.object_status = gr.Markdown(_welcome(app), elem_id="object-status")
             with gr.Row():
                 ui.aspect = gr.Dropdown(
@@ -614,13 +616,12 @@ def _selection_views(app, selection, canvas_fields, layer=None):
     """What the page shows for a selection: (selection, click view, editor value, preview, object status).
 
     The editor gets the photo with the object before brush strokes tinted, and `layer` (its strokes) kept."""
-    from .selection import overlay
+    from .selection import object_mask, overlay
 
     if selection is None:
         return None, None, None, None, _welcome(app)
-    base = selection.clicked if selection.clicked is not None else selection.automatic
     editor = {
-        "background": overlay(selection, with_points=False, mask=base),
+        "background": overlay(selection, with_points=False, mask=object_mask(selection, strokes=False)),
         "layers": [layer] if layer else [],
         "composite": None,
     }
@@ -647,42 +648,60 @@ def _preview(app, selection, canvas_fields):
 
 
 def _wire_object(app, ui):
-    """Upload, clicks, brush, reset and the canvas: each updates the selection and the preview."""
+    """Upload, clicks, brush, undo and clearing, and the canvas: each updates the selection and the preview."""
     import gradio as gr
+
+    from .selection import apply_strokes, clear_clicks, clear_strokes, overlay
 
     canvas = [ui.aspect, ui.size, ui.object_scale, ui.position]
     views = [ui.selection, ui.view, ui.editor, ui.preview, ui.object_status]
+    edits = [ui.history, ui.layer]  # the undo history and the strokes layer the selection holds
 
-    def load(photo, mask, *canvas_fields):  # a new photo: the last one's results are cleared too
+    def load(photo, mask, *canvas_fields):  # a new photo: the last one's edits and results are cleared too
         if photo is None:
-            return *_selection_views(app, None, canvas_fields), *_no_results()
+            return *_selection_views(app, None, canvas_fields), [], None, *_no_results()
         try:
             selection = app.open(photo, mask)
         except ValueError as err:
-            return None, None, None, None, f"⚠ {err}", *_no_results()
-        return *_selection_views(app, selection, canvas_fields), *_no_results()
+            return None, None, None, None, f"⚠ {err}", [], None, *_no_results()
+        return *_selection_views(app, selection, canvas_fields), [], None, *_no_results()
 
-    def click(selection, mode, editor, aspect, size, object_scale, position, evt: gr.SelectData):
-        canvas_fields = (aspect, size, object_scale, position)
+    def edited(history, selection, layer, new_selection, new_layer, canvas_fields):
+        """The outputs after an edit: the new views, and the state before it remembered for Undo."""
+        views = _selection_views(app, new_selection, canvas_fields, new_layer)
+        return *views, remember(history, selection, layer), new_layer
+
+    def click(selection, history, layer, mode, aspect, size, object_scale, position, evt: gr.SelectData):
+        canvas_fields = (aspect, size, object_scale, position)  # (Gradio fills in `evt` by position)
         x, y = evt.index if isinstance(evt.index, (list, tuple)) else (-1, -1)
         try:
-            selection = app.click(selection, x, y, 1 if mode == POINT_MODES[0] else 0)
+            clicked = app.click(selection, x, y, 1 if mode == POINT_MODES[0] else 0)
         except ValueError as err:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠ {err}"
-        return _selection_views(app, selection, canvas_fields, _layer(editor))
+            return *(gr.skip(),) * 4, f"⚠ {err}", gr.skip(), gr.skip()
+        return edited(history, selection, layer, clicked, layer, canvas_fields)
 
-    def brush(selection, editor, *canvas_fields):
-        from .selection import apply_strokes, overlay
-
+    def brush(selection, history, layer, editor, *canvas_fields):
         if selection is None:
-            return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first."
-        selection = apply_strokes(selection, _layer(editor))
-        return selection, overlay(selection), *_preview(app, selection, canvas_fields)
+            return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
+        painted = apply_strokes(selection, _layer(editor))
+        history = remember(history, selection, layer)
+        return painted, overlay(painted), *_preview(app, painted, canvas_fields), history, _layer(editor)
 
-    def reset(selection, *canvas_fields):
-        from .selection import reset
+    def clear(which):
+        def handler(selection, history, layer, *canvas_fields):
+            if selection is None:
+                return (gr.skip(),) * 7
+            cleared = clear_clicks(selection) if which == "clicks" else clear_strokes(selection)
+            return edited(history, selection, layer, cleared, layer if which == "clicks" else None, canvas_fields)
 
-        return _selection_views(app, None if selection is None else reset(selection), canvas_fields)
+        return handler
+
+    def undo_edit(history, *canvas_fields):
+        last, history = undo(history)
+        if last is None:
+            return (gr.skip(),) * 4 + ("Nothing to undo.", [], gr.skip())
+        selection, layer = last
+        return *_selection_views(app, selection, canvas_fields, layer), history, layer
 
     def preview(selection, *canvas_fields):
         if selection is None:
@@ -691,21 +710,39 @@ def _wire_object(app, ui):
 
     private = dict(api_visibility="private")
     for upload in (ui.photo, ui.mask):
-        upload.change(load, [ui.photo, ui.mask, *canvas], views + ui.result_views, **private)
-    ui.view.select(click, [ui.selection, ui.point_mode, ui.editor, *canvas], views, **private)
+        upload.change(load, [ui.photo, ui.mask, *canvas], views + edits + ui.result_views, **private)
+    ui.view.select(click, [ui.selection, *edits, ui.point_mode, *canvas], views + edits, **private)
     # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
     ui.editor.input(
         brush,
-        [ui.selection, ui.editor, *canvas],
-        [ui.selection, ui.view, ui.preview, ui.object_status],
+        [ui.selection, *edits, ui.editor, *canvas],
+        [ui.selection, ui.view, ui.preview, ui.object_status, *edits],
         trigger_mode="always_last",
         **private,
     )
-    ui.reset.click(reset, [ui.selection, *canvas], views, **private)
+    ui.clear_clicks.click(clear("clicks"), [ui.selection, *edits, *canvas], views + edits, **private)
+    ui.clear_strokes.click(clear("strokes"), [ui.selection, *edits, *canvas], views + edits, **private)
+    ui.undo.click(undo_edit, [ui.history, *canvas], views + edits, **private)
     for field in (ui.aspect, ui.object_scale, ui.position):
         field.change(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
     for event in (ui.size.submit, ui.size.blur):
         event(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
+
+
+UNDO_DEPTH = 20  # edits that Undo can take back
+
+
+def remember(history, selection, layer):
+    """The page's undo history with the state before an edit added: (selection, strokes layer); the last
+    `UNDO_DEPTH` are kept."""
+    return [*history, (selection, layer)][-UNDO_DEPTH:]
+
+
+def undo(history):
+    """(the state before the last edit, the history without it); (None, []) when there is nothing to undo."""
+    if not history:
+        return None, []
+    return history[-1], history[:-1]
 
 
 def _layer(editor):
