@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +285,9 @@ def test_stop_a_long_run_and_generate_again(page, tmp_path):
     assert page.input_value("#command textarea") == "" and "Done" not in page.inner_text("#status")
     shot(page, "6-progress")
     page.click("#stop")
-    page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done.")).wait_for(timeout=60_000)
+    stopped = page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done."))
+    stopped.wait_for(timeout=60_000)
+    kept = int(re.search(r"Stopped: (\d)", stopped.inner_text()).group(1))
     shot(page, "7-stopped")
     # A new photo: the results, command and status of the last one are gone.
     photo_file, mask_file = cat_files(tmp_path)
@@ -299,6 +302,15 @@ def test_stop_a_long_run_and_generate_again(page, tmp_path):
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
     assert page.input_value("#command textarea").startswith("photobg generate cat.png --mask cat_mask.png")
+    # The session's strip keeps every run's results, whole (not cropped), and "Download all" zips them.
+    page.wait_for_function(f"document.querySelectorAll('#strip img').length == {2 + kept}", timeout=30_000)
+    assert page.eval_on_selector("#strip img", "img => getComputedStyle(img).objectFit") == "contain"
+    assert "a cup on a table" in page.inner_text("#strip") and "seed 0" in page.inner_text("#strip")
+    with page.expect_download() as download:
+        page.click("#download-all")
+    assert download.value.suggested_filename == "photobg-results.zip"
+    with zipfile.ZipFile(download.value.path()) as archive:
+        assert len([name for name in archive.namelist() if "_object" not in name]) == 2 + kept
 
 
 def test_bad_input_gets_messages_and_the_app_stays_usable(page, tmp_path):

@@ -197,7 +197,8 @@ def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(
     empty = apply_strokes(selection, strokes(size, remove=everything))
     _, _, _, preview, status = _selection_views(app, empty, CANVAS)
     assert preview is None and "cat.png: the object mask is empty" in status
-    (outputs,) = _stream(app, (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {}), None, None, 1)
+    run = (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {})
+    (outputs,) = _stream(app, run, str(tmp_path), threading.Event(), None, 1, [])
     assert "⚠ cat.png: the object mask is empty" in outputs[5]
 
     full = apply_strokes(selection, strokes(size, add=everything))
@@ -209,6 +210,30 @@ def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(
     assert preview.size == (120, 120) and status.endswith("Output 120x120, generated at 64x64.")
     (result,) = generate(app, full, tmp_path, canvas=("1:1", "", 0, "center"))
     assert Image.open(result.path).size == (120, 120)
+
+
+def test_the_session_keeps_every_run_s_results_and_zips_them(app, cat):
+    import zipfile
+
+    selection = app.open(*map(str, cat))
+    session, outputs = [], None
+    for prompt, seed in (("a cat", 0), ("a cat on a sofa", 5)):
+        run = (selection, prompt, 1, seed, False, sampling_options(None, 2, 7.5, 1), canvas_options(*CANVAS))
+        *_, outputs = _stream(app, run, app.run_folder("session"), threading.Event(), None, 1, session)
+        gallery, status, session, strip, download = outputs[0], outputs[5], outputs[8], outputs[7], outputs[9]
+        assert status == "Done: 1 image(s)." and len(gallery) == 1  # this run's
+    # The strip: every result of the session, captioned with its prompt, seed and settings.
+    assert [caption for _, caption in strip] == [
+        "ours, seed 0 · a cat · 2 steps, guidance 7.5, ControlNet 1",
+        "ours, seed 5 · a cat on a sofa · 2 steps, guidance 7.5, ControlNet 1",
+    ]
+    with zipfile.ZipFile(download["value"]) as archive:  # "Download all": the PNGs as they are
+        names = archive.namelist()
+        assert [Path(name).name for name in names] == [Path(result.path).name for result in session]
+        for name, result in zip(names, session, strict=True):
+            assert archive.read(name) == Path(result.path).read_bytes()
+    app.end_session("session")
+    assert not any(Path(result.path).exists() for result in session)
 
 
 def test_placement_preview_uses_the_canvas_functions(app, cat):

@@ -12,7 +12,10 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 from .settings import GenerationSettings, app_range, label
 
@@ -100,7 +103,7 @@ def run(args):
 class Result:
     """One generated image, what it is compared with, and how to make it again."""
 
-    path: str  # the full-resolution PNG (with `parameters` in its text chunk), until the request ends
+    path: str  # the full-resolution PNG (with `parameters` in its text chunk), kept while the session lasts
     image: object  # the same image (PIL), for the slider
     label: str  # "ours, seed 0"
     before: object  # PIL image for the slider's left side: the SI2 image of the same seed, or the input
@@ -129,6 +132,7 @@ class App:
         self.loras = list(getattr(generator, "loras", []))  # the page's slider sets the scale of a single one
         self.settings = dataclasses.replace(settings or GenerationSettings(), loras=self.loras)
         self._stops = {}  # session -> threading.Event of its running generation
+        self._folders = {}  # session -> the folder of its runs' PNGs (`run_folder`)
         self.segmenter_problem = segmenter_problem(generator)  # None when photos get their object automatically
 
     # ------------------------------------------------------------------------- the object
@@ -151,7 +155,6 @@ class App:
 
     def click(self, selection, x, y, label):
         """Add a clicked point (display coordinates; label 1 = on the object) and let SAM redo the mask."""
-        from pathlib import Path
 
         from .segment import SegmenterUnavailable
         from .selection import add_point
@@ -213,7 +216,6 @@ class App:
         Yields:
             `Result`s.
         """
-        from pathlib import Path
 
         from .api import make_jobs
         from .manifest import RECORD_CHUNK, FileHashes, save_png
@@ -289,7 +291,6 @@ class App:
         uploaded ones, or the edited object's) and the file `photobg generate` names its output (`output_name`),
         in `folder`. The app names its PNGs so, and keys them so, that `--skip-existing` recognises them. `files`:
         the request's `manifest.FileHashes`."""
-        from pathlib import Path
 
         from .generation.plan import OutputJob, output_name
         from .manifest import settings_key
@@ -302,7 +303,6 @@ class App:
     def parameters(self, selection, prepared, output, settings, object_file, files):
         """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
         (`manifest.output_record`) and key, with the files by their names and the object's description."""
-        from pathlib import Path
 
         from .manifest import generated_with, output_key, output_record
         from .selection import describe
@@ -325,6 +325,20 @@ class App:
             photo=selection.name,
             object=describe(selection),
         )
+
+    def run_folder(self, session):
+        """A new folder for one run's PNGs, inside the session's folder, which is kept until the session ends
+        (`end_session`): the session's strip shows and zips them. One folder a run: two runs may make files of
+        one name (another object under the same photo name)."""
+        if session not in self._folders:
+            self._folders[session] = tempfile.mkdtemp(prefix="photobg-session-")
+        return tempfile.mkdtemp(prefix="run-", dir=self._folders[session])
+
+    def end_session(self, session):
+        """Remove the session's PNGs (its browser tab has closed)."""
+        folder = self._folders.pop(session, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextlib.contextmanager
     def stoppable(self, session):
@@ -429,7 +443,6 @@ def _report_step(on_step, index, count, label, step, steps):
 
 def _uploaded_names(message, *paths):
     """Messages name uploaded files by their own names, not by the server's temporary paths."""
-    from pathlib import Path
 
     for path in paths:
         if path is not None:
@@ -468,13 +481,13 @@ def build_app(app, default_steps=DEFAULT.num_inference_steps):
         _wire_object(app, ui)
         _wire_generation(app, ui)
         _api_endpoint(app, default_steps)
+        demo.unload(lambda request: app.end_session(request.session_hash))  # a closed tab: its PNGs go
     return demo
 
 
 def _layout(default_steps, app):
     """The components, in a namespace (the LoRA scale and the reference image only where the model has them)."""
     import types
-    from pathlib import Path
 
     import gradio as gr
 
@@ -482,6 +495,7 @@ def _layout(default_steps, app):
     from .selection import ADD_COLOUR, REMOVE_COLOUR
 
     ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]), history=gr.State([]), layer=gr.State())
+    ui.session = gr.State([])  # the `Result`s of every run of the session, which the strip shows
     shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
     gr.Markdown(
         "# photobg\nA new background around your object, which stays exactly as it is. **1.** Upload a photo "
@@ -608,6 +622,18 @@ def _layout(default_steps, app):
                 label="Your edited object (RGBA PNG; the command reads it)", visible=False, elem_id="object-file"
             )
             ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
+    with gr.Row():
+        ui.strip = gr.Gallery(
+            label="This session's results (select one to compare it; prompt, seed and settings below each)",
+            format="png",
+            columns=8,
+            rows=1,
+            height=220,
+            object_fit="contain",  # whole images, not cropped
+            allow_preview=False,
+            elem_id="strip",
+        )
+    ui.download_all = gr.DownloadButton("Download all (zip)", visible=False, size="sm", elem_id="download-all")
     ui.result_views = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
     return ui
 
@@ -772,6 +798,7 @@ def _wire_generation(app, ui):
         lora_scale,
         reference,
         ip_adapter_scale,
+        session,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 (Gradio fills it in)
     ):
@@ -793,24 +820,26 @@ def _wire_generation(app, ui):
 
         seed = None if seed is None or seed < 0 else int(seed)
         run = (selection, prompt, num_images, seed, compare, options, canvas)
-        yield _no_results("Starting…")  # nothing of the last run stays on show as if it were this one's
+        yield (*_no_results("Starting…"), *(gr.skip(),) * 3)  # nothing of the last run stays as if this one's
+        folder, wanted = app.run_folder(request.session_hash), int(num_images) * (2 if compare else 1)
         with app.stoppable(request.session_hash) as stop:
-            yield from _stream(app, run, stop, on_step, int(num_images) * (2 if compare else 1))
+            yield from _stream(app, run, folder, stop, on_step, wanted, session)
 
     def stop(request: gr.Request):
         app.stop(request.session_hash)  # the generation itself says when it has stopped
 
     def show(results, evt: gr.SelectData):
         if not results or not 0 <= evt.index < len(results):
-            return (gr.skip(),) * 3
-        slider, command, _, parameters = _show_result(results[evt.index])
-        return slider, command, parameters  # the object file is the generation's, shown already
+            return (gr.skip(),) * 4
+        return _show_result(results[evt.index])
 
     inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
     inputs += [ui.lora_scale, ui.reference, ui.ip_adapter_scale]
-    outputs = ui.result_views
-    ui.generate.click(generate_in_page, inputs, outputs, api_visibility="private", show_progress_on=ui.gallery)
+    outputs = ui.result_views + [ui.strip, ui.session, ui.download_all]
+    ui.generate.click(
+        generate_in_page, inputs + [ui.session], outputs, api_visibility="private", show_progress_on=ui.gallery
+    )
     # A setting or the object changed after a run: the results shown are marked as those of earlier settings
     # (in the browser, so that it does not wait behind a running generation).
     for field in inputs[1:] + [ui.view, ui.editor]:
@@ -818,24 +847,75 @@ def _wire_generation(app, ui):
         event(None, None, ui.status, js=MARK_STALE, queue=False, api_visibility="private")
     # Stop must not wait behind the generation it stops.
     ui.stop.click(stop, None, None, concurrency_limit=None, api_visibility="private")
-    ui.gallery.select(show, ui.results, [ui.slider, ui.command, ui.parameters], api_visibility="private")
+    details = [ui.slider, ui.command, ui.object_file, ui.parameters]
+    ui.gallery.select(show, ui.results, details, api_visibility="private")
+    ui.strip.select(show, ui.session, details, api_visibility="private")
 
 
-def _stream(app, run, stop, on_step, wanted):
-    """The generate event's outputs after each image, then a last status; problems are the status."""
-    import tempfile
+def _stream(app, run, folder, stop, on_step, wanted, session):
+    """The generate event's outputs after each image, then a last status; problems are the status.
+
+    Args:
+        app: the `App`; run: `App.generate`'s first arguments; folder: the run's (`App.run_folder`); stop,
+            on_step: as `App.generate` takes them; wanted: how many images the run makes; session: the
+            `Result`s of the session's earlier runs.
+
+    Yields:
+        The values of the gallery, slider, command, object file, parameters, status, this run's results, the
+        session's strip, the session's results and "Download all".
+    """
+    import gradio as gr
 
     results = []
-    with tempfile.TemporaryDirectory(prefix="photobg-app-") as folder:  # Gradio copies what it shows
-        try:
-            for result in app.generate(*run, folder, stop, on_step):
-                results.append(result)
-                yield (*_show_results(results), f"{len(results)} of {wanted} image(s) done…", results)
-        except ValueError as err:
-            yield _status_only(f"⚠ {err}")
-            return
-        status = f"Stopped: {len(results)} of {wanted} image(s) done." if stop.is_set() else f"Done: {wanted} image(s)."
-        yield _status_only(status) if not results else (*_show_results(results), status, results)
+    try:
+        for result in app.generate(*run, folder, stop, on_step):
+            results.append(result)
+            done = [*session, *results]
+            shown = (*_show_results(results), f"{len(results)} of {wanted} image(s) done…", results)
+            yield (*shown, _strip(done), done, gr.skip())
+    except ValueError as err:
+        yield _status_only(f"⚠ {err}")
+        return
+    status = f"Stopped: {len(results)} of {wanted} image(s) done." if stop.is_set() else f"Done: {wanted} image(s)."
+    if not results:
+        yield _status_only(status)
+        return
+    done = [*session, *results]
+    zipped = zip_results(done, Path(folder).parent / "photobg-results.zip")
+    download = gr.update(value=str(zipped), visible=True)
+    yield (*_show_results(results), status, results, _strip(done), done, download)
+
+
+def _strip(results):
+    """The session strip's value: each result with its label, prompt and sampling settings."""
+    return [(result.path, _caption(result)) for result in results]
+
+
+def _caption(result):
+    p = result.parameters
+    prompt = p["prompt"] if len(p["prompt"]) <= 40 else p["prompt"][:39] + "…"
+    settings = f"{p['num_inference_steps']} steps, guidance {p['guidance_scale']:g}"
+    return f"{result.label} · {prompt or '(no prompt)'} · {settings}, ControlNet {p['controlnet_conditioning_scale']:g}"
+
+
+def zip_results(results, path):
+    """One zip of results' PNGs, each under its run's folder name (two runs may make files of one name), and
+    the edited objects their commands read. Stored, not compressed: PNGs are compressed already.
+
+    Returns:
+        `path`.
+    """
+    import zipfile
+
+    written = set()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for result in results:
+            for file in filter(None, [result.path, result.object_file]):
+                name = f"{Path(file).parent.name}/{Path(file).name}"
+                if name not in written:
+                    archive.write(file, name)
+                    written.add(name)
+    return path
 
 
 # The status after a setting or the object changed: kept while nothing is shown or a run is going on.
@@ -861,7 +941,7 @@ def _status_only(status):
     """The generate event's outputs that change only the status."""
     import gradio as gr
 
-    return (gr.skip(),) * 5 + (status, gr.skip())
+    return (gr.skip(),) * 5 + (status,) + (gr.skip(),) * 4
 
 
 def _show_results(results):
@@ -871,7 +951,7 @@ def _show_results(results):
 
 
 def _show_result(result):
-    """(slider, command, object file, parameters) of one result, while its files exist."""
+    """(slider, command, object file, parameters) of one result."""
     import gradio as gr
 
     object_file = gr.update(value=result.object_file, visible=result.object_file is not None)
@@ -900,8 +980,6 @@ def _api_endpoint(app, default_steps):
         ip_adapter_scale=None,
         lora_scale=None,
     ):
-        import tempfile
-
         # A generator that yields the PNGs so far after each image; its folder is removed once Gradio has copied
         # the last. Between yields Gradio checks that the client is still there, and closes this generator when it
         # is not: a request whose client has gone stops after its current image.
