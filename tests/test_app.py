@@ -161,6 +161,14 @@ def paint(page, selector, start, end):
     page.mouse.up()
 
 
+def placed(page):
+    """The canvas's Placement tab's image: the object placed on the output canvas (the tab stays selected)."""
+    page.get_by_role("tab", name="Placement").click()
+    page.locator("#preview img").wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(500)  # the tab shows the latest preview
+    return np.asarray(fetch(page, "#preview img"))
+
+
 STEP_PROGRESS = re.compile(r"step \d+ of \d+")
 # Records every text the results' progress bar shows (a short run may be over before a poll would see it).
 RECORD_PROGRESS = """() => {
@@ -182,18 +190,19 @@ def test_select_place_generate_compare_download(page, tmp_path):
     assert fetch(page, "#selection img").size == (451, 300)  # the photo itself, the object tinted
     shot(page, "1-object")
 
-    preview = np.asarray(fetch(page, "#preview img"))
+    selected = np.asarray(fetch(page, "#selection img"))
     view = page.locator("#selection img").bounding_box()
     page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
     status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
-    clicked = np.asarray(fetch(page, "#preview img"))
-    assert not np.array_equal(clicked, preview)  # SAM's region at the point was added to the uploaded object
+    assert not np.array_equal(np.asarray(fetch(page, "#selection img")), selected)  # the point, SAM's region
     page.click("#undo")  # and taken back
     status.get_by_text("Object from the mask cat_mask.png. Output").wait_for(timeout=60_000)
-    assert np.array_equal(np.asarray(fetch(page, "#preview img")), preview)
+    page.wait_for_timeout(500)
+    assert np.array_equal(np.asarray(fetch(page, "#selection img")), selected)
     page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
     status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
     shot(page, "2-click")
+    clicked = placed(page)
 
     page.get_by_role("tab", name="Brush").click()
     page.wait_for_selector("#editor canvas", timeout=30_000)
@@ -202,13 +211,14 @@ def test_select_place_generate_compare_download(page, tmp_path):
     page.wait_for_timeout(1000)
     paint(page, "#editor canvas", (0.3, 0.85), (0.6, 0.85))  # the first colour: adds to the object
     status.get_by_text("and brush strokes").wait_for(timeout=60_000)
-    assert not np.array_equal(np.asarray(fetch(page, "#preview img")), clicked)
     shot(page, "3-brush")
+    assert not np.array_equal(placed(page), clicked)
     page.click("#clear-clicks")  # the strokes stay
     status.get_by_text("Object from the mask cat_mask.png, edited: brush strokes.").wait_for(timeout=60_000)
 
+    page.wait_for_timeout(500)
     before = page.locator("#preview img").get_attribute("src")
-    set_number(page, "object-scale", 0.5)
+    set_number(page, "object-scale", 0.5)  # shown on the canvas's Placement tab
     page.wait_for_function(f"document.querySelector('#preview img').src != {before!r}", timeout=60_000)
     assert fetch(page, "#preview img").size == (451, 300)
     shot(page, "4-placement")
@@ -216,7 +226,7 @@ def test_select_place_generate_compare_download(page, tmp_path):
 
     page.fill("#prompt textarea", "a cat on a sofa")
     page.get_by_label("Compare with plain SD2-inpainting").check()
-    page.get_by_text("Sampling").click()
+    page.get_by_text("Advanced settings").click()
     set_number(page, "steps", 25)
     page.evaluate(RECORD_PROGRESS)
     page.click("#generate")
@@ -268,8 +278,63 @@ def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_objec
     status.get_by_text("Object from your brush strokes. Output 451x300").wait_for(timeout=60_000)
 
 
+def drop_photo(page, path, on="#selection"):
+    """Drag a photo file from the desktop and drop it on an element of the page."""
+    import base64
+
+    page.evaluate(
+        """([selector, name, data]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const dropped = new DataTransfer();
+            dropped.items.add(new File([bytes], name, {type: 'image/png'}));
+            const target = document.querySelector(selector);
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                target.dispatchEvent(new DragEvent(type, {dataTransfer: dropped, bubbles: true, cancelable: true}));
+            }
+        }""",
+        [on, Path(path).name, base64.b64encode(Path(path).read_bytes()).decode()],
+    )
+
+
+def test_layout_one_canvas_results_beside_it(page, tmp_path):
+    def box(selector):
+        return page.locator(selector).first.bounding_box()
+
+    assert page.is_disabled("#stop") and not page.is_disabled("#generate")  # Stop only while a run goes on
+    assert box("#stop")["width"] < box("#generate")["width"] / 2
+    photo_file, mask_file = cat_files(tmp_path)
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(mask_file))
+    page.locator("#object-status").get_by_text("Object from the mask cat_mask.png. Output").wait_for(timeout=60_000)
+    page.fill("#prompt textarea", "a cat on a sofa")
+    page.get_by_label("Compare with plain SD2-inpainting").check()
+    page.click("#generate")
+    page.locator("#status").get_by_text("Done: 2 image(s).").wait_for(timeout=120_000)
+    assert page.is_disabled("#stop") and not page.is_disabled("#generate")
+    for name, (width, height) in {"desktop": (1400, 900), "tablet": (820, 1180)}.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)
+        canvas, results = box("#canvas-area"), box("#results-area")
+        assert results["x"] >= canvas["x"] + canvas["width"] - 1, name  # the results beside the canvas
+        assert box("#results")["y"] < height and box("#selection")["y"] < height, name  # both above the fold
+        # The photo is shown once: the canvas's other views are on its other tabs.
+        shown = [
+            selector for selector in ("#selection img", "#editor canvas", "#preview img") if page.is_visible(selector)
+        ]
+        assert shown == ["#selection img"], (name, shown)
+        assert not page.is_visible("#steps")  # the advanced settings are folded
+        tall = page.evaluate("document.documentElement.scrollHeight")
+        assert tall < 1800, (name, tall)  # 2,428 px at 1400x900 before issue 21
+        shot(page, f"layout-{name}")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.get_by_label("Position").click()  # placing the object shows it placed, on the same canvas
+    page.get_by_role("option", name="bottom", exact=True).click()
+    page.locator("#preview img").wait_for(state="visible", timeout=60_000)
+    assert not page.is_visible("#selection img")
+
+
 def test_stop_a_long_run_and_generate_again(page, tmp_path):
-    page.set_input_files("#photo input[type=file]", str(REPO / "assets/coffee_cutout.png"))
+    drop_photo(page, REPO / "assets/coffee_cutout.png")  # the canvas is a drop target
     page.locator("#object-status").get_by_text("Object from its alpha channel").wait_for(timeout=60_000)
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
@@ -277,7 +342,7 @@ def test_stop_a_long_run_and_generate_again(page, tmp_path):
     page.fill("#prompt textarea", "a cup on a table")  # the results shown are not of these settings any more
     page.locator("#status").get_by_text("changed since these results").wait_for(timeout=30_000)
     set_number(page, "num-images", 8)
-    page.get_by_text("Sampling").click()
+    page.get_by_text("Advanced settings").click()
     set_number(page, "steps", 100)
     page.click("#generate")
     page.locator("#results").get_by_text(STEP_PROGRESS).wait_for(timeout=120_000)

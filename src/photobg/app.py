@@ -34,6 +34,8 @@ APP_WORDS = {
     "an aspect ratio, a size or an object scale (--aspect, --size, --object-scale)": "the aspect ratio, the exact "
     "size or the object scale",
 }
+# The session strip's tiles stay small however few results it has (Gradio widens them to fill the row).
+CSS = "#strip .grid-container { grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)) !important; }"
 # System fonts only: the app must not fetch anything (fonts included) from the internet.
 FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
@@ -95,6 +97,7 @@ def run(args):
         server_port=args.port,
         max_file_size=f"{args.max_upload_mb:g}mb",
         theme=gr.themes.Default(**FONTS),
+        css=CSS,
         show_error=True,
     )
 
@@ -481,8 +484,27 @@ def build_app(app, default_steps=DEFAULT.num_inference_steps):
         _wire_object(app, ui)
         _wire_generation(app, ui)
         _api_endpoint(app, default_steps)
-        demo.unload(lambda request: app.end_session(request.session_hash))  # a closed tab: its PNGs go
+
+        def end_session(request: gr.Request):  # a closed tab: its PNGs go
+            app.end_session(request.session_hash)
+
+        demo.unload(end_session)
+        demo.load(None, js=DROP_ON_CANVAS)
     return demo
+
+
+# The canvas is a drop target: a photo dropped anywhere on it is uploaded as the photo.
+DROP_ON_CANVAS = """() => {
+    const area = document.querySelector('#canvas-area');
+    area.addEventListener('dragover', (event) => event.preventDefault());
+    area.addEventListener('drop', (event) => {
+        const input = document.querySelector('#photo input[type=file]');
+        if (!event.dataTransfer?.files?.length || !input || event.target.closest('#photo, #mask')) return;
+        event.preventDefault();
+        input.files = event.dataTransfer.files;
+        input.dispatchEvent(new Event('change', {bubbles: true}));
+    });
+}"""
 
 
 def _layout(default_steps, app):
@@ -491,151 +513,178 @@ def _layout(default_steps, app):
 
     import gradio as gr
 
-    from .defaults import POSITIONS
-    from .selection import ADD_COLOUR, REMOVE_COLOUR
-
     ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]), history=gr.State([]), layer=gr.State())
     ui.session = gr.State([])  # the `Result`s of every run of the session, which the strip shows
     shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
     gr.Markdown(
-        "# photobg\nA new background around your object, which stays exactly as it is. **1.** Upload a photo "
-        "(an RGBA cutout, or a photo and optionally its mask, white = object) and check the object, tinted blue: "
-        "click points on or off it, or paint with the brush. **2.** Place it on the canvas. **3.** Generate."
+        "**photobg**: a new background around your object, which stays exactly as it is. **1.** Drop a photo on "
+        "the canvas (an RGBA cutout, or a photo and optionally its mask, white = object) and check the object, "
+        "tinted blue: click on or off it, or paint it. **2.** Place it. **3.** Generate."
     )
-    with gr.Row():
-        with gr.Column(scale=1):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=360, elem_id="canvas-area"):  # the canvas: drop a photo anywhere on it
             with gr.Row():
-                ui.photo = gr.File(label="Photo or RGBA cutout", file_types=["image"], elem_id="photo")
-                ui.mask = gr.File(label="Object mask (optional, white = object)", file_types=["image"], elem_id="mask")
-            with gr.Tabs():
-                with gr.Tab("Click", id="click-tab"):
-                    ui.view = gr.Image(
-                        label="Click to mark points (blue = the object kept)", elem_id="selection", **shown
-                    )
-                    ui.point_mode = gr.Radio(
-                        POINT_MODES, value=POINT_MODES[0], label="A click is", elem_id="point-mode"
-                    )
-                with gr.Tab("Brush", id="brush-tab"):
-                    colours = ["#{:02x}{:02x}{:02x}".format(*ADD_COLOUR), "#{:02x}{:02x}{:02x}".format(*REMOVE_COLOUR)]
-                    swatch = '<span style="display:inline-block;width:1em;height:1em;background:{}"></span>'
-                    gr.HTML(  # the editor's colour swatches carry no names: this says what each does
-                        f"{swatch.format(colours[0])} Green: adds to the object &nbsp; {swatch.format(colours[1])} "
-                        "Red: removes from it &nbsp; Eraser: takes strokes back",
-                        elem_id="brush-legend",
-                    )
-                    ui.editor = gr.ImageEditor(
-                        label="Green adds to the object, red removes from it; the eraser takes strokes back",
-                        type="pil",
-                        sources=(),
-                        transforms=(),
-                        layers=gr.LayerOptions(allow_additional_layers=False),
-                        brush=gr.Brush(colors=[(c, 0.6) for c in colours], color_mode="fixed", default_size="auto"),
-                        eraser=gr.Eraser(),
-                        elem_id="editor",
-                    )
+                ui.photo = gr.File(label="Photo or RGBA cutout", file_types=["image"], height=90, elem_id="photo")
+                ui.mask = gr.File(
+                    label="Object mask (optional, white = object)", file_types=["image"], height=90, elem_id="mask"
+                )
+            _canvas_tabs(ui, shown)
             with gr.Row():
                 ui.undo = gr.Button("Undo", size="sm", elem_id="undo")
                 ui.clear_clicks = gr.Button("Clear clicks", size="sm", elem_id="clear-clicks")
                 ui.clear_strokes = gr.Button("Clear strokes", size="sm", elem_id="clear-strokes")
             ui.object_status = gr.Markdown(_welcome(app), elem_id="object-status")
-            with gr.Row():
-                ui.aspect = gr.Dropdown(
-                    ASPECTS, value=ASPECTS[0], allow_custom_value=True, label="Aspect ratio", elem_id="aspect"
-                )
-                ui.size = gr.Textbox(label="or exact size WxH", placeholder="1024x1024", elem_id="size")
-            with gr.Row():
-                ui.object_scale = gr.Slider(
-                    *app_range("object_scale"),
-                    value=0,  # 0 = None: the photo's own framing
-                    step=0.05,
-                    label=f"{label('object_scale')} (0 = keep the framing)",
-                    elem_id="object-scale",
-                )
-                ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", elem_id="position")
-            ui.preview = gr.Image(label="Preview: the canvas with the object placed", elem_id="preview", **shown)
-        with gr.Column(scale=1):
+            _placement(ui)
+        with gr.Column(scale=4, min_width=320, elem_id="results-area"):
             ui.prompt = gr.Textbox(
                 label="Prompt", placeholder="a bottle of perfume on a marble table, soft light", elem_id="prompt"
             )
+            with gr.Row():
+                ui.generate = gr.Button("Generate", variant="primary", scale=4, min_width=120, elem_id="generate")
+                # Stop: small, and enabled only while a run goes on (`_wire_generation`).
+                ui.stop = gr.Button(
+                    "Stop", variant="stop", size="sm", scale=1, min_width=60, interactive=False, elem_id="stop"
+                )
             with gr.Row():
                 ui.num_images = gr.Slider(
                     *LIMITS["num_images"], value=1, step=1, label="Number of images", elem_id="num-images"
                 )
                 ui.seed = gr.Number(value=0, precision=0, label="Seed (-1: random)", elem_id="seed")
             ui.compare = gr.Checkbox(label="Compare with plain SD2-inpainting (SI2, ControlNet off)", elem_id="compare")
-            with gr.Accordion("Sampling", open=False):
-                ui.negative_prompt = gr.Textbox(label="Negative prompt")
-                ui.steps = gr.Slider(
-                    *LIMITS["steps"], value=default_steps, step=1, label=label("num_inference_steps"), elem_id="steps"
-                )
-                ui.guidance = gr.Slider(
-                    *app_range("guidance_scale"),
-                    value=DEFAULT.guidance_scale,
-                    step=0.5,
-                    label=label("guidance_scale"),
-                )
-                ui.controlnet_scale = gr.Slider(
-                    *app_range("controlnet_conditioning_scale"),
-                    value=DEFAULT.controlnet_conditioning_scale,
-                    step=0.05,
-                    label=f"{label('controlnet_conditioning_scale')} (0 = SI2)",
-                )
-                one_lora = app.loras[0] if len(app.loras) == 1 else None
-                ui.lora_scale = gr.Slider(
-                    -1,
-                    2,
-                    value=one_lora.scale if one_lora else 0,  # hidden without a single LoRA
-                    step=0.05,
-                    label=f"LoRA scale ({Path(one_lora.path).name if one_lora else ''}; 0 = off)",
-                    visible=one_lora is not None,
-                    elem_id="lora-scale",
-                )
-                has_ip_adapter = app.generator.has_ip_adapter
-                ui.reference = gr.Image(
-                    type="filepath",
-                    label="Reference image: the background's style (IP-Adapter; optional)",
-                    visible=has_ip_adapter,
-                    elem_id="reference",
-                )
-                ui.ip_adapter_scale = gr.Slider(
-                    *app_range("ip_adapter_scale"),
-                    value=app.generator.ip_adapter_scale if has_ip_adapter else DEFAULT.ip_adapter_scale,
-                    step=0.05,
-                    label="Reference strength (IP-Adapter scale; 0 = off)",
-                    visible=has_ip_adapter,
-                    elem_id="ip-adapter-scale",
-                )
-            with gr.Row():
-                ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
             ui.status = gr.Markdown(elem_id="status")
             ui.gallery = gr.Gallery(
                 label="Results: full-resolution PNGs",
                 format="png",
                 columns=2,
+                height=240,
+                object_fit="contain",
                 buttons=["download", "fullscreen"],
                 elem_id="results",
             )
-            ui.slider = gr.ImageSlider(label="Before | after", type="pil", format="png", elem_id="slider")
+            ui.slider = gr.ImageSlider(
+                label="Before | after", type="pil", format="png", max_height=320, elem_id="slider"
+            )
             ui.command = gr.Textbox(label="The same image from the command line", buttons=["copy"], elem_id="command")
             ui.object_file = gr.File(
                 label="Your edited object (RGBA PNG; the command reads it)", visible=False, elem_id="object-file"
             )
-            ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
+            with gr.Accordion("Parameters", open=False):
+                ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
+            _advanced(ui, default_steps, app)
     with gr.Row():
         ui.strip = gr.Gallery(
             label="This session's results (select one to compare it; prompt, seed and settings below each)",
             format="png",
             columns=8,
-            rows=1,
-            height=220,
-            object_fit="contain",  # whole images, not cropped
+            height=190,
+            object_fit="contain",  # whole images, not cropped (`CSS`: small tiles however few)
             allow_preview=False,
             elem_id="strip",
         )
     ui.download_all = gr.DownloadButton("Download all (zip)", visible=False, size="sm", elem_id="download-all")
     ui.result_views = [ui.gallery, ui.slider, ui.command, ui.object_file, ui.parameters, ui.status, ui.results]
     return ui
+
+
+def _canvas_tabs(ui, shown):
+    """The one canvas: the photo with its object tinted, to click on, to paint on, or placed on the output canvas."""
+    import gradio as gr
+
+    from .selection import ADD_COLOUR, REMOVE_COLOUR, STROKE_OPACITY
+
+    with gr.Tabs(elem_id="canvas-tabs") as ui.tabs:
+        with gr.Tab("Click", id="click-tab"):
+            ui.view = gr.Image(label="Click on or off the object (blue = kept)", elem_id="selection", **shown)
+            ui.point_mode = gr.Radio(
+                POINT_MODES, value=POINT_MODES[0], label="A click is", container=False, elem_id="point-mode"
+            )
+        with gr.Tab("Brush", id="brush-tab"):
+            colours = ["#{:02x}{:02x}{:02x}".format(*ADD_COLOUR), "#{:02x}{:02x}{:02x}".format(*REMOVE_COLOUR)]
+            swatch = '<span style="display:inline-block;width:1em;height:1em;background:{}"></span>'
+            gr.HTML(  # the editor's colour swatches carry no names: this says what each does
+                f"{swatch.format(colours[0])} Green: adds to the object &nbsp; {swatch.format(colours[1])} "
+                "Red: removes from it &nbsp; Eraser: takes strokes back",
+                elem_id="brush-legend",
+            )
+            ui.editor = gr.ImageEditor(
+                label="Paint the object",
+                type="pil",
+                sources=(),
+                transforms=(),
+                layers=gr.LayerOptions(allow_additional_layers=False),
+                brush=gr.Brush(colors=[(c, STROKE_OPACITY) for c in colours], color_mode="fixed", default_size="auto"),
+                eraser=gr.Eraser(),
+                elem_id="editor",
+            )
+        with gr.Tab("Placement", id="placement-tab"):
+            ui.preview = gr.Image(label="The output canvas with the object placed", elem_id="preview", **shown)
+
+
+def _placement(ui):
+    """The placement fields, under the canvas (a change shows the Placement tab)."""
+    import gradio as gr
+
+    from .defaults import POSITIONS
+
+    with gr.Row():
+        ui.aspect = gr.Dropdown(
+            ASPECTS, value=ASPECTS[0], allow_custom_value=True, label="Aspect ratio", min_width=120, elem_id="aspect"
+        )
+        ui.size = gr.Textbox(label="or exact size WxH", placeholder="1024x1024", min_width=120, elem_id="size")
+        ui.object_scale = gr.Slider(
+            *app_range("object_scale"),
+            value=0,  # 0 = None: the photo's own framing
+            step=0.05,
+            label=f"{label('object_scale')} (0 = keep the framing)",
+            min_width=160,
+            elem_id="object-scale",
+        )
+        ui.position = gr.Dropdown(list(POSITIONS), value="center", label="Position", min_width=120, elem_id="position")
+
+
+def _advanced(ui, default_steps, app):
+    """The advanced settings, folded: negative prompt, sampling, and the adapters' scales where the model has them."""
+    import gradio as gr
+
+    with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+        ui.negative_prompt = gr.Textbox(label="Negative prompt")
+        ui.steps = gr.Slider(
+            *LIMITS["steps"], value=default_steps, step=1, label=label("num_inference_steps"), elem_id="steps"
+        )
+        ui.guidance = gr.Slider(
+            *app_range("guidance_scale"), value=DEFAULT.guidance_scale, step=0.5, label=label("guidance_scale")
+        )
+        ui.controlnet_scale = gr.Slider(
+            *app_range("controlnet_conditioning_scale"),
+            value=DEFAULT.controlnet_conditioning_scale,
+            step=0.05,
+            label=f"{label('controlnet_conditioning_scale')} (0 = SI2)",
+        )
+        one_lora = app.loras[0] if len(app.loras) == 1 else None
+        ui.lora_scale = gr.Slider(
+            -1,
+            2,
+            value=one_lora.scale if one_lora else 0,  # hidden without a single LoRA
+            step=0.05,
+            label=f"LoRA scale ({Path(one_lora.path).name if one_lora else ''}; 0 = off)",
+            visible=one_lora is not None,
+            elem_id="lora-scale",
+        )
+        has_ip_adapter = app.generator.has_ip_adapter
+        ui.reference = gr.Image(
+            type="filepath",
+            label="Reference image: the background's style (IP-Adapter; optional)",
+            visible=has_ip_adapter,
+            elem_id="reference",
+        )
+        ui.ip_adapter_scale = gr.Slider(
+            *app_range("ip_adapter_scale"),
+            value=app.generator.ip_adapter_scale if has_ip_adapter else DEFAULT.ip_adapter_scale,
+            step=0.05,
+            label="Reference strength (IP-Adapter scale; 0 = off)",
+            visible=has_ip_adapter,
+            elem_id="ip-adapter-scale",
+        )
 
 
 def _selection_views(app, selection, canvas_fields, layer=None):
@@ -729,10 +778,10 @@ def _wire_object(app, ui):
         selection, layer = last
         return *_selection_views(app, selection, canvas_fields, layer), history, layer
 
-    def preview(selection, *canvas_fields):
+    def preview(selection, *canvas_fields):  # shown on the canvas's Placement tab
         if selection is None:
-            return None, gr.skip()
-        return _preview(app, selection, canvas_fields)
+            return None, gr.skip(), gr.skip()
+        return *_preview(app, selection, canvas_fields), gr.Tabs(selected="placement-tab")
 
     private = dict(api_visibility="private")
     for upload in (ui.photo, ui.mask):
@@ -749,10 +798,11 @@ def _wire_object(app, ui):
     ui.clear_clicks.click(clear("clicks"), [ui.selection, *edits, *canvas], views + edits, **private)
     ui.clear_strokes.click(clear("strokes"), [ui.selection, *edits, *canvas], views + edits, **private)
     ui.undo.click(undo_edit, [ui.history, *canvas], views + edits, **private)
+    placed = [ui.preview, ui.object_status, ui.tabs]
     for field in (ui.aspect, ui.object_scale, ui.position):
-        field.change(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
+        field.change(preview, [ui.selection, *canvas], placed, **private)
     for event in (ui.size.submit, ui.size.blur):
-        event(preview, [ui.selection, *canvas], [ui.preview, ui.object_status], **private)
+        event(preview, [ui.selection, *canvas], placed, **private)
 
 
 UNDO_DEPTH = 20  # edits that Undo can take back
@@ -837,9 +887,11 @@ def _wire_generation(app, ui):
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
     inputs += [ui.lora_scale, ui.reference, ui.ip_adapter_scale]
     outputs = ui.result_views + [ui.strip, ui.session, ui.download_all]
-    ui.generate.click(
+    # Generate is disabled and Stop enabled while the run goes on; both as they were when it ends, however.
+    buttons = dict(fn=_buttons, outputs=[ui.generate, ui.stop], queue=False, show_progress="hidden")
+    ui.generate.click(inputs=gr.State(True), **buttons, api_visibility="private").then(
         generate_in_page, inputs + [ui.session], outputs, api_visibility="private", show_progress_on=ui.gallery
-    )
+    ).then(inputs=gr.State(False), **buttons, api_visibility="private")
     # A setting or the object changed after a run: the results shown are marked as those of earlier settings
     # (in the browser, so that it does not wait behind a running generation).
     for field in inputs[1:] + [ui.view, ui.editor]:
@@ -850,6 +902,13 @@ def _wire_generation(app, ui):
     details = [ui.slider, ui.command, ui.object_file, ui.parameters]
     ui.gallery.select(show, ui.results, details, api_visibility="private")
     ui.strip.select(show, ui.session, details, api_visibility="private")
+
+
+def _buttons(running):
+    """(Generate, Stop): only one of them can be pressed."""
+    import gradio as gr
+
+    return gr.update(interactive=not running), gr.update(interactive=running)
 
 
 def _stream(app, run, folder, stop, on_step, wanted, session):
