@@ -242,10 +242,11 @@ def test_select_place_generate_compare_download(page, tmp_path):
     assert command.startswith("photobg generate cat_object.png --prompt 'a cat on a sofa' --seed 0 ")
     assert page.locator("#slider img").count() >= 2  # before (SI2) | after (ours)
     kept = fetch(page, "#object-file a").getchannel("A")  # the selection the command reads: alpha = object
-    ours = fetch(page, "#results img[alt='ours, seed 0']")
-    name = page.locator("#results img[alt='ours, seed 0']").first.get_attribute("src").rsplit("/", 1)[-1]
+    with page.expect_download() as download:  # the result shown (ours): its full-resolution PNG
+        page.click("#download")
+    name, ours = download.value.suggested_filename, Image.open(download.value.path())
     assert re.fullmatch(r"cat_object_a-cat-on-a-sofa_[0-9a-f]{8}_s0\.png", name), name  # photobg generate's name
-    assert ours.format == "PNG" and ours.size == (451, 300)  # the download is the full-resolution result
+    assert ours.format == "PNG" and ours.size == (451, 300)
     assert json.loads(ours.info["photobg"])["command"] == command  # and carries its parameters
     solid = np.asarray(kept) == 255
     photo = np.asarray(Image.open(photo_file))

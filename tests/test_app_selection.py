@@ -199,7 +199,7 @@ def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(
     assert preview is None and "cat.png: the object mask is empty" in status
     run = (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {})
     (outputs,) = _stream(app, run, str(tmp_path), threading.Event(), None, 1, [])
-    assert "⚠ cat.png: the object mask is empty" in outputs[5]
+    assert "⚠ cat.png: the object mask is empty" in outputs[6]
 
     full = apply_strokes(selection, strokes(size, add=everything))
     _, _, _, preview, status = _selection_views(app, full, CANVAS)
@@ -220,7 +220,7 @@ def test_the_session_keeps_every_run_s_results_and_zips_them(app, cat):
     for prompt, seed in (("a cat", 0), ("a cat on a sofa", 5)):
         run = (selection, prompt, 1, seed, False, sampling_options(None, 2, 7.5, 1), canvas_options(*CANVAS))
         *_, outputs = _stream(app, run, app.run_folder("session"), threading.Event(), None, 1, session)
-        gallery, status, session, strip, download = outputs[0], outputs[5], outputs[8], outputs[7], outputs[9]
+        gallery, status, strip, session, download = outputs[0], outputs[6], outputs[8], outputs[9], outputs[10]
         assert status == "Done: 1 image(s)." and len(gallery) == 1  # this run's
     # The strip: every result of the session, captioned with its prompt, seed and settings.
     assert [caption for _, caption in strip] == [
@@ -234,6 +234,21 @@ def test_the_session_keeps_every_run_s_results_and_zips_them(app, cat):
             assert archive.read(name) == Path(result.path).read_bytes()
     app.end_session("session")
     assert not any(Path(result.path).exists() for result in session)
+
+
+def test_the_page_gets_previews_and_the_download_the_full_file(app, cat, tmp_path, monkeypatch):
+    import photobg.app
+    from photobg.app import _show_results
+
+    monkeypatch.setattr(photobg.app, "PREVIEW_SIZE", 64)  # a "large" photo: larger than the previews
+    (result,) = generate(app, app.open(*map(str, cat)), tmp_path)
+    full = Image.open(result.path)
+    assert full.size == (120, 80) and json.loads(full.info["photobg"])["seed"] == 0
+    assert Image.open(result.preview).size == Image.open(result.before).size == (64, 43)
+    assert Path(result.preview).name == Path(result.path).name  # the name photobg generate gives it
+    gallery, slider, _, _, _, download = _show_results([result])
+    assert gallery == [(result.preview, "ours, seed 0")] and slider == (result.before, result.preview)
+    assert download["value"] == result.path  # the download button gives the full-resolution PNG
 
 
 def test_placement_preview_uses_the_canvas_functions(app, cat):
@@ -261,9 +276,16 @@ def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
     generate(app, selection, tmp_path, steps=3, num_images=2, on_step=lambda *report: reports.append(report))
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(reports) >= 6
-    # Which image of how many, and which step of it; the page's bar adds the share of the whole run.
-    assert reports[0][1] == "ours, seed 0 (image 1 of 2): step 1 of 3"
-    assert reports[-1][1] == "ours, seed 1 (image 2 of 2): step 3 of 3"
+    # Which image of how many, which step of it, and what comes after the steps; the page adds the run's share.
+    texts = [text for _, text in reports]
+    assert texts[:5] == [
+        "ours, seed 0 (image 1 of 2): step 1 of 3",
+        "ours, seed 0 (image 1 of 2): step 2 of 3",
+        "ours, seed 0 (image 1 of 2): step 3 of 3, pasting the object back at full size…",
+        "ours, seed 0 (image 1 of 2): saving the full-resolution PNG…",
+        "ours, seed 1 (image 2 of 2): step 1 of 3",
+    ]
+    assert texts[-1] == "ours, seed 1 (image 2 of 2): saving the full-resolution PNG…"
 
     stop, seen = threading.Event(), []
 
