@@ -13,8 +13,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 
 from photobg.api import BackgroundGenerator
-from photobg.app import App, canvas_options, sampling_options
-from photobg.app_page import _selection_views, _stream
+from photobg.app import App, _selection_views, _stream, canvas_options, sampling_options
 from photobg.cli import main
 from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
 from photobg.settings import GenerationSettings
@@ -61,7 +60,7 @@ def generate(app, selection, folder, steps=2, stop=None, on_step=None, canvas=CA
 
 def api_endpoint(app, default_steps=2):
     """The `/generate` endpoint's function, as Gradio calls it."""
-    from photobg.app_page import build_app
+    from photobg.app import build_app
 
     demo = build_app(app, default_steps)
     return next(fn.fn for fn in demo.fns.values() if fn.api_name == "generate")
@@ -110,7 +109,7 @@ def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_objec
 
 
 def test_clicks_and_strokes_are_cleared_apart_and_undone_one_by_one(app, cat):
-    from photobg.app_page import remember, undo
+    from photobg.app import remember, undo
     from photobg.selection import clear_clicks, clear_strokes
 
     selection = app.open(*map(str, cat))
@@ -239,7 +238,7 @@ def test_the_session_keeps_every_run_s_results_and_zips_them(app, cat):
 
 def test_the_page_gets_previews_and_the_download_the_full_file(app, cat, tmp_path, monkeypatch):
     import photobg.app
-    from photobg.app_page import _show_results
+    from photobg.app import _show_results
 
     monkeypatch.setattr(photobg.app, "PREVIEW_SIZE", 64)  # a "large" photo: larger than the previews
     (result,) = generate(app, app.open(*map(str, cat)), tmp_path)
@@ -333,7 +332,7 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
 def test_the_page_and_the_api_take_their_defaults_and_ranges_from_the_settings(app):
     import gradio as gr
 
-    from photobg.app_page import build_app
+    from photobg.app import build_app
     from photobg.settings import GenerationSettings, app_range
 
     defaults = GenerationSettings()
@@ -392,8 +391,7 @@ def test_sam_embeds_an_image_once_for_all_its_clicks(tiny_sam, monkeypatch):
 def test_the_api_refuses_what_the_page_cannot_ask_for(app, cat, monkeypatch):
     import gradio as gr
 
-    from photobg.app import LIMITS
-    from photobg.app_page import build_app
+    from photobg.app import LIMITS, build_app
 
     demo = build_app(app, default_steps=2)
     sliders = {block.elem_id: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
