@@ -13,7 +13,8 @@ import skimage.data
 from PIL import Image, ImageDraw
 
 from photobg.api import BackgroundGenerator
-from photobg.app import App, _selection_views, _stream, canvas_options, sampling_options
+from photobg.app import App, canvas_options, sampling_options
+from photobg.app_page import _selection_views, _stream
 from photobg.cli import main
 from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
 from photobg.settings import GenerationSettings
@@ -60,7 +61,7 @@ def generate(app, selection, folder, steps=2, stop=None, on_step=None, canvas=CA
 
 def api_endpoint(app, default_steps=2):
     """The `/generate` endpoint's function, as Gradio calls it."""
-    from photobg.app import build_app
+    from photobg.app_page import build_app
 
     demo = build_app(app, default_steps)
     return next(fn.fn for fn in demo.fns.values() if fn.api_name == "generate")
@@ -198,7 +199,7 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
 def test_the_page_and_the_api_take_their_defaults_and_ranges_from_the_settings(app):
     import gradio as gr
 
-    from photobg.app import build_app
+    from photobg.app_page import build_app
     from photobg.settings import GenerationSettings, app_range
 
     defaults = GenerationSettings()
@@ -257,7 +258,8 @@ def test_sam_embeds_an_image_once_for_all_its_clicks(tiny_sam, monkeypatch):
 def test_the_api_refuses_what_the_page_cannot_ask_for(app, cat, monkeypatch):
     import gradio as gr
 
-    from photobg.app import LIMITS, build_app
+    from photobg.app import LIMITS
+    from photobg.app_page import build_app
 
     demo = build_app(app, default_steps=2)
     sliders = {block.elem_id: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}

@@ -368,7 +368,8 @@ def test_keys_of_outputs_without_the_new_options_are_unchanged():
 
 
 def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_path, capsys):
-    from photobg.app import App, build_app, canvas_options, sampling_options
+    from photobg.app import App, canvas_options, sampling_options
+    from photobg.app_page import build_app
     from photobg.settings import GenerationSettings
 
     pipe = load_pipeline(inpaint_model, device="cpu")

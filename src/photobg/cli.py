@@ -12,7 +12,7 @@ from . import __version__
 
 COMMANDS = {
     "generate": "photobg.generation.cli",
-    "app": "photobg.app",
+    "app": "photobg.app_page",
     "convert": "photobg.convert",
     "evaluate": "photobg.evaluate",
     "bench": "photobg.bench",
