@@ -142,7 +142,3 @@ RECIPES = {
     ),
 }
 
-
-def recipe_family(backbone_name):
-    """The recipe family (`SD2`, `SDXL`) of a backbone name."""
-    return next(family for family, names in FAMILIES.items() if backbone_name in names)
