@@ -141,4 +141,3 @@ RECIPES = {
         "999, 749, 499, 249, which differ from LCMScheduler's own for 4 steps)",
     ),
 }
-
