@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,8 @@ def app_url(inpaint_model, tiny_sam, tmp_path_factory, app_tmp):
     port, log = free_port(), tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "gradio"), "OMP_NUM_THREADS": "1", "TMPDIR": str(app_tmp)}
     command = [sys.executable, "-m", "photobg", "app", "--model", str(inpaint_model), "--device", "cpu"]
-    command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1", "--segmenter", "threshold"]
+    # The default segmenter (transparent-background), which is not installed here: plain photos still load.
+    command += ["--steps", "2", "--port", str(port), "--max-upload-mb", "1"]
     command += ["--sam-model", str(tiny_sam)]
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -159,6 +161,14 @@ def paint(page, selector, start, end):
     page.mouse.up()
 
 
+def placed(page):
+    """The canvas's Placement tab's image: the object placed on the output canvas (the tab stays selected)."""
+    page.get_by_role("tab", name="Placement").click()
+    page.locator("#preview img").wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(500)  # the tab shows the latest preview
+    return np.asarray(fetch(page, "#preview img"))
+
+
 STEP_PROGRESS = re.compile(r"step \d+ of \d+")
 # Records every text the results' progress bar shows (a short run may be over before a poll would see it).
 RECORD_PROGRESS = """() => {
@@ -180,24 +190,35 @@ def test_select_place_generate_compare_download(page, tmp_path):
     assert fetch(page, "#selection img").size == (451, 300)  # the photo itself, the object tinted
     shot(page, "1-object")
 
-    preview = np.asarray(fetch(page, "#preview img"))
+    selected = np.asarray(fetch(page, "#selection img"))
     view = page.locator("#selection img").bounding_box()
     page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
     status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
-    clicked = np.asarray(fetch(page, "#preview img"))
-    assert not np.array_equal(clicked, preview)  # SAM's mask replaced the uploaded one
+    assert not np.array_equal(np.asarray(fetch(page, "#selection img")), selected)  # the point, SAM's region
+    page.click("#undo")  # and taken back
+    status.get_by_text("Object from the mask cat_mask.png. Output").wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    assert np.array_equal(np.asarray(fetch(page, "#selection img")), selected)
+    page.mouse.click(view["x"] + view["width"] * 0.5, view["y"] + view["height"] * 0.4)
+    status.get_by_text("edited: 1 point(s) on and 0 off the object (SAM)").wait_for(timeout=60_000)
     shot(page, "2-click")
+    clicked = placed(page)
 
     page.get_by_role("tab", name="Brush").click()
     page.wait_for_selector("#editor canvas", timeout=30_000)
+    legend = page.inner_text("#brush-legend")
+    assert "Green: adds to the object" in legend and "Red: removes from it" in legend
     page.wait_for_timeout(1000)
     paint(page, "#editor canvas", (0.3, 0.85), (0.6, 0.85))  # the first colour: adds to the object
     status.get_by_text("and brush strokes").wait_for(timeout=60_000)
-    assert not np.array_equal(np.asarray(fetch(page, "#preview img")), clicked)
     shot(page, "3-brush")
+    assert not np.array_equal(placed(page), clicked)
+    page.click("#clear-clicks")  # the strokes stay
+    status.get_by_text("Object from the mask cat_mask.png, edited: brush strokes.").wait_for(timeout=60_000)
 
+    page.wait_for_timeout(500)
     before = page.locator("#preview img").get_attribute("src")
-    set_number(page, "object-scale", 0.5)
+    set_number(page, "object-scale", 0.5)  # shown on the canvas's Placement tab
     page.wait_for_function(f"document.querySelector('#preview img').src != {before!r}", timeout=60_000)
     assert fetch(page, "#preview img").size == (451, 300)
     shot(page, "4-placement")
@@ -205,13 +226,14 @@ def test_select_place_generate_compare_download(page, tmp_path):
 
     page.fill("#prompt textarea", "a cat on a sofa")
     page.get_by_label("Compare with plain SD2-inpainting").check()
-    page.get_by_text("Sampling").click()
+    page.get_by_text("Advanced settings").click()
     set_number(page, "steps", 25)
     page.evaluate(RECORD_PROGRESS)
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 2 image(s).").wait_for(timeout=300_000)
     shown = page.evaluate("window.progressShown")  # the progress bar's texts while it ran: one per step shown
-    assert any(re.fullmatch(r"(SI2|ours), seed 0: step \d+ of 2\d.*", text, re.S) for text in shown), shown
+    progress = r"(SI2|ours), seed 0 \(image [12] of 2\): step \d+ of 2\d\. All images: - [\d.]+%"
+    assert any(re.fullmatch(progress, text.strip(), re.S) for text in shown), shown
     shot(page, "5-results")
 
     captions = page.inner_text("#results")
@@ -220,8 +242,11 @@ def test_select_place_generate_compare_download(page, tmp_path):
     assert command.startswith("photobg generate cat_object.png --prompt 'a cat on a sofa' --seed 0 ")
     assert page.locator("#slider img").count() >= 2  # before (SI2) | after (ours)
     kept = fetch(page, "#object-file a").getchannel("A")  # the selection the command reads: alpha = object
-    ours = fetch(page, "#results img[alt='ours, seed 0']")
-    assert ours.format == "PNG" and ours.size == (451, 300)  # the download is the full-resolution result
+    with page.expect_download() as download:  # the result shown (ours): its full-resolution PNG
+        page.click("#download")
+    name, ours = download.value.suggested_filename, Image.open(download.value.path())
+    assert re.fullmatch(r"cat_object_a-cat-on-a-sofa_[0-9a-f]{8}_s0\.png", name), name  # photobg generate's name
+    assert ours.format == "PNG" and ours.size == (451, 300)
     assert json.loads(ours.info["photobg"])["command"] == command  # and carries its parameters
     solid = np.asarray(kept) == 255
     photo = np.asarray(Image.open(photo_file))
@@ -234,22 +259,124 @@ def test_select_place_generate_compare_download(page, tmp_path):
     assert page.locator("#object-file a").count() == 1
 
 
-def test_stop_a_long_run_and_generate_again(page):
-    page.set_input_files("#photo input[type=file]", str(REPO / "assets/coffee_cutout.png"))
+def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_object(page, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("transparent_background"):
+        pytest.skip("transparent-background is installed: the app finds the object itself")
+    status = page.locator("#object-status")
+    status.get_by_text("(the transparent-background segmenter) is not installed").wait_for(timeout=30_000)
+    photo_file, _ = cat_files(tmp_path)
+    page.set_input_files("#photo input[type=file]", str(photo_file))  # no mask, no alpha
+    status.get_by_text("No object yet. The automatic object finder").wait_for(timeout=60_000)
+    assert "pip install transparent-background" in status.inner_text()
+    assert fetch(page, "#selection img").size == (451, 300)  # the photo loaded
+    shot(page, "0-no-segmenter")
+    page.get_by_role("tab", name="Brush").click()
+    page.wait_for_selector("#editor canvas", timeout=30_000)
+    page.wait_for_timeout(1000)
+    paint(page, "#editor canvas", (0.35, 0.5), (0.65, 0.5))
+    status.get_by_text("Object from your brush strokes. Output 451x300").wait_for(timeout=60_000)
+
+
+def drop_photo(page, path, on="#selection"):
+    """Drag a photo file from the desktop and drop it on an element of the page."""
+    import base64
+
+    page.evaluate(
+        """([selector, name, data]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const dropped = new DataTransfer();
+            dropped.items.add(new File([bytes], name, {type: 'image/png'}));
+            const target = document.querySelector(selector);
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                target.dispatchEvent(new DragEvent(type, {dataTransfer: dropped, bubbles: true, cancelable: true}));
+            }
+        }""",
+        [on, Path(path).name, base64.b64encode(Path(path).read_bytes()).decode()],
+    )
+
+
+def test_layout_one_canvas_results_beside_it(page, tmp_path):
+    def box(selector):
+        return page.locator(selector).first.bounding_box()
+
+    assert page.is_disabled("#stop") and not page.is_disabled("#generate")  # Stop only while a run goes on
+    assert box("#stop")["width"] < box("#generate")["width"] / 2
+    photo_file, mask_file = cat_files(tmp_path)
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(mask_file))
+    page.locator("#object-status").get_by_text("Object from the mask cat_mask.png. Output").wait_for(timeout=60_000)
+    page.fill("#prompt textarea", "a cat on a sofa")
+    page.get_by_label("Compare with plain SD2-inpainting").check()
+    page.click("#generate")
+    page.locator("#status").get_by_text("Done: 2 image(s).").wait_for(timeout=120_000)
+    assert page.is_disabled("#stop") and not page.is_disabled("#generate")
+    for name, (width, height) in {"desktop": (1400, 900), "tablet": (820, 1180)}.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)
+        canvas, results = box("#canvas-area"), box("#results-area")
+        assert results["x"] >= canvas["x"] + canvas["width"] - 1, name  # the results beside the canvas
+        assert box("#results")["y"] < height and box("#selection")["y"] < height, name  # both above the fold
+        # The photo is shown once: the canvas's other views are on its other tabs.
+        shown = [
+            selector for selector in ("#selection img", "#editor canvas", "#preview img") if page.is_visible(selector)
+        ]
+        assert shown == ["#selection img"], (name, shown)
+        assert not page.is_visible("#steps")  # the advanced settings are folded
+        tall = page.evaluate("document.documentElement.scrollHeight")
+        assert tall < 1800, (name, tall)  # 2,428 px at 1400x900 before issue 21
+        shot(page, f"layout-{name}")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.get_by_label("Position").click()  # placing the object shows it placed, on the same canvas
+    page.get_by_role("option", name="bottom", exact=True).click()
+    page.locator("#preview img").wait_for(state="visible", timeout=60_000)
+    assert not page.is_visible("#selection img")
+
+
+def test_stop_a_long_run_and_generate_again(page, tmp_path):
+    drop_photo(page, REPO / "assets/coffee_cutout.png")  # the canvas is a drop target
     page.locator("#object-status").get_by_text("Object from its alpha channel").wait_for(timeout=60_000)
+    page.click("#generate")
+    page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea").startswith("photobg generate coffee_cutout.png")
+    page.fill("#prompt textarea", "a cup on a table")  # the results shown are not of these settings any more
+    page.locator("#status").get_by_text("changed since these results").wait_for(timeout=30_000)
     set_number(page, "num-images", 8)
-    page.get_by_text("Sampling").click()
+    page.get_by_text("Advanced settings").click()
     set_number(page, "steps", 100)
     page.click("#generate")
     page.locator("#results").get_by_text(STEP_PROGRESS).wait_for(timeout=120_000)
+    # While it runs, nothing of the last run is shown as if it were this one's.
+    assert page.input_value("#command textarea") == "" and "Done" not in page.inner_text("#status")
     shot(page, "6-progress")
     page.click("#stop")
-    page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done.")).wait_for(timeout=60_000)
+    stopped = page.locator("#status").get_by_text(re.compile(r"Stopped: \d of 8 image\(s\) done."))
+    stopped.wait_for(timeout=60_000)
+    kept = int(re.search(r"Stopped: (\d)", stopped.inner_text()).group(1))
     shot(page, "7-stopped")
+    # A new photo: the results, command and status of the last one are gone.
+    photo_file, mask_file = cat_files(tmp_path)
+    page.locator("#photo button[aria-label='Clear']").click()
+    page.set_input_files("#photo input[type=file]", str(photo_file))
+    page.set_input_files("#mask input[type=file]", str(mask_file))
+    page.locator("#object-status").get_by_text("Object from the mask cat_mask.png").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea") == "" and page.inner_text("#status").strip() == ""
+    assert page.locator("#results img").count() == 0 and page.locator("#slider img").count() == 0
     set_number(page, "num-images", 1)
     set_number(page, "steps", 2)
     page.click("#generate")
     page.locator("#status").get_by_text("Done: 1 image(s).").wait_for(timeout=60_000)
+    assert page.input_value("#command textarea").startswith("photobg generate cat.png --mask cat_mask.png")
+    # The session's strip keeps every run's results, whole (not cropped), and "Download all" zips them.
+    page.wait_for_function(f"document.querySelectorAll('#strip img').length == {2 + kept}", timeout=30_000)
+    assert page.eval_on_selector("#strip img", "img => getComputedStyle(img).objectFit") == "contain"
+    assert "a cup on a table" in page.inner_text("#strip") and "seed 0" in page.inner_text("#strip")
+    with page.expect_download() as download:
+        page.click("#download-all")
+    assert download.value.suggested_filename == "photobg-results.zip"
+    with zipfile.ZipFile(download.value.path()) as archive:
+        assert len([name for name in archive.namelist() if "_object" not in name]) == 2 + kept
 
 
 def test_bad_input_gets_messages_and_the_app_stays_usable(page, tmp_path):

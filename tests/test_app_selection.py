@@ -86,6 +86,73 @@ def test_overlay_shows_exactly_what_generation_keeps(app, cat, tmp_path):
     np.testing.assert_array_equal(np.asarray(cutout.getchannel("A")), np.asarray(object_mask(selection)))
 
 
+def test_a_plain_photo_loads_without_the_segmenter_and_the_brush_gives_its_object(inpaint_model, cat, monkeypatch):
+    import sys
+
+    from photobg.app import segmenter_problem
+
+    monkeypatch.setitem(sys.modules, "transparent_background", None)  # not installed, wherever this runs
+    generator = BackgroundGenerator(inpaint_model, device="cpu")  # the default segmenter: transparent-background
+    plain = App(generator, settings=GenerationSettings(model=str(inpaint_model)))
+    assert segmenter_problem(generator) == (
+        "The automatic object finder (the transparent-background segmenter) is not installed: click on the object "
+        "or paint it with the brush. To have objects found automatically, install it (pip install "
+        "transparent-background) and restart the app."
+    )
+    selection = plain.open(str(cat[0]))  # the photo loads, with no object yet
+    assert selection.source == "none" and object_mask(selection).getbbox() is None
+    _, view, editor, preview, status = _selection_views(plain, selection, CANVAS)
+    assert view.size == (120, 80) and editor["background"].size == (120, 80) and preview is None
+    assert status == "No object yet. " + segmenter_problem(generator)
+    painted = apply_strokes(selection, strokes(display_size(selection.image.size), (30, 10, 90, 70)))
+    *_, preview, status = _selection_views(plain, painted, CANVAS)
+    assert preview is not None and status.startswith("Object from your brush strokes. Output 120x80")
+
+
+def test_clicks_and_strokes_are_cleared_apart_and_undone_one_by_one(app, cat):
+    from photobg.app_page import remember, undo
+    from photobg.selection import clear_clicks, clear_strokes
+
+    selection = app.open(*map(str, cat))
+    size = display_size(selection.image.size)
+    layer = strokes(size, (0, 0, 20, 79))
+    history = remember([], selection, None)  # before each edit, the page remembers the selection and strokes
+    clicked = app.click(selection, 60, 40, 1)
+    history = remember(history, clicked, None)
+    painted = apply_strokes(clicked, layer)
+    # Clearing the clicks keeps the strokes, and clearing the strokes keeps the clicks.
+    no_clicks, no_strokes = clear_clicks(painted), clear_strokes(painted)
+    assert no_clicks.points == [] and no_clicks.added is painted.added
+    np.testing.assert_array_equal(
+        np.asarray(object_mask(no_clicks)), np.asarray(object_mask(apply_strokes(selection, layer)))
+    )
+    assert no_strokes.points == painted.points and no_strokes.added is None
+    np.testing.assert_array_equal(np.asarray(object_mask(no_strokes)), np.asarray(object_mask(clicked)))
+    # Undo takes back the last edit, the stroke, then the click; with nothing left it changes nothing.
+    (back, back_layer), history = undo(history)
+    assert back is clicked and back_layer is None
+    (back, _), history = undo(history)
+    assert back is selection and history == []
+    assert undo(history) == (None, [])
+
+
+def test_brush_edges_are_soft_where_the_mask_is_soft(app, cat, tmp_path):
+    from PIL import ImageFilter
+
+    photo, mask = cat
+    Image.open(mask).filter(ImageFilter.GaussianBlur(3)).save(tmp_path / "soft_mask.png")
+    size = display_size((120, 80))
+    layer = strokes(size, (40, 20, 80, 60))
+    layer.putalpha(layer.getchannel("A").filter(ImageFilter.GaussianBlur(2)))  # the brush's antialiased edge
+
+    def values(selection):  # of the stroke, as it enters the object mask
+        return set(np.unique(np.asarray(apply_strokes(selection, layer).added)))
+
+    assert values(app.open(str(photo), str(mask))) <= {0, 255}  # a hard mask stays hard
+    soft = values(app.open(str(photo), str(tmp_path / "soft_mask.png")))
+    assert len(soft - {0, 255}) > 10  # a soft one gets a soft stroke edge
+
+
 def test_strokes_are_taken_back_by_the_eraser(app, cat):
     selection = app.open(*map(str, cat))
     size = display_size(selection.image.size)
@@ -96,24 +163,31 @@ def test_strokes_are_taken_back_by_the_eraser(app, cat):
     np.testing.assert_array_equal(np.asarray(object_mask(erased)), np.asarray(selection.automatic))
 
 
-def test_clicks_ask_sam_and_bad_clicks_are_messages(app, cat, inpaint_model):
+def test_clicks_refine_the_object_and_bad_clicks_are_messages(app, cat, inpaint_model):
     selection = app.open(*map(str, cat))
+    automatic = np.asarray(selection.automatic)
     clicked = app.click(selection, 60, 40, 1)
     assert clicked.points == [[60, 40, 1]] and clicked.edited
-    assert clicked.clicked.size == selection.image.size
-    np.testing.assert_array_equal(np.asarray(object_mask(clicked)), np.asarray(clicked.clicked))
-    # SAM sees every point so far: a second point changes its prompt.
+    (region,) = map(np.asarray, clicked.regions)  # what SAM finds at the click, at the photo's size
+    assert region.shape == automatic.shape and region.any()
+    # The first click adds to the uploaded mask's object: it refines it, never replaces it.
+    np.testing.assert_array_equal(np.asarray(object_mask(clicked)), np.maximum(automatic, region))
+    # A click off the object takes SAM's region at that point away; an undo-able list of clicks.
     both = app.click(clicked, 10, 10, 0)
     assert both.points == [[60, 40, 1], [10, 10, 0]]
-    # Off-object points alone are prompted with the automatic object's box.
-    assert app.click(selection, 5, 5, 0).clicked is not None
+    off = np.asarray(both.regions[1])
+    np.testing.assert_array_equal(np.asarray(object_mask(both)), np.minimum(np.maximum(automatic, region), 255 - off))
     with pytest.raises(ValueError, match=r"the click at \(120, 5\) is outside the photo \(120x80 as shown\)"):
         app.click(selection, 120, 5, 1)
     with pytest.raises(ValueError, match="Upload a photo first"):
         app.click(None, 1, 1, 1)
     no_sam = App(app.generator, sam_model=str(inpaint_model / "no-such-sam"))
-    with pytest.raises(ValueError, match="Clicks need SAM, which is not available: The 'sam' segmenter could not"):
+    with pytest.raises(ValueError) as error:
         no_sam.click(selection, 60, 40, 1)
+    assert str(error.value) == (
+        "Clicks need SAM, which could not be loaded (no-such-sam): paint the object with the brush instead "
+        "(Brush tab: green adds to the object, red removes from it)."
+    )
 
 
 def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(app, cat, tmp_path):
@@ -124,17 +198,58 @@ def test_empty_or_full_mask_after_editing_is_a_message_and_the_app_stays_usable(
     empty = apply_strokes(selection, strokes(size, remove=everything))
     _, _, _, preview, status = _selection_views(app, empty, CANVAS)
     assert preview is None and "cat.png: the object mask is empty" in status
-    (outputs,) = _stream(app, (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {}), None, None, 1)
-    assert "⚠ cat.png: the object mask is empty" in outputs[5]
+    run = (empty, "a cat", 1, 0, False, sampling_options(None, 2, 7.5, 1), {})
+    (outputs,) = _stream(app, run, str(tmp_path), threading.Event(), None, 1, [])
+    assert "⚠ cat.png: the object mask is empty" in outputs[6]
 
     full = apply_strokes(selection, strokes(size, add=everything))
     _, _, _, preview, status = _selection_views(app, full, CANVAS)
     assert preview is None and "cat.png: the object fills the whole image" in status
+    assert status.endswith("give it room with the aspect ratio, the exact size or the object scale.")  # no flags
     # Room on the canvas makes the same selection usable.
     _, _, _, preview, status = _selection_views(app, full, ("1:1", "", 0, "center"))
     assert preview.size == (120, 120) and status.endswith("Output 120x120, generated at 64x64.")
     (result,) = generate(app, full, tmp_path, canvas=("1:1", "", 0, "center"))
     assert Image.open(result.path).size == (120, 120)
+
+
+def test_the_session_keeps_every_run_s_results_and_zips_them(app, cat):
+    import zipfile
+
+    selection = app.open(*map(str, cat))
+    session, outputs = [], None
+    for prompt, seed in (("a cat", 0), ("a cat on a sofa", 5)):
+        run = (selection, prompt, 1, seed, False, sampling_options(None, 2, 7.5, 1), canvas_options(*CANVAS))
+        *_, outputs = _stream(app, run, app.run_folder("session"), threading.Event(), None, 1, session)
+        gallery, status, strip, session, download = outputs[0], outputs[6], outputs[8], outputs[9], outputs[10]
+        assert status == "Done: 1 image(s)." and len(gallery) == 1  # this run's
+    # The strip: every result of the session, captioned with its prompt, seed and settings.
+    assert [caption for _, caption in strip] == [
+        "ours, seed 0 · a cat · 2 steps, guidance 7.5, ControlNet 1",
+        "ours, seed 5 · a cat on a sofa · 2 steps, guidance 7.5, ControlNet 1",
+    ]
+    with zipfile.ZipFile(download["value"]) as archive:  # "Download all": the PNGs as they are
+        names = archive.namelist()
+        assert [Path(name).name for name in names] == [Path(result.path).name for result in session]
+        for name, result in zip(names, session, strict=True):
+            assert archive.read(name) == Path(result.path).read_bytes()
+    app.end_session("session")
+    assert not any(Path(result.path).exists() for result in session)
+
+
+def test_the_page_gets_previews_and_the_download_the_full_file(app, cat, tmp_path, monkeypatch):
+    import photobg.app
+    from photobg.app_page import _show_results
+
+    monkeypatch.setattr(photobg.app, "PREVIEW_SIZE", 64)  # a "large" photo: larger than the previews
+    (result,) = generate(app, app.open(*map(str, cat)), tmp_path)
+    full = Image.open(result.path)
+    assert full.size == (120, 80) and json.loads(full.info["photobg"])["seed"] == 0
+    assert Image.open(result.preview).size == Image.open(result.before).size == (64, 43)
+    assert Path(result.preview).name == Path(result.path).name  # the name photobg generate gives it
+    gallery, slider, _, _, _, download = _show_results([result])
+    assert gallery == [(result.preview, "ours, seed 0")] and slider == (result.before, result.preview)
+    assert download["value"] == result.path  # the download button gives the full-resolution PNG
 
 
 def test_placement_preview_uses_the_canvas_functions(app, cat):
@@ -162,7 +277,16 @@ def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
     generate(app, selection, tmp_path, steps=3, num_images=2, on_step=lambda *report: reports.append(report))
     fractions = [fraction for fraction, _ in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(reports) >= 6
-    assert reports[0][1].startswith("ours, seed 0: step 1 of ") and reports[-1][1].startswith("ours, seed 1: step ")
+    # Which image of how many, which step of it, and what comes after the steps; the page adds the run's share.
+    texts = [text for _, text in reports]
+    assert texts[:5] == [
+        "ours, seed 0 (image 1 of 2): step 1 of 3",
+        "ours, seed 0 (image 1 of 2): step 2 of 3",
+        "ours, seed 0 (image 1 of 2): step 3 of 3, pasting the object back at full size…",
+        "ours, seed 0 (image 1 of 2): saving the full-resolution PNG…",
+        "ours, seed 1 (image 2 of 2): step 1 of 3",
+    ]
+    assert texts[-1] == "ours, seed 1 (image 2 of 2): saving the full-resolution PNG…"
 
     stop, seen = threading.Event(), []
 
@@ -171,7 +295,7 @@ def test_progress_per_step_and_stop_between_steps(app, cat, tmp_path):
         stop.set()
 
     assert generate(app, selection, tmp_path, steps=5, num_images=2, stop=stop, on_step=stop_after_first_step) == []
-    assert seen == [seen[0]] and seen[0].startswith("ours, seed 0: step 1 of ")  # no step ran after Stop
+    assert seen == [seen[0]] and seen[0].startswith("ours, seed 0 (image 1 of 2): step 1 of ")  # none after Stop
 
 
 @pytest.mark.parametrize("edit", [False, True])
@@ -186,7 +310,17 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # the command names the uploaded files (and the selection file) by their names
     assert main([*command[1:], "--output-dir", "cli"]) == 0
     (again,) = (tmp_path / "cli").glob("*.png")
-    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(result.path)))
+    # The same name (photobg generate's scheme), the same pixels, the same key in the same PNG chunk.
+    assert again.name == Path(result.path).name
+    assert Image.open(again).tobytes() == Image.open(result.path).tobytes()
+    app_record, cli_record = (json.loads(Image.open(path).info["photobg"]) for path in (result.path, again))
+    assert app_record["key"] == cli_record["key"] and app_record["output"] == again.name
+    # So --skip-existing keeps the app's image where the command would write it.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / again.name).write_bytes(Path(result.path).read_bytes())
+    assert main([*command[1:], "--output-dir", "kept", "--skip-existing"]) == 0
+    assert (kept / again.name).read_bytes() == Path(result.path).read_bytes()
     # The app shows the command the CLI records for the same photo and settings (the CLI names the files by their
     # absolute paths, and its output folder).
     (record,) = [json.loads(line) for line in (tmp_path / "cli" / "manifest.jsonl").read_text().splitlines()]

@@ -396,7 +396,7 @@ def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_
         return result
 
     off, on = generate(0.0), generate(1.0, tmp_path / "style.png", 0.7)
-    assert not np.array_equal(np.asarray(off.image), np.asarray(on.image))
+    assert not np.array_equal(np.asarray(Image.open(off.path)), np.asarray(Image.open(on.path)))
     assert off.parameters["loras"] == [dict(path=str(lora), scale=0.0)] and "reference_image" not in off.parameters
     assert "--ip-adapter" not in shlex.split(off.parameters["command"])  # which needs a reference image
     command = shlex.split(on.parameters["command"])
@@ -408,7 +408,7 @@ def test_app_sets_the_lora_scale_and_takes_a_reference_image(inpaint_model, tmp_
     command[command.index("cup.png")] = str(tmp_path / "cup.png")
     assert main([*command[1:], "--output-dir", str(tmp_path / "cli")]) == 0
     remade = np.asarray(Image.open(output_image(tmp_path / "cli", "cup")), dtype=int)
-    assert np.abs(remade - np.asarray(on.image, dtype=int)).max() <= 1
+    assert np.abs(remade - np.asarray(Image.open(on.path), dtype=int)).max() <= 1
     # The page shows the LoRA scale and the reference image for such a model.
     demo = build_app(app)
     shown = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}

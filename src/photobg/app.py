@@ -8,15 +8,18 @@ result with the input or with plain SD2-inpainting (SI2) on a slider; download f
 at a time. `/generate` is the API endpoint.
 
 This room is the app's behaviour apart from Gradio: the `App` (the loaded generator, the selection's handlers,
-generating with Stop, each result's record through `manifest.output_record`), the checks of the page's values.
-The page itself, its flags and the command's entry point are `photobg.app_page`.
+generating with Stop, each result's record through `manifest.output_record`), the checks of the page's values, and
+previews. The page itself, its wiring and the command's entry point are `photobg.app_page`.
 """
 
 import contextlib
 import dataclasses
 import functools
 import itertools
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 from .settings import GenerationSettings, app_range, label
 
@@ -28,6 +31,16 @@ LIMITS = {"num_images": app_range("num_images"), "steps": app_range("num_inferen
 DEFAULT = GenerationSettings()  # the defaults of the page's fields and of the API's arguments
 # The app's names of its adapter scales, for messages (the single LoRA's scale is the app's own field).
 ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": label("ip_adapter_scale")}
+# The long side of the images the page shows (a result's full-resolution PNG is its download): enough for a
+# screen, and sent at once even for a 24 MP photo.
+PREVIEW_SIZE = 1600
+# The app's words for what `BackgroundGenerator`'s messages say in `photobg generate`'s flags.
+APP_WORDS = {
+    "an aspect ratio, a size or an object scale (--aspect, --size, --object-scale)": "the aspect ratio, the exact "
+    "size or the object scale",
+}
+# The session strip's tiles stay small however few results it has (Gradio widens them to fill the row).
+
 API_DESCRIPTION = """New backgrounds around the object of a photo. Arguments: photo (image file; an RGBA cutout's
 alpha is its object), prompt, mask (optional object mask file, white = object; without one and without alpha
 the app's segmenter finds the object), negative_prompt, num_images, seed (image k uses seed + k), steps,
@@ -43,10 +56,10 @@ has gone stops after its current image."""
 class Result:
     """One generated image, what it is compared with, and how to make it again."""
 
-    path: str  # the full-resolution PNG (with `parameters` in its text chunk), until the request ends
-    image: object  # the same image (PIL), for the slider
+    path: str  # the full-resolution PNG (with `parameters` in its text chunk), kept while the session lasts
+    preview: str  # the PNG the page shows: `path` scaled to at most `PREVIEW_SIZE` (`path` itself when smaller)
     label: str  # "ours, seed 0"
-    before: object  # PIL image for the slider's left side: the SI2 image of the same seed, or the input
+    before: str  # the slider's left side, a preview PNG: of the SI2 image of the same seed, or of the input canvas
     parameters: dict  # every setting, and the `photobg generate` command
     object_file: str | None  # the selection as an RGBA cutout, when the command needs it
 
@@ -72,6 +85,8 @@ class App:
         self.loras = list(getattr(generator, "loras", []))  # the page's slider sets the scale of a single one
         self.settings = dataclasses.replace(settings or GenerationSettings(), loras=self.loras)
         self._stops = {}  # session -> threading.Event of its running generation
+        self._folders = {}  # session -> the folder of its runs' PNGs (`run_folder`)
+        self.segmenter_problem = segmenter_problem(generator)  # None when photos get their object automatically
 
     # ------------------------------------------------------------------------- the object
 
@@ -93,6 +108,7 @@ class App:
 
     def click(self, selection, x, y, label):
         """Add a clicked point (display coordinates; label 1 = on the object) and let SAM redo the mask."""
+
         from .segment import SegmenterUnavailable
         from .selection import add_point
 
@@ -100,8 +116,13 @@ class App:
             raise ValueError("Upload a photo first.")
         try:
             return add_point(selection, self.sam(), x, y, label)
-        except SegmenterUnavailable as err:
-            raise ValueError(f"Clicks need SAM, which is not available: {err}") from None
+        except SegmenterUnavailable:  # its message speaks to the command line; this one says what to do here
+            model = Path(str(self.sam_model))
+            name = model.name if model.is_absolute() or model.exists() else str(model)
+            raise ValueError(
+                f"Clicks need SAM, which could not be loaded ({name}): paint the object with the brush instead "
+                "(Brush tab: green adds to the object, red removes from it)."
+            ) from None
 
     def sam(self):
         from .segment import Sam
@@ -118,7 +139,10 @@ class App:
         try:
             return self.generator.prepare(selection.image, object_mask(selection), **canvas)
         except ValueError as err:
-            raise ValueError(f"{selection.name}: {str(err).removeprefix('image: ')}") from None
+            message = str(err).removeprefix("image: ")
+            for cli_words, app_words in APP_WORDS.items():
+                message = message.replace(cli_words, app_words)
+            raise ValueError(f"{selection.name}: {message}") from None
 
     def describe(self, selection, prepared):
         from .selection import describe
@@ -145,34 +169,40 @@ class App:
         Yields:
             `Result`s.
         """
-        from pathlib import Path
 
         from .api import make_jobs
-        from .manifest import RECORD_CHUNK, save_png
+        from .manifest import RECORD_CHUNK, FileHashes, save_png
         from .selection import cutout
 
         prepared = self.prepare(selection, canvas)
         jobs = make_jobs([prompt or ""], int(num_images), seed)
         runs = ([("SI2", 0.0)] if compare else []) + [("ours", options["controlnet_conditioning_scale"])]
-        stem = Path(selection.name).stem
         object_file = None
         if selection.edited:  # the command reads the edited selection from this file
-            object_file = str(Path(folder, f"{stem}_object.png"))
+            object_file = str(Path(folder, f"{Path(selection.name).stem}_object.png"))
             save_png(cutout(selection), Path(object_file))
-        si2 = None  # the SI2 image of the current seed, which ours is compared with
+        si2 = None  # the preview of the SI2 image of the current seed, which ours is compared with
+        canvas_preview = save_preview(prepared.image, Path(folder, "previews", "canvas.png"))
+        files = FileHashes()  # digests of the files the outputs' keys hash (read once per request)
+        count = len(jobs) * len(runs)
         for index, (job, (name, scale)) in enumerate(itertools.product(jobs, runs)):
             label = f"{name}, seed {job.seed}"
+            which = f"{label} (image {index + 1} of {count})"  # for the progress bar
             run_options = {**options, "controlnet_conditioning_scale": scale}
-            report = on_step and functools.partial(_report_step, on_step, index, len(jobs) * len(runs), label)
+            report = on_step and functools.partial(_report_step, on_step, index, count, which)
             image = self._run(prepared, job, run_options, stop, report)
             if image is None:
                 return
-            parameters = self.parameters(selection, prepared, job, self.settings_of(run_options, canvas), object_file)
-            path = Path(folder, f"{stem}_s{job.seed}{'' if name == 'ours' else '_si2'}.png")
-            save_png(image, path, {RECORD_CHUNK: parameters})
-            before = si2 if name == "ours" and si2 is not None else prepared.image
-            yield Result(str(path), image, label, before, parameters, object_file)
-            si2 = image if name == "SI2" else None
+            if on_step:
+                on_step((index + 1) / count, f"{which}: saving the full-resolution PNG…")
+            settings = self.settings_of(run_options, canvas)
+            output = self.output_job(selection, job, settings, object_file, folder, files)
+            parameters = self.parameters(selection, prepared, output, settings, object_file, files)
+            save_png(image, output.output, {RECORD_CHUNK: parameters})
+            preview = _preview_file(image, output.output)
+            before = si2 if name == "ours" and si2 is not None else canvas_preview
+            yield Result(str(output.output), preview, label, before, parameters, object_file)
+            si2 = preview if name == "SI2" else None
 
     def _run(self, prepared, job, options, stop, report=None):
         """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped. The
@@ -214,12 +244,25 @@ class App:
             ip_adapter_scale=self.settings.ip_adapter_scale if reference_strength is None else reference_strength,
         )
 
-    def parameters(self, selection, prepared, job, settings, object_file):
-        """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
-        (`manifest.output_record`), with the uploaded files by their names and the object's description."""
-        from pathlib import Path
+    def output_job(self, selection, job, settings, object_file, folder, files):
+        """The `generation.plan.OutputJob` that the command shown for this image plans: the files it reads (the
+        uploaded ones, or the edited object's) and the file `photobg generate` names its output (`output_name`),
+        in `folder`. The app names its PNGs so, and keys them so, that `--skip-existing` recognises them. `files`:
+        the request's `manifest.FileHashes`."""
 
-        from .manifest import generated_with, output_record
+        from .generation.plan import OutputJob, output_name
+        from .manifest import settings_key
+
+        photo, mask = (object_file, None) if object_file is not None else selection.files
+        photo, mask = Path(photo), mask and Path(mask)
+        key = settings_key(settings, job.prompt, mask is not None, files)
+        return OutputJob(photo, mask, job, Path(folder, output_name(photo.stem, job, key)))
+
+    def parameters(self, selection, prepared, output, settings, object_file, files):
+        """Every setting of one image, and the `photobg generate` command that makes it again: the CLI's record
+        (`manifest.output_record`) and key, with the files by their names and the object's description."""
+
+        from .manifest import generated_with, output_key, output_record
         from .selection import describe
 
         if object_file is not None:  # the edited object, as an RGBA cutout: its alpha is the object
@@ -229,15 +272,31 @@ class App:
         reference = settings.reference_image
         return output_record(
             settings,
-            job,
+            output.job,
             generated_with(self.generator, prepared, settings.working_size),
             input_file=input_file,
             object_source=source,
             mask_file=selection.mask_name,
+            output=output.output.name,
             reference_image=Path(reference).name if reference else None,
+            key=output_key(settings, output, files),
             photo=selection.name,
             object=describe(selection),
         )
+
+    def run_folder(self, session):
+        """A new folder for one run's PNGs, inside the session's folder, which is kept until the session ends
+        (`end_session`): the session's strip shows and zips them. One folder a run: two runs may make files of
+        one name (another object under the same photo name)."""
+        if session not in self._folders:
+            self._folders[session] = tempfile.mkdtemp(prefix="photobg-session-")
+        return tempfile.mkdtemp(prefix="run-", dir=self._folders[session])
+
+    def end_session(self, session):
+        """Remove the session's PNGs (its browser tab has closed)."""
+        folder = self._folders.pop(session, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextlib.contextmanager
     def stoppable(self, session):
@@ -256,6 +315,26 @@ class App:
         if event is not None:
             event.set()
         return event is not None
+
+
+def segmenter_problem(generator):
+    """None when the generator's segmenter loads; else, in words for the page, that it is missing, what to do in
+    the app instead, and how to get it. Photos without alpha or mask still load then, with no object yet."""
+    from .segment import SegmenterUnavailable
+
+    try:
+        generator.load_segmenter()
+        return None
+    except SegmenterUnavailable as err:
+        installed = not isinstance(err.__cause__, ImportError)
+    name = generator.segmenter
+    what = f"The automatic object finder (the {name} segmenter)"
+    if installed:
+        return f"{what} could not be loaded: click on the object or paint it with the brush."
+    return (
+        f"{what} is not installed: click on the object or paint it with the brush. To have objects found "
+        f"automatically, install it (pip install {name}) and restart the app."
+    )
 
 
 def check_limits(names=None, **values):
@@ -317,13 +396,36 @@ def sampling_options(
 
 
 def _report_step(on_step, index, count, label, step, steps):
-    """Progress of image `index` of `count` at `step` of `steps`, as `on_step(fraction_done, text)`."""
-    on_step((index + step / steps) / count, f"{label}: step {step} of {steps}")
+    """Progress of image `index` of `count` at `step` of `steps`, as `on_step(fraction_done, text)`: the text says
+    which image (`label`) and which of its steps, and after the last what comes next; the fraction is of the run."""
+    done = ", pasting the object back at full size…" if step == steps else ""
+    on_step((index + step / steps) / count, f"{label}: step {step} of {steps}{done}")
+
+
+def _preview_file(image, path):
+    """The file the page shows for a full-resolution output `path`: `path` itself where the image is small enough,
+    else its preview (`save_preview`) of the same name in the `previews` folder beside it."""
+    if max(image.size) <= PREVIEW_SIZE:
+        return str(path)
+    return save_preview(image, Path(path).parent / "previews" / Path(path).name)
+
+
+def save_preview(image, file):
+    """Save an image scaled to at most `PREVIEW_SIZE` on its long side, as a quickly compressed PNG; returns the
+    file. The page gets files, which Gradio sends as they are (a PIL image is encoded again at every update)."""
+    import PIL.Image
+
+    if max(image.size) > PREVIEW_SIZE:
+        image = image.copy()
+        # Bilinear after an integer reduction (`reducing_gap`): a third of Lanczos' time at 24 MP, as sharp here.
+        image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE), PIL.Image.BILINEAR, reducing_gap=2.0)
+    Path(file).parent.mkdir(exist_ok=True)
+    image.save(file, compress_level=1)
+    return str(file)
 
 
 def _uploaded_names(message, *paths):
     """Messages name uploaded files by their own names, not by the server's temporary paths."""
-    from pathlib import Path
 
     for path in paths:
         if path is not None:

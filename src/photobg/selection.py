@@ -17,11 +17,13 @@ import PIL.ImageChops
 import PIL.ImageDraw
 
 from .masks import OBJECT_THRESHOLD, load_image
+from .segment import SegmenterUnavailable
 
 DISPLAY_SIZE = 1024  # long side, in pixels, of the photo as the browser shows it
 OBJECT_TINT = (37, 99, 235)  # the overlay's colour on the object
 # Brush colours of the app's editor: strokes in the first add to the object, in the second remove from it.
 ADD_COLOUR, REMOVE_COLOUR = (0, 192, 0), (224, 0, 0)
+STROKE_OPACITY = 0.6  # the brush paints at this opacity: a stroke's alpha there means "fully painted"
 POINT_COLOURS = {1: (0, 200, 0), 0: (230, 0, 0)}  # clicked points: on the object / not on it
 
 
@@ -29,19 +31,20 @@ POINT_COLOURS = {1: (0, 200, 0), 0: (230, 0, 0)}  # clicked points: on the objec
 class Selection:
     """A photo and what the user chose as its object.
 
-    The object mask is the automatic one (alpha, mask file or segmenter), or SAM's answer to the clicked
-    points once there are any, with brush strokes painted over it (see `object_mask`).
+    The object mask is the automatic one (alpha, mask file or segmenter), refined by the clicked points (each
+    adds or removes SAM's region at its point), with brush strokes painted over it (see `object_mask`).
     """
 
     name: str  # the photo's file name, for messages and commands
     image: PIL.Image.Image  # RGB, full resolution, EXIF orientation applied
     automatic: PIL.Image.Image  # "L", white = object: from the alpha channel, the mask file or the segmenter
-    source: str  # where `automatic` came from: "alpha", "mask" or "segmenter:NAME"
+    source: str  # where `automatic` came from: "alpha", "mask", "segmenter:NAME", or "none" (no segmenter: empty)
     mask_name: str | None = None  # the uploaded mask's file name, when there is one
+    files: tuple = (None, None)  # the uploaded photo and mask files (the mask only when it is the object's source)
     points: list = field(default_factory=list)  # [x, y, label] in photo pixels; label 1 = object, 0 = not
-    clicked: PIL.Image.Image | None = None  # SAM's mask for `points`
-    added: PIL.Image.Image | None = None  # brush strokes that add to the object (255), photo size
-    removed: PIL.Image.Image | None = None  # brush strokes that remove from it (255), photo size
+    regions: list = field(default_factory=list)  # SAM's mask ("L") at each point, photo size
+    added: PIL.Image.Image | None = None  # brush strokes that add to the object (0-255), photo size
+    removed: PIL.Image.Image | None = None  # brush strokes that remove from it (0-255), photo size
 
     @property
     def edited(self):
@@ -72,14 +75,25 @@ def open_selection(generator, photo, mask=None, *, max_megapixels=None):
         rgb, automatic, source = generator._find_object(image, mask, str(photo))
     except ValueError as err:
         raise ValueError(f"{photo}: {err}") from err
+    except SegmenterUnavailable:  # the photo still loads: clicks and the brush give its object
+        rgb, automatic, source = image.convert("RGB"), PIL.Image.new("L", image.size), "none"
     mask_name = Path(mask).name if mask is not None and source == "mask" else None
-    return Selection(Path(photo).name, rgb, automatic.convert("L"), source, mask_name)
+    files = (str(photo), str(mask) if mask_name else None)
+    return Selection(Path(photo).name, rgb, automatic.convert("L"), source, mask_name, files)
 
 
-def object_mask(selection):
-    """The object mask the pipeline keeps ("L", white = object): the automatic mask, or SAM's for the clicked
-    points, then the brush strokes (added ones set to 255, removed ones to 0)."""
-    mask = selection.clicked if selection.clicked is not None else selection.automatic
+def object_mask(selection, strokes=True):
+    """The object mask the pipeline keeps ("L", white = object): the automatic mask; then, click by click, SAM's
+    region at a point on the object added, at a point off it taken away; then (unless `strokes` is False) the
+    brush strokes (added ones raise the mask to their coverage, removed ones lower it)."""
+    mask = selection.automatic
+    for (*_, label), region in zip(selection.points, selection.regions, strict=True):
+        on = label == 1
+        mask = (
+            PIL.ImageChops.lighter(mask, region) if on else PIL.ImageChops.darker(mask, PIL.ImageChops.invert(region))
+        )
+    if not strokes:
+        return mask
     if selection.added is not None:
         mask = PIL.ImageChops.lighter(mask, selection.added)
     if selection.removed is not None:
@@ -120,7 +134,7 @@ def overlay(selection, with_points=True, mask=None):
 
 
 def add_point(selection, sam, x, y, label):
-    """Add a clicked point and ask SAM for the object from all points so far.
+    """Add a clicked point: SAM's region at it is added to the object (label 1) or taken from it (label 0).
 
     Args:
         selection: the `Selection`.
@@ -132,24 +146,18 @@ def add_point(selection, sam, x, y, label):
         A new `Selection`.
 
     Raises:
-        ValueError: when the click is outside the photo, or there is nothing to segment from.
+        ValueError: when the click is outside the photo.
     """
     width, height = display_size(selection.image.size)
     if not (0 <= x < width and 0 <= y < height):
         raise ValueError(f"the click at ({x}, {y}) is outside the photo ({width}x{height} as shown); click on it.")
     scale = selection.image.width / width
-    points = [
-        *selection.points,
-        [min(int(x * scale), selection.image.width - 1), min(int(y * scale), selection.image.height - 1), label],
-    ]
-    box = None
-    if not any(label == 1 for _, _, label in points):
-        # Points off the object alone do not say which object: they cut parts off the automatic one.
-        box = selection.automatic.point(lambda v: 255 if v >= OBJECT_THRESHOLD else 0).getbbox()
-        if box is None:
-            raise ValueError("click on the object first: points off the object only remove parts of it.")
-    clicked = sam(selection.image, [p[:2] for p in points], labels=[p[2] for p in points], box=box)
-    return dataclasses.replace(selection, points=points, clicked=clicked)
+    point = [min(int(x * scale), selection.image.width - 1), min(int(y * scale), selection.image.height - 1)]
+    # A point alone: what is there, object or not, so that a click refines the object instead of replacing it.
+    region = sam(selection.image, [point])
+    return dataclasses.replace(
+        selection, points=[*selection.points, [*point, label]], regions=[*selection.regions, region]
+    )
 
 
 def apply_strokes(selection, layer):
@@ -161,25 +169,43 @@ def apply_strokes(selection, layer):
             in `REMOVE_COLOUR` remove from it; the eraser takes strokes back.
 
     Returns:
-        A new `Selection` whose `added`/`removed` masks are the layer's strokes at the photo's size.
+        A new `Selection` whose `added`/`removed` masks are the layer's strokes at the photo's size: soft-edged
+        (the brush's own edge, scaled up) where the object mask is soft, hard (0 or 255) where it is hard.
     """
     if layer is None:
-        return dataclasses.replace(selection, added=None, removed=None)
+        return clear_strokes(selection)
     rgba = np.asarray(layer.convert("RGBA")).astype(np.int16)
-    painted = rgba[..., 3] >= 64  # the strokes' soft edges below this are left out
-    adds = painted & (rgba[..., 1] > rgba[..., 0])
-    removes = painted & (rgba[..., 0] > rgba[..., 1])
+    coverage = np.clip(rgba[..., 3] / (255 * STROKE_OPACITY), 0, 1)  # 1 where painted, less on the edge
+    coverage[rgba[..., 3] < 16] = 0  # faint traces of the eraser
+    adds = np.where(rgba[..., 1] > rgba[..., 0], coverage, 0)
+    removes = np.where(rgba[..., 0] > rgba[..., 1], coverage, 0)
+    soft = _is_soft(object_mask(selection, strokes=False))
 
     def to_photo(strokes):
-        mask = PIL.Image.fromarray(strokes.astype(np.uint8) * 255, "L").resize(selection.image.size, PIL.Image.BILINEAR)
-        return mask.point(lambda v: 255 if v >= 128 else 0)
+        mask = PIL.Image.fromarray(np.round(strokes * 255).astype(np.uint8), "L")
+        mask = mask.resize(selection.image.size, PIL.Image.BILINEAR)
+        return mask if soft else mask.point(lambda v: 255 if v >= 128 else 0)
 
     return dataclasses.replace(selection, added=to_photo(adds), removed=to_photo(removes))
 
 
-def reset(selection):
-    """The selection with its automatic mask again: points and strokes dropped."""
-    return dataclasses.replace(selection, points=[], clicked=None, added=None, removed=None)
+def _is_soft(mask):
+    """Whether a mask has soft edges (a matte, a blurred mask): more pixels between 0 and 255 than twice its
+    outline's length, which is about as many as a resize leaves around a hard mask."""
+    values = np.asarray(mask)
+    inside = values >= OBJECT_THRESHOLD
+    outline = np.count_nonzero(inside[1:] != inside[:-1]) + np.count_nonzero(inside[:, 1:] != inside[:, :-1])
+    return np.count_nonzero((values > 0) & (values < 255)) > 2 * outline
+
+
+def clear_clicks(selection):
+    """The selection without its clicked points; the brush strokes are kept."""
+    return dataclasses.replace(selection, points=[], regions=[])
+
+
+def clear_strokes(selection):
+    """The selection without its brush strokes; the clicked points are kept."""
+    return dataclasses.replace(selection, added=None, removed=None)
 
 
 def cutout(selection):
@@ -191,13 +217,15 @@ def cutout(selection):
 
 
 def describe(selection):
-    """Where the object mask comes from, in words."""
-    source = {"alpha": "its alpha channel", "mask": f"the mask {selection.mask_name}"}.get(selection.source)
-    source = source or f"the {selection.source.split(':', 1)[1]} segmenter"
+    """Where the object mask comes from, in words ("No object yet." for a photo without one)."""
     edits = []
     if selection.points:
         on = sum(1 for *_, label in selection.points if label == 1)
         edits.append(f"{on} point(s) on and {len(selection.points) - on} off the object (SAM)")
     if any(m is not None and m.getbbox() for m in (selection.added, selection.removed)):
         edits.append("brush strokes")
+    if selection.source == "none":
+        return f"Object from your {' and '.join(edits)}." if edits else "No object yet."
+    source = {"alpha": "its alpha channel", "mask": f"the mask {selection.mask_name}"}.get(selection.source)
+    source = source or f"the {selection.source.split(':', 1)[1]} segmenter"
     return f"Object from {source}" + (f", edited: {' and '.join(edits)}" if edits else "") + "."
