@@ -107,6 +107,7 @@ def page(app_url):
         )
         try:
             page = context.new_page()
+            page.on("request", lambda r: print("REQ", time.monotonic(), r.method, r.url[-60:], (r.post_data or "")[-260:]) if "queue/join" in r.url else None)
             page.goto(app_url)
             page.wait_for_selector("#photo input[type=file]", state="attached", timeout=30_000)
             yield page
@@ -136,7 +137,12 @@ def set_number(page, elem_id, value):
     field.wait_for(state="visible")
     field.fill(str(value))
     field.press("Enter")
-    page.wait_for_function(f"document.querySelector('#{elem_id} input[type=range]').value == '{value}'")
+    try:
+        page.wait_for_function(f"document.querySelector('#{elem_id} input[type=range]').value == '{value}'", timeout=15000)
+    except Exception:
+        shot(page, "DEBUG-" + elem_id)
+        print("NUMBER", field.input_value(), "RANGE", page.locator(f"#{elem_id} input[type=range]").input_value(), "FOCUSED", page.evaluate("document.activeElement.outerHTML.slice(0,200)"))
+        raise
 
 
 def cat_files(folder):
@@ -219,7 +225,12 @@ def test_select_place_generate_compare_download(page, tmp_path):
     page.wait_for_timeout(500)
     before = page.locator("#preview img").get_attribute("src")
     set_number(page, "object-scale", 0.5)  # shown on the canvas's Placement tab
-    page.wait_for_function(f"document.querySelector('#preview img').src != {before!r}", timeout=60_000)
+    try:
+        page.wait_for_function(f"document.querySelector('#preview img').src != {before!r}", timeout=20_000)
+    except Exception:
+        shot(page, "DEBUG")
+        print("STATUS", page.inner_text("#object-status"), "SRC", before, page.locator("#preview img").count())
+        raise
     assert fetch(page, "#preview img").size == (451, 300)
     shot(page, "4-placement")
     set_number(page, "object-scale", 0)  # back to the photo's framing: the result is compared pixel by pixel

@@ -380,6 +380,8 @@ def _wire_object(app, ui):
     def brush(selection, history, layer, editor, *canvas_fields):
         if selection is None:
             return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
+        if _same_layer(_layer(editor), layer):  # the editor re-sends its strokes when a handler sets its value
+            return (gr.skip(),) * 6
         painted = apply_strokes(selection, _layer(editor))
         history = remember(history, selection, layer)
         return painted, overlay(painted), *_preview(app, painted, canvas_fields), history, _layer(editor)
@@ -405,7 +407,9 @@ def _wire_object(app, ui):
             return None, gr.skip(), gr.skip()
         return *_preview(app, selection, canvas_fields), gr.Tabs(selected="placement-tab")
 
-    private = dict(api_visibility="private")
+    # One queue for every event that reads or writes the selection, in the order they were sent: a stroke handled
+    # after a later placement change would otherwise show the placement of its own time over the newer one.
+    private = dict(api_visibility="private", concurrency_id="selection", concurrency_limit=1)
     for upload in (ui.photo, ui.mask):
         upload.change(load, [ui.photo, ui.mask, *canvas], views + edits + ui.result_views, **private)
     ui.view.select(click, [ui.selection, *edits, ui.point_mode, *canvas], views + edits, **private)
@@ -447,6 +451,18 @@ def _layer(editor):
     """The strokes layer of the editor's value (None when there is none)."""
     layers = (editor or {}).get("layers") or []
     return layers[0] if layers else None
+
+
+def _same_layer(new, old):
+    """Whether two strokes layers (PIL images or None; an empty layer is none) hold the same strokes."""
+    import numpy as np
+
+    def strokes(layer):
+        rgba = None if layer is None else np.asarray(layer.convert("RGBA"))
+        return None if rgba is None or not rgba[..., 3].any() else rgba
+
+    new, old = strokes(new), strokes(old)
+    return new is old if new is None or old is None else new.shape == old.shape and np.array_equal(new, old)
 
 
 def _wire_generation(app, ui):
