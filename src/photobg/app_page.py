@@ -131,6 +131,7 @@ def _layout(default_steps, app):
 
     ui = types.SimpleNamespace(selection=gr.State(None), results=gr.State([]), history=gr.State([]), layer=gr.State())
     ui.session = gr.State([])  # the `Result`s of every run of the session, which the strip shows
+    ui.placement = gr.State(())  # the canvas fields as of the last upload or placement change, kept by the server
     shown = dict(type="pil", format="png", interactive=False)  # images the app draws (PNG: no lossy colours)
     gr.Markdown(
         "**photobg**: a new background around your object, which stays exactly as it is. **1.** Drop a photo on "
@@ -356,20 +357,19 @@ def _wire_object(app, ui):
 
     def load(photo, mask, *canvas_fields):  # a new photo: the last one's edits and results are cleared too
         if photo is None:
-            return *_selection_views(app, None, canvas_fields), [], None, *_no_results()
+            return *_selection_views(app, None, canvas_fields), [], None, *_no_results(), canvas_fields
         try:
             selection = app.open(photo, mask)
         except ValueError as err:
-            return None, None, None, None, f"⚠ {err}", [], None, *_no_results()
-        return *_selection_views(app, selection, canvas_fields), [], None, *_no_results()
+            return None, None, None, None, f"⚠ {err}", [], None, *_no_results(), canvas_fields
+        return *_selection_views(app, selection, canvas_fields), [], None, *_no_results(), canvas_fields
 
     def edited(history, selection, layer, new_selection, new_layer, canvas_fields):
         """The outputs after an edit: the new views, and the state before it remembered for Undo."""
         views = _selection_views(app, new_selection, canvas_fields, new_layer)
         return *views, remember(history, selection, layer), new_layer
 
-    def click(selection, history, layer, mode, aspect, size, object_scale, position, evt: gr.SelectData):
-        canvas_fields = (aspect, size, object_scale, position)  # (Gradio fills in `evt` by position)
+    def click(selection, history, layer, mode, canvas_fields, evt: gr.SelectData):
         x, y = evt.index if isinstance(evt.index, (list, tuple)) else (-1, -1)
         try:
             clicked = app.click(selection, x, y, 1 if mode == POINT_MODES[0] else 0)
@@ -377,7 +377,7 @@ def _wire_object(app, ui):
             return *(gr.skip(),) * 4, f"⚠ {err}", gr.skip(), gr.skip()
         return edited(history, selection, layer, clicked, layer, canvas_fields)
 
-    def brush(selection, history, layer, editor, *canvas_fields):
+    def brush(selection, history, layer, editor, canvas_fields):
         if selection is None:
             return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
         if _same_layer(_layer(editor), layer):  # the editor re-sends its strokes when a handler sets its value
@@ -387,7 +387,7 @@ def _wire_object(app, ui):
         return painted, overlay(painted), *_preview(app, painted, canvas_fields), history, _layer(editor)
 
     def clear(which):
-        def handler(selection, history, layer, *canvas_fields):
+        def handler(selection, history, layer, canvas_fields):
             if selection is None:
                 return (gr.skip(),) * 7
             cleared = clear_clicks(selection) if which == "clicks" else clear_strokes(selection)
@@ -395,7 +395,7 @@ def _wire_object(app, ui):
 
         return handler
 
-    def undo_edit(history, *canvas_fields):
+    def undo_edit(history, canvas_fields):
         last, history = undo(history)
         if last is None:
             return (gr.skip(),) * 4 + ("Nothing to undo.", [], gr.skip())
@@ -404,27 +404,29 @@ def _wire_object(app, ui):
 
     def preview(selection, *canvas_fields):  # shown on the canvas's Placement tab
         if selection is None:
-            return None, gr.skip(), gr.skip()
-        return *_preview(app, selection, canvas_fields), gr.Tabs(selected="placement-tab")
+            return None, gr.skip(), gr.skip(), canvas_fields
+        return *_preview(app, selection, canvas_fields), gr.Tabs(selected="placement-tab"), canvas_fields
 
-    # One queue for every event that reads or writes the selection, in the order they were sent: a stroke handled
-    # after a later placement change would otherwise show the placement of its own time over the newer one.
+    # The selection's events run one at a time, in the order they were sent, and the edits read the canvas fields
+    # the server keeps (`ui.placement`), not the ones their event carries: the editor may send a stroke seconds
+    # late, with the fields of its own time, which would show an old placement over the newer one.
     private = dict(api_visibility="private", concurrency_id="selection", concurrency_limit=1)
     for upload in (ui.photo, ui.mask):
-        upload.change(load, [ui.photo, ui.mask, *canvas], views + edits + ui.result_views, **private)
-    ui.view.select(click, [ui.selection, *edits, ui.point_mode, *canvas], views + edits, **private)
+        outputs = views + edits + ui.result_views + [ui.placement]
+        upload.change(load, [ui.photo, ui.mask, *canvas], outputs, **private)
+    ui.view.select(click, [ui.selection, *edits, ui.point_mode, ui.placement], views + edits, **private)
     # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
     ui.editor.input(
         brush,
-        [ui.selection, *edits, ui.editor, *canvas],
+        [ui.selection, *edits, ui.editor, ui.placement],
         [ui.selection, ui.view, ui.preview, ui.object_status, *edits],
         trigger_mode="always_last",
         **private,
     )
-    ui.clear_clicks.click(clear("clicks"), [ui.selection, *edits, *canvas], views + edits, **private)
-    ui.clear_strokes.click(clear("strokes"), [ui.selection, *edits, *canvas], views + edits, **private)
-    ui.undo.click(undo_edit, [ui.history, *canvas], views + edits, **private)
-    placed = [ui.preview, ui.object_status, ui.tabs]
+    ui.clear_clicks.click(clear("clicks"), [ui.selection, *edits, ui.placement], views + edits, **private)
+    ui.clear_strokes.click(clear("strokes"), [ui.selection, *edits, ui.placement], views + edits, **private)
+    ui.undo.click(undo_edit, [ui.history, ui.placement], views + edits, **private)
+    placed = [ui.preview, ui.object_status, ui.tabs, ui.placement]
     for field in (ui.aspect, ui.object_scale, ui.position):
         field.change(preview, [ui.selection, *canvas], placed, **private)
     for event in (ui.size.submit, ui.size.blur):
