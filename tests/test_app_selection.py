@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from photobg.api import BackgroundGenerator
 from photobg.app import App, canvas_options, sampling_options
-from photobg.app_page import _selection_views, _stream
+from photobg.app_page import _same_layer, _selection_views, _stream
 from photobg.cli import main
 from photobg.selection import ADD_COLOUR, REMOVE_COLOUR, apply_strokes, display_size, object_mask, overlay
 from photobg.settings import GenerationSettings
@@ -161,6 +161,19 @@ def test_strokes_are_taken_back_by_the_eraser(app, cat):
     erased = apply_strokes(edited, Image.new("RGBA", size))  # the eraser leaves a transparent layer
     assert not erased.edited
     np.testing.assert_array_equal(np.asarray(object_mask(erased)), np.asarray(selection.automatic))
+
+
+def test_a_layer_the_editor_sends_again_is_no_new_stroke():
+    """The editor re-sends its layer when a handler sets its value (seconds late, under load): the same strokes are
+    not a new edit, an empty layer is no strokes, and any changed pixel is a stroke."""
+    size = (80, 60)
+    layer = strokes(size, (0, 0, 20, 30))
+    assert _same_layer(layer.copy(), layer) and _same_layer(None, None)
+    assert _same_layer(Image.new("RGBA", size), None)  # the eraser's transparent layer: no strokes
+    assert not _same_layer(layer, None) and not _same_layer(None, layer)
+    changed = layer.copy()
+    changed.putpixel((70, 50), (*ADD_COLOUR, 255))
+    assert not _same_layer(changed, layer)
 
 
 def test_clicks_refine_the_object_and_bad_clicks_are_messages(app, cat, inpaint_model):

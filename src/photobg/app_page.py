@@ -120,6 +120,7 @@ DROP_ON_CANVAS = """() => {
         input.files = event.dataTransfer.files;
         input.dispatchEvent(new Event('change', {bubbles: true}));
     });
+    area.dataset.dropTarget = 'ready';
 }"""
 
 
@@ -415,12 +416,14 @@ def _wire_object(app, ui):
         outputs = views + edits + ui.result_views + [ui.placement]
         upload.change(load, [ui.photo, ui.mask, *canvas], outputs, **private)
     ui.view.select(click, [ui.selection, *edits, ui.point_mode, ui.placement], views + edits, **private)
-    # A stroke sends the layer; while one is being handled, only the latest waiting one runs.
+    # A stroke sends the layer; while one is being handled, only the latest waiting one runs. No overlay on the
+    # views while it runs: the editor sends its layer again whenever a handler sets its value.
     ui.editor.input(
         brush,
         [ui.selection, *edits, ui.editor, ui.placement],
         [ui.selection, ui.view, ui.preview, ui.object_status, *edits],
         trigger_mode="always_last",
+        show_progress="minimal",
         **private,
     )
     ui.clear_clicks.click(clear("clicks"), [ui.selection, *edits, ui.placement], views + edits, **private)
