@@ -622,9 +622,11 @@ def _recipe_settings(name, model, pipe, loras, scheduler, options):
     from .settings import GenerationSettings, SettingsError
 
     given = {key: value for key, value in (("scheduler", scheduler), ("scheduler_options", options)) if value}
+    backbone = None if pipe is None else backbone_from_configs(dict(pipe.config), dict(pipe.unet.config)).name
+    if pipe is not None:  # what messages call the model
+        model = type(pipe).__name__
     model = {} if model is None else {"model": str(model)}
     settings = GenerationSettings(recipe=name, loras=list(loras), **model, **given).resolve(set(given))
-    backbone = None if pipe is None else backbone_from_configs(dict(pipe.config), dict(pipe.unet.config)).name
     try:
         settings.check_scheduler_settings(names="name", backbone=backbone)
     except SettingsError as err:
