@@ -91,6 +91,13 @@ today an output folder that cannot be written  -> stops before loading
 22.2  --recipe on a backbone it was not made for  -> stops before loading, naming the recipe's backbones and the
       model's  -> test_a_recipe_on_another_backbone_is_refused_before_loading;
       evaluate: a spec's recipe=NAME on another backbone -> test_evaluate_checks_every_model_before_generating
+22.2  --recipe of a few-step LoRA without --lora  -> one line `warning: --recipe NAME expects the LoRA FILE of HUB_ID
+      ...` before loading, naming the LoRA for the model's backbone; none with --lora or a recipe that needs no LoRA
+      -> test_a_recipe_without_its_lora_warns_once
+22.1  --scheduler-option with a text value the scheduler class does not take (timestep_spacing=bogus,
+      prediction_type, algorithm_type, solver_type, beta_schedule)  -> stops before loading, naming the values it
+      takes (API: a ValueError, the same)
+      -> test_meaningless_values_are_refused_naming_the_flag, test_an_unavailable_device_is_refused_before_loading
 """
 
 import errno
@@ -262,6 +269,35 @@ def test_a_rerun_keeps_one_record_per_image(first_run, tmp_path, fast):
             "^--steps 4 does not match --timesteps \\(2 timesteps\\)",
         ),
         (["--eta", "0.3"], "^--eta: UniPCMultistepScheduler's step takes no eta"),
+        (
+            ["--scheduler-option", "timestep_spacing=bogus"],
+            "^--scheduler-option: timestep_spacing=bogus: UniPCMultistepScheduler's timestep_spacing takes one of "
+            "linspace, leading, trailing \\(default 'linspace'\\)\\.$",
+        ),
+        (
+            ["--scheduler", "LCMScheduler", "--scheduler-option", "timestep_spacing=Trailing"],
+            "^--scheduler-option: timestep_spacing=Trailing: LCMScheduler's timestep_spacing takes one of linspace, "
+            "leading, trailing",
+        ),
+        (
+            ["--scheduler", "EulerDiscreteScheduler", "--scheduler-option", "prediction_type=v-prediction"],
+            "^--scheduler-option: prediction_type=v-prediction: EulerDiscreteScheduler's prediction_type takes one of "
+            "epsilon, sample, v_prediction",
+        ),
+        (
+            ["--scheduler", "DPMSolverMultistepScheduler", "--scheduler-option", "algorithm_type=dpm++"],
+            "^--scheduler-option: algorithm_type=dpm\\+\\+: DPMSolverMultistepScheduler's algorithm_type takes one "
+            "of dpmsolver, dpmsolver\\+\\+, sde-dpmsolver, sde-dpmsolver\\+\\+",
+        ),
+        (
+            ["--scheduler-option", "solver_type=midpoint"],
+            "^--scheduler-option: solver_type=midpoint: UniPCMultistepScheduler's solver_type takes one of bh1, bh2",
+        ),
+        (
+            ["--scheduler", "DDIMScheduler", "--scheduler-option", "beta_schedule=cosine"],
+            "^--scheduler-option: beta_schedule=cosine: DDIMScheduler's beta_schedule takes one of linear, "
+            "scaled_linear, squaredcos_cap_v2",
+        ),
     ],
 )
 def test_meaningless_values_are_refused_naming_the_flag(tmp_path, extra, message):
@@ -315,6 +351,32 @@ def test_a_recipe_on_another_backbone_is_refused_before_loading(tmp_path, monkey
     else:
         with pytest.raises(SystemExit, match=f"^--recipe {recipe} {message}"):
             main(args)
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--recipe", "tcd"], "pytorch_lora_weights.safetensors of h1t/TCD-SD21-base-LoRA"),
+        (["--recipe", "tcd", "--lora", "LORA"], None),
+        (["--recipe", "authors"], None),  # needs no LoRA
+        ([], None),
+    ],
+)
+def test_a_recipe_without_its_lora_warns_once(tmp_path, fast, shared_pipe, capsys, extra, warned):
+    from test_lora_vae_ipadapter import write_lora
+
+    (path,) = cutouts(tmp_path / "in", 1)
+    lora = write_lora(tmp_path / "lora", shared_pipe)
+    extra = [str(lora) if arg == "LORA" else arg for arg in extra]
+    assert generate(path, "--prompt", "p", *extra, "--output-dir", tmp_path / "out") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    if warned is None:
+        assert lines == []
+    else:
+        assert lines == [
+            f"warning: --recipe tcd expects the LoRA {warned}, and none is given (--lora): without it (or the LoRA "
+            "fused into the model), its 4 steps make a poor image; docs/recipes.md lists each recipe's LoRA."
+        ]
 
 
 @pytest.mark.parametrize(
@@ -804,6 +866,7 @@ def test_an_unavailable_device_is_refused_before_loading(tmp_path, monkeypatch):
         ({"scheduler": "NotAScheduler"}, "^Unknown scheduler 'NotAScheduler'"),
         ({"scheduler_options": {"nonsense": 1}}, "^UniPCMultistepScheduler has no option 'nonsense'"),
         ({"scheduler_options": ["solver_order=two"]}, "^solver_order=two: .* takes an integer"),
+        ({"scheduler_options": {"timestep_spacing": "bogus"}}, "^timestep_spacing=bogus: .* takes one of linspace,"),
     ]:
         with pytest.raises(ValueError, match=message):  # the API's errors: the same, before loading
             BackgroundGenerator("nowhere/none", **option)

@@ -454,7 +454,9 @@ def test_every_entry_point_samples_with_the_authors_recipe(generator, inpaint_mo
     assert recipe_values == {"num_inference_steps": 20, "guidance_scale": 7.5, "controlnet_conditioning_scale": 1.0}
     for function in (BackgroundGenerator.__call__, BackgroundGenerator.run):
         defaults = {k: p.default for k, p in inspect.signature(function).parameters.items() if k in recipe_values}
-        assert defaults == recipe_values
+        assert defaults == dict(recipe_values, num_inference_steps=None, guidance_scale=None)  # None: the recipe's
+    sampling = dict(num_inference_steps=20, guidance_scale=7.5, timesteps=None, eta=None)
+    assert generator.sampling() == sampling  # a generator without a recipe: the authors'
     parsers = {}
     for name, module in (("generate", generate_cli), ("app", app_page), ("evaluate", command)):
         parsers[name] = argparse.ArgumentParser()

@@ -4,14 +4,17 @@ guidance off costing one model batch a step."""
 
 import argparse
 import json
+import re
 import shlex
 
 import numpy as np
 import pytest
-from conftest import generator, make_photo
+from conftest import generator, make_photo, output_image
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
+import photobg
+from photobg.api import BackgroundGenerator
 from photobg.backbones import detect_backbone
 from photobg.cli import main
 from photobg.models import load_pipeline, make_scheduler, scheduler_options_of
@@ -91,6 +94,54 @@ def test_scheduler_settings_are_recorded_keyed_and_repeated_by_the_command(tmp_p
     assert settings_key(again, "p", False, Files()) == settings_key(first, "p", False, Files())
     first.scheduler_options["timestep_spacing"] = "leading"
     assert settings_key(again, "p", False, Files()) != settings_key(first, "p", False, Files())
+
+
+# ----------------------------------------------------------------------------- the Python API takes a recipe
+
+LORA_WARNING = (
+    "recipe tcd expects the LoRA pytorch_lora_weights.safetensors of h1t/TCD-SD21-base-LoRA, and none is given"
+)
+
+
+def test_the_api_takes_a_recipe_by_name_as_the_command_line_does(tmp_path, inpaint_model):
+    photo, mask = make_photo(64, 48)
+    photo.putalpha(mask)
+    photo.save(tmp_path / "a.png")
+    common = ["generate", str(tmp_path / "a.png"), "--prompt", PROMPT, "--model", str(inpaint_model), "--device", "cpu"]
+    assert main([*common, "--recipe", "tcd", "--output-dir", str(tmp_path / "cli")]) == 0
+    expected = np.asarray(Image.open(output_image(tmp_path / "cli", "a")))
+    with pytest.warns(UserWarning, match=f"^{LORA_WARNING} \\(loras\\)"):
+        (image,) = photobg.generate(tmp_path / "a.png", PROMPT, model=inpaint_model, device="cpu", recipe="tcd", seed=0)
+    np.testing.assert_array_equal(np.asarray(image), expected)
+    # an explicit argument overrides the recipe's value, as a flag does: steps counted by the UNet's calls (guidance
+    # 0: one a step), the recipe's scheduler and eta kept
+    with pytest.warns(UserWarning, match=LORA_WARNING):
+        generator_ = BackgroundGenerator(inpaint_model, device="cpu", recipe="tcd")
+    assert type(generator_.pipe.scheduler).__name__ == "TCDScheduler"
+    calls = []
+    handle = generator_.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        generator_(tmp_path / "a.png", PROMPT, seed=0, num_inference_steps=2)
+        assert calls == [1, 1]
+        calls.clear()
+        generator_(tmp_path / "a.png", PROMPT, seed=0, guidance_scale=7.5)
+        assert calls == [2] * 4
+    finally:
+        handle.remove()
+
+
+def test_the_api_refuses_a_recipe_as_the_command_line_does(inpaint_model):
+    message = (
+        "^recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, "
+        f"but model {re.escape(str(inpaint_model))} is sd2-inpainting\\.$"
+    )
+    with pytest.raises(ValueError, match=message):  # before loading: the configs alone are read
+        BackgroundGenerator(inpaint_model, device="cpu", recipe="sdxl-lightning-4")
+    with pytest.raises(ValueError, match="^recipe 'lightning' is not one of: authors, lcm-lora, tcd, "):
+        BackgroundGenerator(inpaint_model, device="cpu", recipe="lightning")
+    # a scheduler given overrides the recipe's, whose eta it cannot take
+    with pytest.raises(ValueError, match="^eta: UniPCMultistepScheduler's step takes no eta"):
+        BackgroundGenerator(inpaint_model, device="cpu", recipe="tcd", scheduler="UniPCMultistepScheduler")
 
 
 # ----------------------------------------------------------------------------- each recipe is diffusers' sampling

@@ -83,6 +83,10 @@ class BackgroundGenerator:
             "model": the checkpoint's own; or a diffusers scheduler class name).
         scheduler_options: the scheduler's config values to set, a dict or `KEY=VALUE` specs typed from the
             scheduler class's own defaults (e.g. {"timestep_spacing": "trailing"}); see `photobg.recipe.RECIPES`.
+        recipe: a named sampling recipe (`photobg.recipe.RECIPES`, `--recipe`): its scheduler and options, and the
+            default steps, guidance, timesteps and eta of every call; `scheduler`, `scheduler_options` and a call's
+            own arguments override it, as flags do (`settings.GenerationSettings.resolve`). A recipe made for other
+            backbones is refused before the model loads; one whose LoRA is not in `loras` warns.
         segmenter: name (see `photobg.segment.SEGMENTERS`) or callable `PIL image -> "L" mask` that finds
             the object in photos that come with neither an alpha channel nor a mask; None to require one.
             Built on first use, so a missing package only matters for photos that need it.
@@ -111,6 +115,7 @@ class BackgroundGenerator:
         dtype=None,
         scheduler=None,
         scheduler_options=None,
+        recipe=None,
         segmenter=DEFAULT_SEGMENTER,
         pipe=None,
         compile=False,
@@ -122,11 +127,17 @@ class BackgroundGenerator:
         ip_adapter_scale=IP_ADAPTER_SCALE,
     ):
         from .models.adapters import ip_adapter_weights, load_ip_adapter, load_loras, parse_lora
-        from .models.loading import load_pipeline, optimize
+        from .models.loading import load_pipeline, make_scheduler, optimize
 
         self.loras = [parse_lora(lora) for lora in loras]  # files checked before the model loads
         if ip_adapter is not None:
             ip_adapter_weights(ip_adapter)
+        self.recipe = recipe
+        if recipe is not None:  # checked before the model loads, as `photobg generate` checks --recipe
+            chosen = _recipe_settings(recipe, model, pipe, self.loras, scheduler=scheduler, options=scheduler_options)
+            scheduler, scheduler_options = chosen.scheduler, chosen.scheduler_options
+            if pipe is not None:
+                pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config, scheduler_options)
         if pipe is None:
             pipe = load_pipeline(
                 model,
@@ -262,8 +273,8 @@ class BackgroundGenerator:
         jobs,
         *,
         negative_prompt=None,
-        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
-        guidance_scale=recipe.GUIDANCE_SCALE,
+        num_inference_steps=None,
+        guidance_scale=None,
         controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         working_size=None,
         batch_size=1,
@@ -282,8 +293,11 @@ class BackgroundGenerator:
             working_size: long side to generate at (default: the model's native size).
             ip_adapter_image: a reference image (file path, PIL image or array) for the background's style, used by
                 every output; needs the generator's `ip_adapter`.
+            num_inference_steps, guidance_scale: None for the generator's recipe's (default the authors' 20 and
+                7.5; `sampling`).
             timesteps: fixed timesteps (diffusers' `timesteps=`, descending) for schedulers that take them; their
-                count is the number of steps. eta: the scheduler step's `eta` (None: the pipeline's, 0).
+                count is the number of steps (None: the recipe's, where `num_inference_steps` is not given).
+            eta: the scheduler step's `eta` (None: the recipe's, else the pipeline's, 0).
             The rest are the pipeline's arguments of the same names (`callback_on_step_end` is called in
             every pipeline call; setting `pipe._interrupt` there skips the call's remaining steps).
 
@@ -292,6 +306,8 @@ class BackgroundGenerator:
         """
         import torch
 
+        sampling = self.sampling(num_inference_steps, guidance_scale, timesteps, eta)
+        num_inference_steps, guidance_scale, timesteps, eta = sampling.values()
         check_sampling(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -327,6 +343,22 @@ class BackgroundGenerator:
                 )
                 images.extend(result.images)
         return images
+
+    def sampling(self, num_inference_steps=None, guidance_scale=None, timesteps=None, eta=None):
+        """A call's sampling values: those given (not None), the rest the generator's recipe's (default the authors'),
+        by the command line's rule (`settings.GenerationSettings.resolve`: steps given drop the recipe's timesteps;
+        timesteps given set the steps).
+
+        Returns:
+            {"num_inference_steps", "guidance_scale", "timesteps", "eta": value}, in that order.
+        """
+        from .settings import GenerationSettings
+
+        values = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        values.update(timesteps=timesteps, eta=eta)
+        given = {name: value for name, value in values.items() if value is not None}
+        settings = GenerationSettings(recipe=self.recipe, **given).resolve(set(given))
+        return {name: getattr(settings, name) for name in values}
 
     @contextlib.contextmanager
     def _reference_or_placeholder(self, reference):
@@ -368,8 +400,8 @@ class BackgroundGenerator:
         negative_prompt=None,
         num_images_per_prompt=1,
         seed=None,
-        num_inference_steps=recipe.NUM_INFERENCE_STEPS,
-        guidance_scale=recipe.GUIDANCE_SCALE,
+        num_inference_steps=None,
+        guidance_scale=None,
         controlnet_conditioning_scale=recipe.CONTROLNET_CONDITIONING_SCALE,
         size=None,
         aspect=None,
@@ -393,7 +425,8 @@ class BackgroundGenerator:
             num_images_per_prompt: images per prompt; image k of every prompt uses seed `seed + k`.
             seed: int; default a random one. Each image's seed is in its `.info["seed"]`.
             num_inference_steps, guidance_scale, controlnet_conditioning_scale: as in the pipeline
-                (`controlnet_conditioning_scale=0` is the base model alone: plain SD2-inpainting, "SI2", or SDXL's).
+                (`controlnet_conditioning_scale=0` is the base model alone: plain SD2-inpainting, "SI2", or SDXL's);
+                steps and guidance None: the generator's recipe's (default the authors' 20 and 7.5).
             size, aspect, object_scale, position: the output canvas (see `prepare`).
             working_size: long side to generate at (default: the model's native size, 512 for SD2, 1024 for SDXL).
             batch_size: images per pipeline call.
@@ -539,6 +572,7 @@ def generate(
     dtype=None,
     scheduler=None,
     scheduler_options=None,
+    recipe=None,
     segmenter=DEFAULT_SEGMENTER,
     vae=None,
     loras=(),
@@ -553,8 +587,9 @@ def generate(
         image, prompt, object_mask: see `BackgroundGenerator.__call__`, which takes the other keyword
             arguments too (`seed`, `num_images_per_prompt`, `num_inference_steps`, `aspect`,
             `ip_adapter_image`, ...).
-        model, controlnet, device, dtype, scheduler, scheduler_options, segmenter, vae, loras, ip_adapter,
-            ip_adapter_scale: see `BackgroundGenerator`.
+        model, controlnet, device, dtype, scheduler, scheduler_options, recipe, segmenter, vae, loras, ip_adapter,
+            ip_adapter_scale: see `BackgroundGenerator` (e.g. `recipe="sdxl-lightning-4"` with its LoRA in `loras`;
+            `num_inference_steps=...` and the other sampling arguments override the recipe's).
 
     Returns:
         list of PIL images (see `BackgroundGenerator.__call__`).
@@ -565,6 +600,7 @@ def generate(
         scheduler_options=tuple(
             scheduler_options.items() if isinstance(scheduler_options, dict) else scheduler_options or ()
         ),
+        recipe=recipe,
         vae=vae,
         loras=tuple(parse_lora(lora) for lora in loras),
         ip_adapter=ip_adapter,
@@ -572,6 +608,30 @@ def generate(
     )
     generator = _cached_generator(model, controlnet, device, dtype, scheduler, segmenter, tuple(loading.items()))
     return generator(image, prompt, object_mask, **kwargs)
+
+
+def _recipe_settings(name, model, pipe, loras, scheduler, options):
+    """The `settings.GenerationSettings` of recipe `name` for `BackgroundGenerator`, the scheduler and options given
+    (not None) overriding the recipe's, checked as `photobg generate` checks them (the backbone read from `pipe`
+    where given, else from `model`'s configs).
+
+    Raises:
+        ValueError: the message `photobg generate` gives, naming the arguments instead of the flags.
+    """
+    from .backbones import backbone_from_configs
+    from .settings import GenerationSettings, SettingsError
+
+    given = {key: value for key, value in (("scheduler", scheduler), ("scheduler_options", options)) if value}
+    backbone = None if pipe is None else backbone_from_configs(dict(pipe.config), dict(pipe.unet.config)).name
+    if pipe is not None:  # what messages call the model
+        model = type(pipe).__name__
+    model = {} if model is None else {"model": str(model)}
+    settings = GenerationSettings(recipe=name, loras=list(loras), **model, **given).resolve(set(given))
+    try:
+        settings.check_scheduler_settings(names="name", backbone=backbone)
+    except SettingsError as err:
+        raise ValueError(str(err)) from None
+    return settings
 
 
 def load_generator(settings, fuse_loras=True):

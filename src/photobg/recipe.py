@@ -108,8 +108,9 @@ RECIPES = {
             SD2: ("h1t/TCD-SD21-base-LoRA", "pytorch_lora_weights.safetensors"),
             SDXL: ("h1t/TCD-SDXL-LoRA", "pytorch_lora_weights.safetensors"),
         },
-        source=f"{HF}h1t/TCD-SDXL-LoRA and {HF}h1t/TCD-SD21-base-LoRA (model cards: TCDScheduler, 4 steps, "
-        "guidance 0, eta 0.3)",
+        source=f"{HF}h1t/TCD-SD21-base-LoRA (model card: TCDScheduler, 4 steps, guidance 0, eta 0.3), "
+        f"{HF}h1t/TCD-SDXL-LoRA and diffusers' TCD guide, {HF}docs/diffusers/using-diffusers/inference_with_tcd_lora "
+        "(the same for SDXL)",
     ),
     "hyper-sd-4": Recipe(
         4,

@@ -423,48 +423,50 @@ class GenerationSettings:
                 raise SettingsError(f"--ip-adapter: {err}") from None
         self.check_scheduler_settings()
 
-    def check_scheduler_settings(self):
+    def check_scheduler_settings(self, names="flag", backbone=None):
         """Check the scheduler's options, timesteps and eta against the scheduler class, and the recipe against the
-        model's backbone, before any weights load; types `scheduler_options` into a {key: value} dict and
-        `timesteps` into a list of ints. The model's configs are read only where needed (`--scheduler model`
-        with options, timesteps or eta; a recipe made for some backbones)."""
+        model's backbone (`check_recipe`), before any weights load; types `scheduler_options` into a {key: value}
+        dict and `timesteps` into a list of ints. The model's configs are read only where needed (`--scheduler
+        model` with options, timesteps or eta; a recipe made for some backbones, unless `backbone` is given).
+        `names`: as in `check_sampling`, or "name" for the Python API's argument names."""
         from .models import check_timesteps, scheduler_options
 
+        names = _names(names)
         if self.timesteps is not None:
             try:
                 self.timesteps = _timesteps(self.timesteps)
             except ValueError:
                 raise SettingsError(
-                    f"--timesteps {self.timesteps!r} is not a comma-separated list of integers."
+                    f"{names['timesteps']} {self.timesteps!r} is not a comma-separated list of integers."
                 ) from None
             if len(self.timesteps) != self.num_inference_steps:
                 raise SettingsError(
-                    f"--steps {self.num_inference_steps} does not match --timesteps ({len(self.timesteps)} "
-                    "timesteps): the timesteps set the number of steps; give one of the two."
+                    f"{names['num_inference_steps']} {self.num_inference_steps} does not match {names['timesteps']} "
+                    f"({len(self.timesteps)} timesteps): the timesteps set the number of steps; give one of the two."
                 )
         cls = self._scheduler_class()
         if cls is not None:
             try:
                 self.scheduler_options = scheduler_options(cls, self.scheduler_options)
             except ValueError as err:
-                raise SettingsError(f"--scheduler-option: {err}") from None
+                raise SettingsError(f"{names['scheduler_options']}: {err}") from None
             try:
                 if self.timesteps is not None:
                     check_timesteps(cls, self.timesteps)
             except ValueError as err:
-                raise SettingsError(f"--timesteps: {err}") from None
-            self._check_eta(cls)
-        self.check_recipe_backbone()
+                raise SettingsError(f"{names['timesteps']}: {err}") from None
+            self._check_eta(cls, names["eta"])
+        self.check_recipe(names, backbone)
 
-    def _check_eta(self, cls):
+    def _check_eta(self, cls, name):
         import inspect
 
         if self.eta is None:
             return
         if not (math.isfinite(self.eta) and self.eta >= 0):
-            raise SettingsError(f"--eta must be a finite number of at least 0, not {self.eta}.")
+            raise SettingsError(f"{name} must be a finite number of at least 0, not {self.eta}.")
         if "eta" not in inspect.signature(cls.step).parameters:
-            raise SettingsError(f"--eta: {cls.__name__}'s step takes no eta (DDIMScheduler and TCDScheduler do).")
+            raise SettingsError(f"{name}: {cls.__name__}'s step takes no eta (DDIMScheduler and TCDScheduler do).")
 
     def _scheduler_class(self):
         """The scheduler class the settings choose; the model's own is read from its config only where options,
@@ -480,26 +482,50 @@ class GenerationSettings:
                 return None
         return scheduler_class(scheduler_name(self.scheduler, config))
 
-    def recipe_backbones(self):
-        """The backbone names the recipe is for, or None (no recipe, or one for every backbone)."""
-        return None if self.recipe is None else recipe_py.RECIPES[self.recipe].backbones
-
-    def check_recipe_backbone(self):
-        """Refuse a recipe on a backbone it was not made for, naming both (the backbone is read from the configs)."""
-        backbones = self.recipe_backbones()
-        if backbones is None:
+    def check_recipe(self, names, backbone=None):
+        """Refuse an unknown recipe, and one on a backbone it was not made for, naming both (the backbone is read
+        from the model's configs unless given); warn when a recipe that needs a LoRA runs without any.
+        `names`: {field: its name in messages} (`_names`)."""
+        if self.recipe is None:
             return
+        if self.recipe not in recipe_py.RECIPES:
+            raise SettingsError(f"{names['recipe']} {self.recipe!r} is not one of: {', '.join(recipe_py.RECIPES)}.")
+        recipe = recipe_py.RECIPES[self.recipe]
+        if recipe.backbones is None:
+            return
+        backbone = backbone or self._backbone()
+        if backbone is not None and backbone not in recipe.backbones:
+            raise SettingsError(
+                f"{names['recipe']} {self.recipe} is made for {' and '.join(recipe.backbones)}, but {names['model']} "
+                f"{self.model} is {backbone}."
+            )
+        if not self.loras:
+            self._warn_without_lora(recipe, backbone, names)
+
+    def _warn_without_lora(self, recipe, backbone, names):
+        """`warnings.warn` that the recipe samples for its LoRA (the one of the backbone's family, where known): the
+        few steps of a model without it (or without the LoRA fused in, which photobg cannot see) make a poor image.
+        `photobg generate` shows it as one `warning:` line."""
+        import warnings
+
+        loras = [lora for family, lora in recipe.loras.items() if backbone in recipe_py.FAMILIES[family]]
+        wanted = " or ".join(f"{file} of {hub_id}" for hub_id, file in loras or recipe.loras.values())
+        warnings.warn(
+            f"{names['recipe']} {self.recipe} expects the LoRA {wanted}, and none is given ({names['loras']}): "
+            f"without it (or the LoRA fused into the model), its {recipe.steps} steps make a poor image; "
+            "docs/recipes.md lists each recipe's LoRA.",
+            stacklevel=3,
+        )
+
+    def _backbone(self):
+        """The model's backbone name, read from its configs; None where they cannot be read (the loader says why)."""
         from .backbones import detect_backbone
         from .models import resolve_model
 
         try:
-            backbone = detect_backbone(resolve_model(self.model)).name
+            return detect_backbone(resolve_model(self.model)).name
         except (OSError, ValueError):
-            return  # the loader names what is wrong with the model
-        if backbone not in backbones:
-            raise SettingsError(
-                f"--recipe {self.recipe} is made for {' and '.join(backbones)}, but --model {self.model} is {backbone}."
-            )
+            return None
 
     def _model_config(self, component):
         """A component's config of the model, or {} where it cannot be read (the loader then says why)."""
@@ -516,7 +542,7 @@ class GenerationSettings:
         `names="label"`, by the app's label; the app also checks that the reference strength is finite."""
         from .api import check_sampling
 
-        names = {f.name: f.metadata[names] or f.metadata["flag"] for f in dataclasses.fields(self)}
+        names = _names(names)
         sampling = ("num_inference_steps", "guidance_scale", "controlnet_conditioning_scale", "working_size")
         try:
             check_sampling(names, **{name: getattr(self, name) for name in sampling})
@@ -567,6 +593,17 @@ class GenerationSettings:
 
 def _field(name):
     return next(f for f in dataclasses.fields(GenerationSettings) if f.name == name)
+
+
+def _names(kind):
+    """{field: how messages name it}: by `kind` "flag" (`--steps`), "label" (the app's, else the flag) or "name" (the
+    field's own name, the Python API's argument name); a dict is taken as it is."""
+    if isinstance(kind, dict):
+        return kind
+    fields = dataclasses.fields(GenerationSettings)
+    if kind == "name":
+        return {f.name: f.name for f in fields}
+    return {f.name: f.metadata[kind] or f.metadata["flag"] for f in fields}
 
 
 def _dest(f):

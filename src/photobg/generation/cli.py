@@ -82,12 +82,13 @@ def run(args):
     from ..manifest import FileHashes
     from ..settings import GenerationSettings, SettingsError
     from .plan import collect_inputs, index_masks, plan_outputs, read_prompts, writable_folder
-    from .run import GenerationRun
+    from .run import GenerationRun, warnings_as_lines
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     settings = GenerationSettings.from_args(args)
     try:
-        settings.check()
+        with warnings_as_lines():  # e.g. a recipe without its LoRA: one `warning:` line
+            settings.check()
     except SettingsError as err:
         raise SystemExit(str(err)) from None
     inputs = collect_inputs(args.images)

@@ -279,7 +279,44 @@ def scheduler_options(cls, specs):
         except ValueError:
             kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a value")
             raise ValueError(f"{key}={value}: {cls.__name__}'s {key} takes {kind} (default {default!r}).") from None
+        choices = option_choices(cls, key)
+        if choices and options[key] is not None and options[key] not in choices:  # None: an Optional's default
+            raise ValueError(
+                f"{key}={value}: {cls.__name__}'s {key} takes one of {', '.join(choices)} (default {default!r})."
+            )
     return options
+
+
+# The texts diffusers' schedulers take for config keys that some classes annotate only as `str` (LCM's and TCD's
+# timestep_spacing, Euler's prediction_type, DDIM's beta_schedule, ...): the values of the `Literal` that diffusers
+# 0.42 annotates the same key with on other classes (DDIM, DDPM, Euler, UniPC), on which these classes' code branches
+# too (their `set_timesteps`, `step` and `__init__`). A key whose default is not among them (a flow-matching
+# scheduler's prediction_type) is not checked; the rarer values of a few classes (Heun's beta_schedule "exp",
+# SASolver's prediction_type "flow_prediction") are not taken here.
+STRING_CHOICES = {
+    "timestep_spacing": ("linspace", "leading", "trailing"),
+    "prediction_type": ("epsilon", "sample", "v_prediction"),
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "interpolation_type": ("linear", "log_linear"),
+}
+
+
+def option_choices(cls, key):
+    """The texts scheduler class `cls` takes for its config `key`, or None where any value goes: diffusers' own
+    `Literal` annotation of the key, else `STRING_CHOICES` where the class's default is one of them."""
+    import inspect
+    import typing
+
+    try:
+        annotation = typing.get_type_hints(cls.__init__).get(key)
+    except (NameError, TypeError):  # an annotation that does not resolve: no table from it
+        annotation = None
+    for kind in (annotation, *typing.get_args(annotation)):  # a Literal, or an Optional[Literal]
+        if typing.get_origin(kind) is typing.Literal:
+            return typing.get_args(kind)
+    default = inspect.signature(cls.__init__).parameters[key].default
+    choices = STRING_CHOICES.get(key)
+    return choices if isinstance(default, str) and default in (choices or ()) else None
 
 
 def check_timesteps(cls, timesteps):
