@@ -15,6 +15,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import PIL.Image
+
 from . import recipe as recipe_py  # as `recipe_py`: `recipe` is a field
 from .defaults import (
     DEFAULT_MODEL,
@@ -538,10 +540,8 @@ class GenerationSettings:
             return {}
 
     def check_sampling(self, names="flag"):
-        """Refuse sampling values that mean nothing (`api.SAMPLING_RULES`), naming the field by its flag or, with
+        """Refuse sampling values that mean nothing (`SAMPLING_RULES`), naming the field by its flag or, with
         `names="label"`, by the app's label; the app also checks that the reference strength is finite."""
-        from .api import check_sampling
-
         names = _names(names)
         sampling = ("num_inference_steps", "guidance_scale", "controlnet_conditioning_scale", "working_size")
         try:
@@ -551,7 +551,6 @@ class GenerationSettings:
 
     def check_canvas(self):
         """--size within photobg's canvas limit, --aspect a ratio; errors name the flag."""
-        from .api import check_canvas_size
         from .masks import parse_aspect, parse_size
 
         try:
@@ -668,3 +667,53 @@ def _timesteps(value):
     if isinstance(value, str):
         return [int(part) for part in value.split(",") if part.strip()]
     return [int(t) for t in value]
+
+
+# Upper bounds, checked before anything is generated (and by `photobg generate` before the model loads).
+# A canvas is at most the largest image Pillow opens without refusing it as a decompression bomb (about 179
+# megapixels; a 150-megapixel camera's photo fits), so every output can be read back. The working size is at
+# most 8x SD2's native 512 px and 4x SDXL's 1024 px: beyond it the models make no usable image and their
+# memory runs into tens of GB.
+MAX_CANVAS_PIXELS = 2 * PIL.Image.MAX_IMAGE_PIXELS
+MAX_WORKING_SIZE = 4096
+
+
+def check_canvas_size(size, name="the canvas"):
+    """Raise a `ValueError` when an output canvas of `size` = (width, height) is above `MAX_CANVAS_PIXELS`."""
+    width, height = size
+    if width * height > MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above photobg's limit of "
+            f"{MAX_CANVAS_PIXELS / 1e6:.0f} megapixels: choose a smaller size or aspect ratio."
+        )
+
+
+# Classifier-free guidance in diffusers is on only for guidance_scale > 1: every value up to 1 gives the same
+# unguided image. 0 and 1 are accepted as "off" (few-step models are run at 0); a negative value or one between
+# 0 and 1 would suggest an effect it does not have, so it is refused.
+GUIDANCE_RULE = "0 or at least 1 (0 and 1 both turn classifier-free guidance off; diffusers applies it only above 1)"
+# What each sampling value must be: (test, the rule in words).
+SAMPLING_RULES = {
+    "num_inference_steps": (lambda v: v >= 1, "at least 1"),
+    "guidance_scale": (lambda v: v == 0 or v >= 1, GUIDANCE_RULE),
+    "controlnet_conditioning_scale": (lambda v: v >= 0, "at least 0 (0 = the base model alone, no ControlNet)"),
+    "working_size": (lambda v: 8 <= v <= MAX_WORKING_SIZE, f"between 8 and {MAX_WORKING_SIZE} pixels"),
+}
+
+
+def check_sampling(names=None, **values):
+    """Refuse sampling values that mean nothing (or not what they seem), by `SAMPLING_RULES`.
+
+    Args:
+        names: how the caller's user knows each argument, e.g. {"guidance_scale": "--guidance"}; by default
+            the pipeline's argument names.
+        **values: `num_inference_steps`, `guidance_scale`, `controlnet_conditioning_scale`, `working_size`;
+            None = not given.
+
+    Raises:
+        ValueError: naming the argument, its value and the values it accepts.
+    """
+    for key, value in values.items():
+        test, rule = SAMPLING_RULES[key]
+        if value is not None and not (math.isfinite(value) and test(value)):
+            raise ValueError(f"{(names or {}).get(key, key)} must be {rule}, not {value}.")

@@ -81,7 +81,7 @@ def add_arguments(parser):
 
 def check_arguments(args):
     """Check everything that needs no model, so mistakes surface before anything loads. Returns the metrics."""
-    from ..api import check_sampling
+    from ..settings import check_sampling
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(METRIC_NAMES))

@@ -270,7 +270,7 @@ def parse_model_spec(text):
         scale = float(values.pop("scale", 1.0))
     except ValueError:
         raise ValueError(f"Model spec {text!r}: scale must be a number.") from None
-    from ..api import check_sampling
+    from ..settings import check_sampling
 
     check_sampling(
         {"controlnet_conditioning_scale": f"Model spec {text!r}: scale"}, controlnet_conditioning_scale=scale
