@@ -381,11 +381,12 @@ def _wire_object(app, ui):
     def brush(selection, history, layer, editor, canvas_fields):
         if selection is None:
             return gr.skip(), gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
-        if _same_layer(_layer(editor), layer):  # the editor re-sends its strokes when a handler sets its value
+        new_layer = _layer(editor)
+        if _same_layer(new_layer, layer):  # the editor re-sends its strokes when a handler sets its value
             return (gr.skip(),) * 6
-        painted = apply_strokes(selection, _layer(editor))
+        painted = apply_strokes(selection, new_layer)
         history = remember(history, selection, layer)
-        return painted, overlay(painted), *_preview(app, painted, canvas_fields), history, _layer(editor)
+        return painted, overlay(painted), *_preview(app, painted, canvas_fields), history, new_layer
 
     def clear(which):
         def handler(selection, history, layer, canvas_fields):
@@ -412,9 +413,9 @@ def _wire_object(app, ui):
     # the server keeps (`ui.placement`), not the ones their event carries: the editor may send a stroke seconds
     # late, with the fields of its own time, which would show an old placement over the newer one.
     private = dict(api_visibility="private", concurrency_id="selection", concurrency_limit=1)
+    loaded = views + edits + ui.result_views + [ui.placement]
     for upload in (ui.photo, ui.mask):
-        outputs = views + edits + ui.result_views + [ui.placement]
-        upload.change(load, [ui.photo, ui.mask, *canvas], outputs, **private)
+        upload.change(load, [ui.photo, ui.mask, *canvas], loaded, **private)
     ui.view.select(click, [ui.selection, *edits, ui.point_mode, ui.placement], views + edits, **private)
     # A stroke sends the layer; while one is being handled, only the latest waiting one runs. No overlay on the
     # views while it runs: the editor sends its layer again whenever a handler sets its value.
@@ -467,7 +468,7 @@ def _same_layer(new, old):
         return None if rgba is None or not rgba[..., 3].any() else rgba
 
     new, old = strokes(new), strokes(old)
-    return new is old if new is None or old is None else new.shape == old.shape and np.array_equal(new, old)
+    return new is old if new is None or old is None else np.array_equal(new, old)  # (unequal shapes: not equal)
 
 
 def _wire_generation(app, ui):
