@@ -26,7 +26,7 @@ CANVAS = ("photo's own", "", 0, "center")  # the app's canvas fields: aspect, si
 def app(inpaint_model, tiny_sam):
     generator = BackgroundGenerator(inpaint_model, device="cpu", segmenter="threshold")
     generator.pipe.set_progress_bar_config(disable=True)
-    settings = GenerationSettings(model=str(inpaint_model), segmenter="threshold")
+    settings = GenerationSettings(model=str(inpaint_model), segmenter="threshold", num_inference_steps=2)
     return App(generator, sam_model=str(tiny_sam), max_megapixels=1, settings=settings)
 
 
@@ -59,11 +59,11 @@ def generate(app, selection, folder, steps=2, stop=None, on_step=None, canvas=CA
     )
 
 
-def api_endpoint(app, default_steps=2):
+def api_endpoint(app):
     """The `/generate` endpoint's function, as Gradio calls it."""
     from photobg.app_page import build_app
 
-    demo = build_app(app, default_steps)
+    demo = build_app(app)
     return next(fn.fn for fn in demo.fns.values() if fn.api_name == "generate")
 
 
@@ -343,29 +343,46 @@ def test_the_command_of_a_result_makes_the_same_image(app, cat, tmp_path, monkey
     assert [Path(word).name if word in (record["input"], record["mask"]) else word for word in recorded] == command
 
 
-def test_the_page_and_the_api_take_their_defaults_and_ranges_from_the_settings(app):
-    import gradio as gr
+@pytest.fixture(scope="module")
+def tcd_app(inpaint_model):
+    """The app as `photobg app --recipe tcd --timesteps 999,666,333` starts it: TCD, guidance 0, eta 0.3, the
+    timesteps setting the steps (3)."""
+    from photobg.api import load_generator
 
+    settings = GenerationSettings(model=str(inpaint_model), segmenter="threshold", device="cpu", recipe="tcd")
+    settings.timesteps = [999, 666, 333]
+    settings.resolve()
+    return App(load_generator(settings), settings=settings)
+
+
+def page_fields(demo):
+    """({elem_id: component} of the page, {argument: component} of the `/generate` endpoint)."""
+    page = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    endpoint = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    return page, {block.label: block for block in endpoint.inputs}
+
+
+def test_the_page_and_the_api_start_from_the_apps_settings(app, tcd_app):
+    from photobg.app import LIMITS
     from photobg.app_page import build_app
-    from photobg.settings import GenerationSettings, app_range
+    from photobg.settings import app_range
 
-    defaults = GenerationSettings()
-    demo = build_app(app)
-    blocks = [block for block in demo.blocks.values() if isinstance(block, (gr.Slider, gr.Number))]
-    sliders = {block.label: block for block in blocks if isinstance(block, gr.Slider)}
-    for name, label in [
-        ("num_inference_steps", "Denoising steps"),
-        ("guidance_scale", "Guidance scale"),
-        ("controlnet_conditioning_scale", "ControlNet scale (0 = SI2)"),
-    ]:
-        slider = sliders[label]
-        assert (slider.value, (slider.minimum, slider.maximum)) == (getattr(defaults, name), app_range(name))
-    api = {block.label: block.value for block in blocks if isinstance(block, gr.Number)}
-    assert (api["steps"], api["guidance"], api["controlnet_scale"]) == (
-        defaults.num_inference_steps,
-        defaults.guidance_scale,
-        defaults.controlnet_conditioning_scale,
+    page, api = page_fields(build_app(tcd_app))
+    first = {name: page[name].value for name in ("steps", "guidance", "timesteps", "eta")}
+    assert first == {"steps": 3, "guidance": 0, "timesteps": "999,666,333", "eta": 0.3}  # the recipe's, the flag's
+    assert first == {name: api[name].value for name in first}  # the API's arguments start from the same values
+    assert (page["steps"].minimum, page["steps"].maximum) == LIMITS["steps"] == app_range("num_inference_steps")
+    assert (page["guidance"].minimum, page["guidance"].maximum) == LIMITS["guidance"] == (0, 20)
+    assert page["timesteps"].visible and page["eta"].visible  # TCD takes both
+    assert page["sampler"].value.startswith(
+        "Scheduler: TCDScheduler; the tcd recipe's steps, guidance, timesteps and eta to start with. Chosen when "
     )
+    # UniPC (the authors' recipe) takes neither fixed timesteps nor eta: the page does not offer them.
+    page, api = page_fields(build_app(app))
+    assert (page["steps"].value, page["guidance"].value, api["steps"].value, api["guidance"].value) == (2, 7.5, 2, 7.5)
+    assert not page["timesteps"].visible and not page["eta"].visible
+    assert page["controlnet-scale"].value == api["controlnet_scale"].value == 1.0
+    assert page["sampler"].value.startswith("Scheduler: UniPCMultistepScheduler. Chosen when the app starts")
 
 
 def test_uploads_that_cannot_be_used_are_messages_naming_them(app, tmp_path):
@@ -408,7 +425,7 @@ def test_the_api_refuses_what_the_page_cannot_ask_for(app, cat, monkeypatch):
     from photobg.app import LIMITS
     from photobg.app_page import build_app
 
-    demo = build_app(app, default_steps=2)
+    demo = build_app(app)
     sliders = {block.elem_id: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
     assert (sliders["num-images"].minimum, sliders["num-images"].maximum) == LIMITS["num_images"] == (1, 8)
     assert (sliders["steps"].minimum, sliders["steps"].maximum) == LIMITS["steps"] == (1, 100)

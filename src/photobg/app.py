@@ -21,13 +21,17 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .settings import GenerationSettings, app_range, label
+from .settings import GenerationSettings, app_range, label, parse_timesteps
 
 ASPECTS = ["photo's own", "1:1", "4:5", "3:4", "2:3", "16:9", "9:16", "3:2", "4:3"]
 POINT_MODES = ["on the object (add)", "off the object (remove)"]
 # What one request may ask for: the page's sliders' ranges, and the API's (`check_limits`), as the settings say.
 # The app makes one generation at a time, so these bound how long a request can keep everyone else waiting.
-LIMITS = {"num_images": app_range("num_images"), "steps": app_range("num_inference_steps")}
+LIMITS = {
+    "num_images": app_range("num_images"),
+    "steps": app_range("num_inference_steps"),
+    "guidance": app_range("guidance_scale"),
+}
 DEFAULT = GenerationSettings()  # the defaults of the page's fields and of the API's arguments
 # The app's names of its adapter scales, for messages (the single LoRA's scale is the app's own field).
 ADAPTER_FIELDS = {"lora_scale": "LoRA scale", "ip_adapter_scale": label("ip_adapter_scale")}
@@ -46,10 +50,13 @@ alpha is its object), prompt, mask (optional object mask file, white = object; w
 the app's segmenter finds the object), negative_prompt, num_images, seed (image k uses seed + k), steps,
 guidance, controlnet_scale (0 = plain SD2-inpainting), aspect ('W:H' or ''), size ('WxH' or ''), object_scale
 (0 = keep the framing), position, reference (optional image file whose style the background follows, for an app
-started with --ip-adapter), ip_adapter_scale, lora_scale (of the app's single --lora). Returns the full-resolution
-PNGs and, per image, its parameters and the `photobg generate` command that makes it again. num_images and steps
-take the page's limits: 1-8 images, 1-100 steps. The files are sent as each image is made; a request whose client
-has gone stops after its current image."""
+started with --ip-adapter), ip_adapter_scale, lora_scale (of the app's single --lora), timesteps (fixed timesteps,
+'999,499' or '', for a scheduler that takes them; they set the steps), eta (of a scheduler whose step takes it).
+steps, guidance, timesteps and eta default to the page's first values (the app's --recipe, --steps, ...); steps
+that differ from them drop the first timesteps, as --steps drops a recipe's. Returns the full-resolution PNGs and,
+per image, its parameters and the `photobg generate` command that makes it again. num_images, steps and guidance
+take the page's limits: 1-8 images, 1-100 steps, guidance 0-20. The files are sent as each image is made; a
+request whose client has gone stops after its current image."""
 
 
 @dataclasses.dataclass
@@ -177,6 +184,10 @@ class App:
         prepared = self.prepare(selection, canvas)
         jobs = make_jobs([prompt or ""], int(num_images), seed)
         runs = ([("SI2", 0.0)] if compare else []) + [("ours", options["controlnet_conditioning_scale"])]
+        # Each run's settings, checked before any image is made.
+        settings = {
+            name: self.settings_of({**options, "controlnet_conditioning_scale": scale}, canvas) for name, scale in runs
+        }
         object_file = None
         if selection.edited:  # the command reads the edited selection from this file
             object_file = str(Path(folder, f"{Path(selection.name).stem}_object.png"))
@@ -185,30 +196,26 @@ class App:
         canvas_preview = save_preview(prepared.image, Path(folder, "previews", "canvas.png"))
         files = FileHashes()  # digests of the files the outputs' keys hash (read once per request)
         count = len(jobs) * len(runs)
-        for index, (job, (name, scale)) in enumerate(itertools.product(jobs, runs)):
+        for index, (job, (name, _)) in enumerate(itertools.product(jobs, runs)):
             label = f"{name}, seed {job.seed}"
             which = f"{label} (image {index + 1} of {count})"  # for the progress bar
-            run_options = {**options, "controlnet_conditioning_scale": scale}
             report = on_step and functools.partial(_report_step, on_step, index, count, which)
-            image = self._run(prepared, job, run_options, stop, report)
+            image = self._run(prepared, job, settings[name], stop, report)
             if image is None:
                 return
             if on_step:
                 on_step((index + 1) / count, f"{which}: saving the full-resolution PNG…")
-            settings = self.settings_of(run_options, canvas)
-            output = self.output_job(selection, job, settings, object_file, folder, files)
-            parameters = self.parameters(selection, prepared, output, settings, object_file, files)
+            output = self.output_job(selection, job, settings[name], object_file, folder, files)
+            parameters = self.parameters(selection, prepared, output, settings[name], object_file, files)
             save_png(image, output.output, {RECORD_CHUNK: parameters})
             preview = _preview_file(image, output.output)
             before = si2 if name == "ours" and si2 is not None else canvas_preview
             yield Result(str(output.output), preview, label, before, parameters, object_file)
             si2 = preview if name == "SI2" else None
 
-    def _run(self, prepared, job, options, stop, report=None):
-        """One image, with a step callback that calls `report(step, steps)` and stops; None when stopped. The
-        options' `lora_scale` and `ip_adapter_scale` are set on the model for this image."""
-        options = dict(options)
-        lora_scale, ip_adapter_scale = options.pop("lora_scale", None), options.pop("ip_adapter_scale", None)
+    def _run(self, prepared, job, settings, stop, report=None):
+        """One image of `settings` (`settings_of`), with a step callback that calls `report(step, steps)` and stops;
+        None when stopped. The settings' single LoRA's scale and IP-Adapter scale are set on the model for it."""
 
         def step_end(pipe, i, t, tensors):
             if report is not None:
@@ -218,31 +225,38 @@ class App:
             return {}
 
         with self._pipe_lock:
-            if lora_scale is not None and len(self.loras) == 1:
-                self.generator.set_lora_scales([lora_scale])
-            if ip_adapter_scale is not None and self.generator.has_ip_adapter:
-                self.generator.pipe.set_ip_adapter_scale(ip_adapter_scale)
-            (image,) = self.generator.run(prepared, [job], **options, callback_on_step_end=step_end)
+            if len(settings.loras) == 1:
+                self.generator.set_lora_scales([settings.loras[0].scale])
+            if self.generator.has_ip_adapter:
+                self.generator.pipe.set_ip_adapter_scale(settings.ip_adapter_scale)
+            (image,) = self.generator.run(prepared, [job], **settings.sampling(), callback_on_step_end=step_end)
         return None if stop.is_set() else image
 
     def settings_of(self, options, canvas):
         """The `GenerationSettings` of one image: the app's, with the page's sampling `options` (as
-        `sampling_options` makes them; the single LoRA's scale too) and `canvas` (as `canvas_options` makes it)."""
+        `sampling_options` makes them; the single LoRA's scale too) and `canvas` (as `canvas_options` makes it).
+        The page's steps and fixed timesteps follow the command line's rule (`GenerationSettings.changed`: steps
+        changed on the page drop the timesteps the app started with). Checked against the loaded scheduler
+        (`ValueError`s name the page's fields)."""
         loras = self.loras
         if options.get("lora_scale") is not None and len(loras) == 1:
             loras = [dataclasses.replace(loras[0], scale=options["lora_scale"])]
         reference_strength = options.get("ip_adapter_scale")
-        return dataclasses.replace(
-            self.settings,
+        settings = self.settings.changed(
             negative_prompt=options["negative_prompt"],
             num_inference_steps=options["num_inference_steps"],
             guidance_scale=options["guidance_scale"],
             controlnet_conditioning_scale=options["controlnet_conditioning_scale"],
+            timesteps=options.get("timesteps"),
+            eta=options.get("eta"),
             **canvas,
             loras=loras,
             reference_image=options.get("ip_adapter_image"),
             ip_adapter_scale=self.settings.ip_adapter_scale if reference_strength is None else reference_strength,
         )
+        settings.check_sampling(names="label")
+        settings.check_steps(type(self.generator.pipe.scheduler), names="label")
+        return settings
 
     def output_job(self, selection, job, settings, object_file, folder, files):
         """The `generation.plan.OutputJob` that the command shown for this image plans: the files it reads (the
@@ -371,18 +385,28 @@ def canvas_options(aspect, size, object_scale, position):
 
 
 def sampling_options(
-    negative_prompt, steps, guidance, controlnet_scale, lora_scale=None, reference=None, ip_adapter_scale=None
+    negative_prompt,
+    steps,
+    guidance,
+    controlnet_scale,
+    lora_scale=None,
+    reference=None,
+    ip_adapter_scale=None,
+    timesteps=None,
+    eta=None,
 ):
-    """The pipeline's keyword arguments from the app's fields; values that mean nothing are a `ValueError`
-    naming the field by its label (`GenerationSettings.check_sampling`). `lora_scale` (of a single LoRA), the
-    `reference` image file and the `ip_adapter_scale` are added when given (`App._run` sets the scales on the
-    model)."""
+    """The sampling settings from the app's fields (`App.settings_of` takes them); values that mean nothing are a
+    `ValueError` naming the field by its label (`GenerationSettings.check_sampling`). `timesteps`: the fixed
+    timesteps' text (blank: none); `eta`: None for the pipeline's. `lora_scale` (of a single LoRA), the `reference`
+    image file and the `ip_adapter_scale` are added when given (`App._run` sets the scales on the model)."""
     import math
 
     options = dict(
         num_inference_steps=int(steps),
         guidance_scale=float(guidance),
         controlnet_conditioning_scale=float(controlnet_scale),
+        timesteps=parse_timesteps(timesteps, label("timesteps")),
+        eta=None if eta is None else float(eta),
     )
     GenerationSettings(**options).check_sampling(names="label")
     scales = {"lora_scale": lora_scale, "ip_adapter_scale": ip_adapter_scale if reference else None}

@@ -42,9 +42,23 @@ def add_arguments(parser):
         help=f"SAM for clicked points: Hub id or folder with a SamModel and its SamProcessor; {TEST_SAM_MODEL} "
         "builds a random one offline (default: %(default)s)",
     )
+    # The scheduler is the app's (chosen at start, as a recipe's LoRA loads at start); the rest start the page's fields.
     GenerationSettings.add_argument(
-        parser, "num_inference_steps", help="default denoising steps (default: %(default)s)"
+        parser,
+        "recipe",
+        help="a named sampling recipe (docs/recipes.md): the scheduler and its options, and the page's first steps, "
+        "guidance, timesteps and eta; --lora loads its LoRA; explicit flags override it",
     )
+    for name, what in [
+        ("num_inference_steps", "denoising steps"),
+        ("guidance_scale", "guidance scale"),
+        ("timesteps", "fixed timesteps (a scheduler that takes them; they set the steps)"),
+        ("eta", "eta (a scheduler whose step takes it; default: the pipeline's, 0)"),
+    ]:
+        default = (
+            " (default: %(default)s, or the recipe's)" if name in ("num_inference_steps", "guidance_scale") else ""
+        )
+        GenerationSettings.add_argument(parser, name, help=f"the page's first {what}{default}")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument("--max-upload-mb", type=float, default=25, help="largest upload (default: %(default)s MB)")
@@ -60,18 +74,21 @@ def run(args):
     import gradio as gr
 
     from .api import load_generator
+    from .generation.run import warnings_as_lines
 
     settings = GenerationSettings.from_args(args)
-    try:
-        check_limits({"steps": "--steps"}, steps=settings.num_inference_steps)  # the steps slider's initial value
-        settings.check_model()
+    try:  # the sliders' first values, then the model's settings (a recipe without its LoRA: one `warning:` line)
+        check_limits({"steps": "--steps", "guidance": "--guidance"}, steps=settings.num_inference_steps,
+                     guidance=settings.guidance_scale)  # fmt: skip
+        with warnings_as_lines():
+            settings.check_model()
     except ValueError as err:
         raise SystemExit(str(err)) from None
     generator = load_generator(settings, fuse_loras=False)  # LoRAs stay adapters: the page changes the scale
     app = App(generator, sam_model=args.sam_model, max_megapixels=args.max_megapixels, settings=settings)
     found_by = app.segmenter_problem or f"the {settings.segmenter} segmenter finds their object."
     print(f"Photos without alpha or mask: {found_by}", flush=True)
-    demo = build_app(app, default_steps=settings.num_inference_steps)
+    demo = build_app(app)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host,
         server_port=args.port,
@@ -82,12 +99,11 @@ def run(args):
     )
 
 
-def build_app(app, default_steps=DEFAULT.num_inference_steps):
+def build_app(app):
     """The Gradio Blocks of the app.
 
     Args:
-        app: the `App` (the generator and the settings it serves).
-        default_steps: initial value of the steps slider.
+        app: the `App` (the generator and the settings it serves; its settings give the fields' first values).
 
     Returns:
         `gradio.Blocks`, ready to `.queue()` and `.launch()`.
@@ -96,10 +112,10 @@ def build_app(app, default_steps=DEFAULT.num_inference_steps):
 
     # Uploads and results are cached on disk; an hourly sweep removes those older than an hour.
     with gr.Blocks(title="photobg", delete_cache=(3600, 3600)) as demo:
-        ui = _layout(default_steps, app)
+        ui = _layout(app)
         _wire_object(app, ui)
         _wire_generation(app, ui)
-        _api_endpoint(app, default_steps)
+        _api_endpoint(app)
 
         def end_session(request: gr.Request):  # a closed tab: its PNGs go
             app.end_session(request.session_hash)
@@ -124,7 +140,7 @@ DROP_ON_CANVAS = """() => {
 }"""
 
 
-def _layout(default_steps, app):
+def _layout(app):
     """The components, in a namespace (the LoRA scale and the reference image only where the model has them)."""
     import types
 
@@ -191,7 +207,7 @@ def _layout(default_steps, app):
             )
             with gr.Accordion("Parameters", open=False):
                 ui.parameters = gr.JSON(label="Parameters", elem_id="parameters")
-            _advanced(ui, default_steps, app)
+            _advanced(ui, app)
     with gr.Row():
         ui.strip = gr.Gallery(
             label="This session's results (select one to compare it; prompt, seed and settings below each)",
@@ -266,23 +282,43 @@ def _placement(ui):
         )
 
 
-def _advanced(ui, default_steps, app):
-    """The advanced settings, folded: negative prompt, sampling, and the adapters' scales where the model has them."""
+def _advanced(ui, app):
+    """The advanced settings, folded: negative prompt, sampling (starting from the app's settings: its recipe's), the
+    timesteps and eta where the scheduler takes them, and the adapters' scales where the model has them."""
     import gradio as gr
 
+    from .models import takes_eta, takes_timesteps
+
+    settings, scheduler = app.settings, type(app.generator.pipe.scheduler)
     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+        gr.Markdown(_sampler_note(app), elem_id="sampler")
         ui.negative_prompt = gr.Textbox(label="Negative prompt")
         ui.steps = gr.Slider(
-            *LIMITS["steps"], value=default_steps, step=1, label=label("num_inference_steps"), elem_id="steps"
-        )
+            *LIMITS["steps"], value=settings.num_inference_steps, step=1, label=label("num_inference_steps"),
+            elem_id="steps",
+        )  # fmt: skip
         ui.guidance = gr.Slider(
-            *app_range("guidance_scale"), value=DEFAULT.guidance_scale, step=0.5, label=label("guidance_scale")
+            *LIMITS["guidance"], value=settings.guidance_scale, step=0.5, label=label("guidance_scale"),
+            elem_id="guidance",
+        )  # fmt: skip
+        ui.timesteps = gr.Textbox(
+            ",".join(map(str, settings.timesteps or [])),
+            label=f"{label('timesteps')} (descending, comma-separated; they set the steps; empty: evenly spread)",
+            visible=takes_timesteps(scheduler),
+            elem_id="timesteps",
+        )
+        ui.eta = gr.Number(
+            settings.eta,
+            label=f"{label('eta')} (the scheduler step's noise; empty: the pipeline's, 0)",
+            visible=takes_eta(scheduler),
+            elem_id="eta",
         )
         ui.controlnet_scale = gr.Slider(
             *app_range("controlnet_conditioning_scale"),
             value=DEFAULT.controlnet_conditioning_scale,
             step=0.05,
             label=f"{label('controlnet_conditioning_scale')} (0 = SI2)",
+            elem_id="controlnet-scale",
         )
         one_lora = app.loras[0] if len(app.loras) == 1 else None
         ui.lora_scale = gr.Slider(
@@ -309,6 +345,17 @@ def _advanced(ui, default_steps, app):
             visible=has_ip_adapter,
             elem_id="ip-adapter-scale",
         )
+
+
+def _sampler_note(app):
+    """Which scheduler the app samples with, and its recipe: both chosen when the app starts."""
+    options = app.settings.scheduler_options
+    options = options.items() if isinstance(options, dict) else [option.split("=", 1) for option in options]
+    text = f"Scheduler: {type(app.generator.pipe.scheduler).__name__}"
+    text += "".join(f", {key}={value}" for key, value in options)
+    recipe = app.settings.recipe
+    text += f"; the {recipe} recipe's steps, guidance, timesteps and eta to start with" if recipe else ""
+    return f"{text}. Chosen when the app starts (`photobg app --recipe NAME`, `--scheduler NAME`; docs/recipes.md)."
 
 
 def _selection_views(app, selection, canvas_fields, layer=None):
@@ -489,6 +536,8 @@ def _wire_generation(app, ui):
         size,
         object_scale,
         position,
+        timesteps,
+        eta,
         lora_scale,
         reference,
         ip_adapter_scale,
@@ -502,8 +551,9 @@ def _wire_generation(app, ui):
         try:
             lora_scale = lora_scale if len(app.loras) == 1 else None
             options = sampling_options(
-                negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale
-            )
+                negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale,
+                timesteps, eta,
+            )  # fmt: skip
             canvas = canvas_options(aspect, size, object_scale, position)
         except ValueError as err:
             yield _status_only(f"⚠ {err}")
@@ -529,7 +579,7 @@ def _wire_generation(app, ui):
 
     inputs = [ui.selection, ui.prompt, ui.num_images, ui.seed, ui.compare, ui.negative_prompt, ui.steps]
     inputs += [ui.guidance, ui.controlnet_scale, ui.aspect, ui.size, ui.object_scale, ui.position]
-    inputs += [ui.lora_scale, ui.reference, ui.ip_adapter_scale]
+    inputs += [ui.timesteps, ui.eta, ui.lora_scale, ui.reference, ui.ip_adapter_scale]
     outputs = ui.result_views + [ui.strip, ui.session, ui.download_all]
     # Generate is disabled and Stop enabled while the run goes on; both as they were when it ends, however.
     buttons = dict(fn=_buttons, outputs=[ui.generate, ui.stop], queue=False, show_progress="hidden")
@@ -664,9 +714,13 @@ def _show_result(result):
     return (result.before, result.preview), result.parameters["command"], object_file, result.parameters, download
 
 
-def _api_endpoint(app, default_steps):
-    """`/generate`: photo (+ mask) and settings in, PNGs and their parameters out, for `gradio_client`."""
+def _api_endpoint(app):
+    """`/generate`: photo (+ mask) and settings in, PNGs and their parameters out, for `gradio_client`. The sampling
+    fields default to the page's first values (the app's settings)."""
     import gradio as gr
+
+    settings = app.settings
+    first_timesteps = ",".join(map(str, settings.timesteps or []))
 
     def generate(
         photo,
@@ -675,8 +729,8 @@ def _api_endpoint(app, default_steps):
         negative_prompt="",
         num_images=1,
         seed=0,
-        steps=default_steps,
-        guidance=DEFAULT.guidance_scale,
+        steps=settings.num_inference_steps,
+        guidance=settings.guidance_scale,
         controlnet_scale=DEFAULT.controlnet_conditioning_scale,
         aspect="",
         size="",
@@ -685,19 +739,22 @@ def _api_endpoint(app, default_steps):
         reference=None,
         ip_adapter_scale=None,
         lora_scale=None,
+        timesteps=first_timesteps,
+        eta=settings.eta,
     ):
         # A generator that yields the PNGs so far after each image; its folder is removed once Gradio has copied
         # the last. Between yields Gradio checks that the client is still there, and closes this generator when it
         # is not: a request whose client has gone stops after its current image.
         with tempfile.TemporaryDirectory(prefix="photobg-api-") as folder:
             try:
-                check_limits(num_images=num_images, steps=steps)  # the page's sliders take the same limits
+                check_limits(num_images=num_images, steps=steps, guidance=guidance)  # the page's sliders' limits
                 selection = app.open(photo, mask)
                 if ip_adapter_scale is None:
                     ip_adapter_scale = app.generator.ip_adapter_scale
                 options = sampling_options(
-                    negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale
-                )
+                    negative_prompt, steps, guidance, controlnet_scale, lora_scale, reference, ip_adapter_scale,
+                    timesteps, eta,
+                )  # fmt: skip
                 canvas = canvas_options(aspect, size, object_scale, position)
                 seed = None if seed is None or seed < 0 else int(seed)
                 stop = threading.Event()  # never set: an API call runs to the end, or until its client has gone
@@ -716,8 +773,8 @@ def _api_endpoint(app, default_steps):
             gr.Textbox("", label="negative_prompt"),
             gr.Number(1, label="num_images", precision=0),
             gr.Number(0, label="seed", precision=0),
-            gr.Number(default_steps, label="steps", precision=0),
-            gr.Number(DEFAULT.guidance_scale, label="guidance"),
+            gr.Number(settings.num_inference_steps, label="steps", precision=0),
+            gr.Number(settings.guidance_scale, label="guidance"),
             gr.Number(DEFAULT.controlnet_conditioning_scale, label="controlnet_scale"),
             gr.Textbox("", label="aspect"),
             gr.Textbox("", label="size"),
@@ -726,6 +783,8 @@ def _api_endpoint(app, default_steps):
             gr.File(label="reference"),
             gr.Number(None, label="ip_adapter_scale"),
             gr.Number(None, label="lora_scale"),
+            gr.Textbox(first_timesteps, label="timesteps"),
+            gr.Number(settings.eta, label="eta"),
         ]
         outputs = [gr.File(file_count="multiple", label="images"), gr.JSON(label="parameters")]
         trigger = gr.Button(visible=False)

@@ -226,6 +226,7 @@ class GenerationSettings:
         "--timesteps",
         "fixed timesteps, descending (e.g. 999,749,499,249), for a scheduler that takes them; sets the steps",
         group="sampling",
+        label="Fixed timesteps",
         keyed="given",
         metavar="T1,T2,...",
     )
@@ -234,6 +235,7 @@ class GenerationSettings:
         "--eta",
         "the scheduler step's eta (DDIM's noise, TCD's gamma; default: the pipeline's, 0)",
         group="sampling",
+        label="Eta",
         keyed="given",
         type=float,
     )
@@ -338,15 +340,25 @@ class GenerationSettings:
         if given is None:
             given = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != default(f.name)}
         if self.recipe is not None and self.recipe in recipe_py.RECIPES:
-            values = recipe_py.RECIPES[self.recipe].settings()
-            if "num_inference_steps" in given:
-                values["timesteps"] = None
-            for name, value in values.items():
+            for name, value in recipe_py.RECIPES[self.recipe].settings().items():
                 if name not in given:
                     setattr(self, name, value)
-        if self.timesteps and "num_inference_steps" not in given:
+        return self._fit_steps(given)
+
+    def changed(self, **values):
+        """A copy with `values` (the app's page gives each setting, changed or not), the steps and the fixed timesteps
+        made to agree by `resolve`'s rule, the values that differ from these settings' taken as given."""
+        given = {name for name, value in values.items() if value != getattr(self, name)}
+        return dataclasses.replace(self, **values)._fit_steps(given)
+
+    def _fit_steps(self, given):
+        """The command line's rule for steps and fixed timesteps: steps given without timesteps drop the timesteps
+        (a recipe's, or the app's start); timesteps given without steps set the number of steps. Returns self."""
+        if self.timesteps and "num_inference_steps" in given and "timesteps" not in given:
+            self.timesteps = None
+        elif self.timesteps and "num_inference_steps" not in given:
             try:
-                self.num_inference_steps = len(_timesteps(self.timesteps))
+                self.num_inference_steps = len(parse_timesteps(self.timesteps))
             except ValueError:
                 pass  # `check` names the bad --timesteps
         return self
@@ -431,43 +443,48 @@ class GenerationSettings:
         dict and `timesteps` into a list of ints. The model's configs are read only where needed (`--scheduler
         model` with options, timesteps or eta; a recipe made for some backbones, unless `backbone` is given).
         `names`: as in `check_sampling`, or "name" for the Python API's argument names."""
-        from .models import check_timesteps, scheduler_options
+        from .models import scheduler_options
 
         names = _names(names)
-        if self.timesteps is not None:
-            try:
-                self.timesteps = _timesteps(self.timesteps)
-            except ValueError:
-                raise SettingsError(
-                    f"{names['timesteps']} {self.timesteps!r} is not a comma-separated list of integers."
-                ) from None
-            if len(self.timesteps) != self.num_inference_steps:
-                raise SettingsError(
-                    f"{names['num_inference_steps']} {self.num_inference_steps} does not match {names['timesteps']} "
-                    f"({len(self.timesteps)} timesteps): the timesteps set the number of steps; give one of the two."
-                )
+        self.timesteps = parse_timesteps(self.timesteps, names["timesteps"])
         cls = self._scheduler_class()
         if cls is not None:
             try:
                 self.scheduler_options = scheduler_options(cls, self.scheduler_options)
             except ValueError as err:
                 raise SettingsError(f"{names['scheduler_options']}: {err}") from None
+        self.check_steps(cls, names)
+        self.check_recipe(names, backbone)
+
+    def check_steps(self, cls, names="flag"):
+        """Check the fixed timesteps (their count is the number of steps) and eta against scheduler class `cls`
+        (None: not known yet; only the values are checked); types `timesteps` into a list of ints. The app checks
+        each image's settings so, against the scheduler it has loaded."""
+        from .models import check_timesteps
+
+        names = _names(names)
+        self.timesteps = parse_timesteps(self.timesteps, names["timesteps"])
+        if self.timesteps is not None:
+            if len(self.timesteps) != self.num_inference_steps:
+                raise SettingsError(
+                    f"{names['num_inference_steps']} {self.num_inference_steps} does not match {names['timesteps']} "
+                    f"({len(self.timesteps)} timesteps): the timesteps set the number of steps; give one of the two."
+                )
             try:
-                if self.timesteps is not None:
+                if cls is not None:
                     check_timesteps(cls, self.timesteps)
             except ValueError as err:
                 raise SettingsError(f"{names['timesteps']}: {err}") from None
-            self._check_eta(cls, names["eta"])
-        self.check_recipe(names, backbone)
+        self._check_eta(cls, names["eta"])
 
     def _check_eta(self, cls, name):
-        import inspect
+        from .models import takes_eta
 
         if self.eta is None:
             return
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise SettingsError(f"{name} must be a finite number of at least 0, not {self.eta}.")
-        if "eta" not in inspect.signature(cls.step).parameters:
+        if cls is not None and not takes_eta(cls):
             raise SettingsError(f"{name}: {cls.__name__}'s step takes no eta (DDIMScheduler and TCDScheduler do).")
 
     def _scheduler_class(self):
@@ -662,11 +679,17 @@ class _AppendGiven(argparse.Action):
         setattr(namespace, GIVEN, getattr(namespace, GIVEN, set()) | {self.dest})
 
 
-def _timesteps(value):
-    """`--timesteps` as a list of ints: a comma-separated text, or a list as the API gives it."""
-    if isinstance(value, str):
-        return [int(part) for part in value.split(",") if part.strip()]
-    return [int(t) for t in value]
+def parse_timesteps(value, name="--timesteps"):
+    """Fixed timesteps as a list of ints, from a comma-separated text (`--timesteps`, the app's field) or a list (the
+    API); None for none (None, or a blank text). A `SettingsError` naming the field (`name`) when they are no
+    integers."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        parts = value.split(",") if isinstance(value, str) else value
+        return [int(part) for part in parts if not isinstance(part, str) or part.strip()]
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} {value!r} is not a comma-separated list of integers.") from None
 
 
 # Upper bounds, checked before anything is generated (and by `photobg generate` before the model loads).

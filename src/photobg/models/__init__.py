@@ -48,6 +48,8 @@ from .loading import (
     scheduler_name,
     scheduler_options,
     scheduler_options_of,
+    takes_eta,
+    takes_timesteps,
 )
 from .pipelines import pipeline_class, pipeline_from_components
 from .specs import resolve_model
@@ -104,6 +106,8 @@ __all__ = [
     "scheduler_options",
     "scheduler_options_of",
     "set_lora_scales",
+    "takes_eta",
+    "takes_timesteps",
     "text_encoder_from_config",
     "unreadable_weights",
     "write_test_model",

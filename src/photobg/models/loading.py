@@ -319,12 +319,26 @@ def option_choices(cls, key):
     return choices if isinstance(default, str) and default in (choices or ()) else None
 
 
-def check_timesteps(cls, timesteps):
-    """Raise a `ValueError` unless scheduler class `cls` takes fixed timesteps (its `set_timesteps` has diffusers'
-    `timesteps=`) and `timesteps` are distinct integers in [0, 1000) in descending order."""
+def takes_timesteps(cls):
+    """Whether scheduler class `cls` takes fixed timesteps: its `set_timesteps` has diffusers' `timesteps=`."""
     import inspect
 
-    if "timesteps" not in inspect.signature(cls.set_timesteps).parameters:
+    return "timesteps" in inspect.signature(cls.set_timesteps).parameters
+
+
+def takes_eta(cls):
+    """Whether scheduler class `cls`'s step takes an `eta` (DDIM's noise, TCD's gamma)."""
+    import inspect
+
+    return "eta" in inspect.signature(cls.step).parameters
+
+
+def check_timesteps(cls, timesteps):
+    """Raise a `ValueError` unless scheduler class `cls` takes fixed timesteps (`takes_timesteps`) and `timesteps`
+    are distinct integers in [0, 1000) in descending order."""
+    import inspect
+
+    if not takes_timesteps(cls):
         raise ValueError(
             f"{cls.__name__} takes no fixed timesteps (its set_timesteps has no `timesteps`): choose a scheduler "
             "that does, e.g. --scheduler LCMScheduler, TCDScheduler or EulerDiscreteScheduler."
