@@ -3,6 +3,7 @@ the one mask the overlay shows and generation keeps, placement, stopping between
 regenerates a result, messages (never tracebacks) for bad input, and the `/generate` endpoint's limits."""
 
 import json
+import re
 import shlex
 import threading
 from pathlib import Path
@@ -385,6 +386,67 @@ def test_the_page_and_the_api_start_from_the_apps_settings(app, tcd_app):
     assert page["sampler"].value.startswith("Scheduler: UniPCMultistepScheduler. Chosen when the app starts")
 
 
+def test_the_pages_steps_and_timesteps_follow_the_command_lines_rule(app, tcd_app):
+    canvas = canvas_options(*CANVAS)
+
+    def sampled(on=tcd_app, steps=3, timesteps="999,666,333", eta=0.3):
+        settings = on.settings_of(sampling_options(None, steps, 0, 1.0, timesteps=timesteps, eta=eta), canvas)
+        return settings.num_inference_steps, settings.timesteps, settings.eta
+
+    assert sampled() == (3, [999, 666, 333], 0.3)  # as the app started
+    assert sampled(steps=5) == (5, None, 0.3)  # other steps drop the timesteps, as --steps drops a recipe's
+    assert sampled(timesteps="999, 499") == (2, [999, 499], 0.3)  # other timesteps set the steps
+    assert sampled(timesteps="", eta=None) == (3, None, None)  # evenly spread; the pipeline's eta
+    for values, message in [
+        (dict(steps=4, timesteps="999,499"), "Denoising steps 4 does not match Fixed timesteps (2 timesteps): the "),
+        (dict(timesteps="999,x"), "Fixed timesteps '999,x' is not a comma-separated list of integers."),
+        (dict(timesteps="499,999"), "Fixed timesteps: [499, 999] must be distinct timesteps in [0, 1000), in "),
+        (dict(eta=-1), "Eta must be a finite number of at least 0, not -1.0."),
+        (dict(on=app, steps=2, timesteps="", eta=0.5), "Eta: UniPCMultistepScheduler's step takes no eta"),
+        (dict(on=app, steps=2, timesteps="999,499"), "Fixed timesteps: UniPCMultistepScheduler takes no fixed timest"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+            sampled(**values)
+
+
+def run_page_generate(demo, selection, **fields):
+    """The page's Generate handler, called as Gradio calls it with the fields' values (by elem_id; the rest as the
+    page starts), until its run ends: the run's `Result`s."""
+    import types
+
+    import gradio as gr
+
+    handler = next(fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "generate_in_page")
+    values = [
+        (selection if i == 0 else []) if isinstance(block, gr.State) else fields.get(block.elem_id, block.value)
+        for i, block in enumerate(handler.inputs)
+    ]
+    session = types.SimpleNamespace(session_hash="test")
+    *_, last = handler.fn(*values, request=session, progress=lambda *args, **kwargs: None)
+    status, results = last[6], last[7]
+    assert status.startswith("Done"), status
+    return results
+
+
+def test_a_few_step_image_from_the_page_is_remade_by_its_command(tcd_app, cat, tmp_path, monkeypatch, capsys):
+    from photobg.app_page import build_app
+
+    demo = build_app(tcd_app)
+    selection = tcd_app.open(*map(str, cat))
+    (result,) = run_page_generate(demo, selection, prompt="a cat", timesteps="999,499", eta=0.5)
+    parameters = result.parameters
+    assert (parameters["num_inference_steps"], parameters["timesteps"], parameters["eta"]) == (2, [999, 499], 0.5)
+    command = shlex.split(parameters["command"])
+    for flag, value in [("--recipe", "tcd"), ("--timesteps", "999,499"), ("--eta", "0.5"), ("--guidance", "0.0")]:
+        assert command[command.index(flag) + 1] == value
+    monkeypatch.chdir(Path(cat[0]).parent)  # the command names the uploaded files by their names
+    assert main([*command[1:], "--output-dir", str(tmp_path / "cli")]) == 0
+    assert "warning: --recipe tcd expects the LoRA" in capsys.readouterr().err  # none on the tiny model
+    (again,) = (tmp_path / "cli").glob("*.png")
+    assert again.name == Path(result.path).name
+    assert Image.open(again).tobytes() == Image.open(result.path).tobytes()
+
+
 def test_uploads_that_cannot_be_used_are_messages_naming_them(app, tmp_path):
     uploads = tmp_path / "upload-cache"
     uploads.mkdir()
@@ -448,10 +510,24 @@ def test_the_api_refuses_what_the_page_cannot_ask_for(app, cat, monkeypatch):
         assert error.value.message == f"{field} must be between {allowed} (the app's limit), not {value}."
 
 
-def test_the_app_refuses_a_default_steps_the_page_cannot_show(inpaint_model, capsys):
-    with pytest.raises(SystemExit) as error:  # checked before the model loads: this folder holds none
-        main(["app", "--model", str(inpaint_model / "nothing-here"), "--steps", "150"])
-    assert str(error.value.code) == "--steps must be between 1 and 100 (the app's limit), not 150."
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "150"], "--steps must be between 1 and 100 (the app's limit), not 150."),
+        (["--guidance", "25"], "--guidance must be between 0 and 20 (the app's limit), not 25.0."),
+        (["--eta", "0.5"], "--eta: UniPCMultistepScheduler's step takes no eta (DDIMScheduler and TCDScheduler do)."),
+        (["--recipe", "sdxl-lightning-4"], "--recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, but "),
+        (["--recipe", "tcd", "--timesteps", "999,499", "--steps", "3"], "--steps 3 does not match --timesteps (2 "),
+    ],
+)
+def test_the_app_refuses_first_values_the_page_cannot_take(inpaint_model, flags, message, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("refused values must load no model")
+
+    monkeypatch.setattr("photobg.api.load_generator", no_loading)
+    with pytest.raises(SystemExit) as error:  # checked before the model loads
+        main(["app", "--model", str(inpaint_model), *flags])
+    assert str(error.value.code).startswith(message)
 
 
 def test_an_api_request_whose_client_has_gone_stops_after_its_current_image(app, cat, monkeypatch):
