@@ -453,6 +453,10 @@ def test_generate_endpoint_through_gradio_client(app_url, tmp_path):
         np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[solid], photo[solid])
     with pytest.raises(AppError, match="Size '10' is not WIDTHxHEIGHT"):
         client.predict(handle_file(str(photo_file)), "a cat", size="10", api_name="/generate")
+    with pytest.raises(AppError, match="Eta: UniPCMultistepScheduler's step takes no eta"):  # the app's scheduler
+        client.predict(
+            handle_file(str(photo_file)), "a cat", mask=handle_file(str(mask_file)), eta=0.5, api_name="/generate"
+        )
 
 
 # A client that asks for the most the API allows, takes the first image sent, and goes away without a word.

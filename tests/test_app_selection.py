@@ -386,7 +386,9 @@ def test_the_page_and_the_api_start_from_the_apps_settings(app, tcd_app):
     assert page["sampler"].value.startswith("Scheduler: UniPCMultistepScheduler. Chosen when the app starts")
 
 
-def test_the_pages_steps_and_timesteps_follow_the_command_lines_rule(app, tcd_app):
+def test_the_pages_steps_and_timesteps_follow_the_command_lines_rule(app, tcd_app, cat):
+    import gradio as gr
+
     canvas = canvas_options(*CANVAS)
 
     def sampled(on=tcd_app, steps=3, timesteps="999,666,333", eta=0.3):
@@ -407,6 +409,13 @@ def test_the_pages_steps_and_timesteps_follow_the_command_lines_rule(app, tcd_ap
     ]:
         with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
             sampled(**values)
+    # The API takes the same fields, by the same rule.
+    request = api_endpoint(tcd_app)(*map(str, cat[:1]), "a cat", mask=str(cat[1]), steps=2)
+    _, (parameters,) = next(request)
+    assert (parameters["num_inference_steps"], parameters["timesteps"], parameters["eta"]) == (2, None, 0.3)
+    with pytest.raises(gr.Error) as error:
+        next(api_endpoint(app)(*map(str, cat[:1]), "a cat", mask=str(cat[1]), timesteps="999,499"))
+    assert error.value.message.startswith("Fixed timesteps: UniPCMultistepScheduler takes no fixed timesteps")
 
 
 def run_page_generate(demo, selection, **fields):
