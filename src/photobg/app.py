@@ -79,8 +79,9 @@ class App:
         generator: the loaded `BackgroundGenerator`.
         sam_model: SAM for clicked points (loaded on the first click).
         max_megapixels: larger photos are refused.
-        settings: the `GenerationSettings` the model was loaded with (its model, adapters, segmenter, default
-            steps); each image's settings are these with the page's fields (`settings_of`).
+        settings: the `GenerationSettings` the model was loaded with (its model, scheduler, adapters, segmenter,
+            recipe), resolved: their steps, guidance, timesteps and eta are the page's first values; each image's
+            settings are these with the page's fields (`settings_of`).
     """
 
     def __init__(self, generator, *, sam_model=None, max_megapixels=40, settings=None):
