@@ -67,7 +67,7 @@ def test_a_spec_takes_a_recipe_and_its_lora():
         parse_model_spec("m@recipe=nope")
 
 
-def test_a_recipe_row_samples_with_the_recipe(folder_benchmark, tmp_path, monkeypatch):
+def test_a_recipe_row_samples_with_the_recipe(folder_benchmark, tmp_path, monkeypatch, capsys):
     from photobg.evaluate import runner
 
     calls = []
@@ -81,6 +81,10 @@ def test_a_recipe_row_samples_with_the_recipe(folder_benchmark, tmp_path, monkey
     argv = ["evaluate", "--data", str(folder_benchmark), "--output-dir", str(tmp_path), "--resolution", "0"]
     argv += ["--model", "tiny-sdxl-inpainting@name=L2,recipe=sdxl-lightning-2", "--metrics", "expansion"]
     assert cli.main([*argv, "--segmenter", "threshold", "--steps", "3"]) == 0
+    # No LoRA in the spec: the generate command's warning, as one line.
+    assert "warning: recipe sdxl-lightning-2 expects the LoRA sdxl_lightning_2step_lora.safetensors of " in (
+        capsys.readouterr().err
+    )
     assert calls and set(calls[0][:2]) == {"EulerDiscreteScheduler", "trailing"}
     assert calls[0][2] == {"num_inference_steps": 2, "guidance_scale": 0}
     settings = json.loads((tmp_path / "generated" / "L2" / "settings.json").read_text())

@@ -591,8 +591,8 @@ def test_evaluate_checks_every_model_before_generating(tmp_path, capsys):
         ("tiny-inpainting@name=Ours,scheduler=NoSuchScheduler", "--model Ours: Unknown scheduler"),
         (
             "tiny-inpainting@name=Ours,recipe=sdxl-lightning-4",
-            "--model Ours: recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, but the model is "
-            "sd2-inpainting",
+            "--model Ours: recipe sdxl-lightning-4 is made for sdxl-inpainting and sdxl-base, but the model "
+            "tiny-inpainting is sd2-inpainting",
         ),
     ]:
         with pytest.raises(SystemExit, match=message):

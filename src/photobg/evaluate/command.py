@@ -143,6 +143,7 @@ def run(args):
 
 def _run(args):
     from ..distributed import LostProcess, current_processes
+    from ..generation.run import warnings_as_lines
     from ..segment import SegmenterUnavailable, get_segmenter
     from .data import Benchmark, native_resolution, parse_model_specs
     from .quality import QualityMetricUnavailable
@@ -166,8 +167,8 @@ def _run(args):
     except (ValueError, FileNotFoundError, SegmenterUnavailable, QualityMetricUnavailable) as err:
         raise SystemExit(f"photobg evaluate: {err}") from err
     settings = EvalSettings(args.seeds, args.steps, args.guidance, args.tolerance, device, args.dtype)
-    try:
-        with shared_output_dir(args.output_dir, processes):
+    try:  # warnings (a recipe without its LoRA, a mask resized) as one `warning:` line each, above the bars
+        with shared_output_dir(args.output_dir, processes), warnings_as_lines():
             results = run_evaluation(
                 benchmark,
                 specs,

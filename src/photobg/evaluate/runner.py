@@ -272,19 +272,17 @@ def check_models(specs):
     from ..backbones import detect_backbone
     from ..models.adapters import parse_lora
     from ..models.loading import check_model
-    from ..recipe import RECIPES
+    from ..settings import GenerationSettings
 
+    names = {"recipe": "recipe", "model": "the model", "loras": "lora="}  # the spec's words
     for spec in specs:
         try:
             model, _, _ = check_model(spec.model, spec.controlnet, spec.scheduler_choice()[0])
-            backbones = RECIPES[spec.recipe].backbones if spec.recipe else None
-            if backbones is not None and detect_backbone(model).name not in backbones:
-                raise ValueError(
-                    f"recipe {spec.recipe} is made for {' and '.join(backbones)}, but the model is "
-                    f"{detect_backbone(model).name}."
-                )
             if spec.lora:
                 parse_lora(spec.lora)
+            # The generate command's recipe check: the backbone, and a warning when the recipe's LoRA is missing.
+            recipe = GenerationSettings(model=spec.model, recipe=spec.recipe, loras=[spec.lora] if spec.lora else [])
+            recipe.check_recipe(names, detect_backbone(model).name if spec.recipe else None)
         except (OSError, ValueError) as err:
             raise ValueError(f"--model {spec.name}: {err}") from err
 
