@@ -539,6 +539,16 @@ def test_the_app_refuses_first_values_the_page_cannot_take(inpaint_model, flags,
     assert str(error.value.code).startswith(message)
 
 
+def test_the_app_says_in_one_line_that_a_recipe_runs_without_its_lora(inpaint_model, monkeypatch, capsys):
+    def loaded(settings, **kwargs):
+        raise SystemExit(f"loading {settings.scheduler}")  # the checks have passed: the model would load now
+
+    monkeypatch.setattr("photobg.api.load_generator", loaded)
+    with pytest.raises(SystemExit, match="^loading TCDScheduler$"):
+        main(["app", "--model", str(inpaint_model), "--recipe", "tcd"])
+    assert capsys.readouterr().err.startswith("warning: --recipe tcd expects the LoRA pytorch_lora_weights.safetensors")
+
+
 def test_an_api_request_whose_client_has_gone_stops_after_its_current_image(app, cat, monkeypatch):
     from pathlib import Path
 
