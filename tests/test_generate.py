@@ -437,7 +437,7 @@ def test_every_entry_point_samples_with_the_authors_recipe(generator, inpaint_mo
     import argparse
     import inspect
 
-    from photobg import app_page, recipe
+    from photobg import app_page, recipe, settings
     from photobg.evaluate import command, runner
     from photobg.generation import cli as generate_cli
     from photobg.models import load_pipeline
@@ -464,8 +464,8 @@ def test_every_entry_point_samples_with_the_authors_recipe(generator, inpaint_mo
     generate_defaults = parsers["generate"].parse_args(["x.png"])
     assert (generate_defaults.steps, generate_defaults.guidance, generate_defaults.controlnet_scale) == (20, 7.5, 1.0)
     assert generate_defaults.scheduler is None and parsers["app"].parse_args([]).scheduler is None
-    assert parsers["app"].parse_args([]).steps == 20
-    assert inspect.signature(app_page.build_app).parameters["default_steps"].default == 20
+    app_settings = settings.GenerationSettings.from_args(parsers["app"].parse_args([]))  # the page's first values
+    assert (app_settings.num_inference_steps, app_settings.guidance_scale, app_settings.recipe) == (20, 7.5, None)
     evaluate_defaults = parsers["evaluate"].parse_args(["--data", "d", "--model", "m", "--output-dir", "o"])
     assert (evaluate_defaults.steps, evaluate_defaults.guidance) == (20, 7.5)
     assert (runner.EvalSettings().steps, runner.EvalSettings().guidance) == (20, 7.5)
