@@ -5,6 +5,7 @@ import tempfile
 import threading
 
 from .app import API_DESCRIPTION, DEFAULT, canvas_options, check_limits, sampling_options
+from .settings import timesteps_text
 
 
 def api_endpoint(app):
@@ -13,7 +14,7 @@ def api_endpoint(app):
     import gradio as gr
 
     settings = app.settings
-    first_timesteps = ",".join(map(str, settings.timesteps or []))
+    first_timesteps = timesteps_text(settings.timesteps)
 
     def generate(
         photo,

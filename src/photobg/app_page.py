@@ -19,7 +19,7 @@ from .app import (
     sampling_options,
 )
 from .app_endpoint import api_endpoint
-from .settings import GenerationSettings, app_range, label
+from .settings import GenerationSettings, app_range, label, timesteps_text
 
 HELP = "A web app (Gradio): click or paint the object, place it, generate new backgrounds, compare, download."
 CSS = "#strip .grid-container { grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)) !important; }"
@@ -300,7 +300,7 @@ def _advanced(ui, app):
             elem_id="guidance",
         )  # fmt: skip
         ui.timesteps = gr.Textbox(
-            ",".join(map(str, settings.timesteps or [])),
+            timesteps_text(settings.timesteps),
             label=f"{label('timesteps')} (descending, comma-separated; they set the steps; empty: evenly spread)",
             visible=takes_timesteps(scheduler),
             elem_id="timesteps",

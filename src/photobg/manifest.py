@@ -112,6 +112,8 @@ def reproduce_command(settings, record, output_dir=None):
     """The `photobg generate` command that remakes a record's image: its photo (and mask, or segmenter), prompt
     and seed, then the settings' flags as given (--scheduler as given, not the class it chose), the device and
     dtype it ran on, the files as the record names them."""
+    from .settings import timesteps_text
+
     words = ["photobg", "generate", record["input"]]
     if record["mask"] is not None:
         words += ["--mask", record["mask"]]
@@ -121,11 +123,11 @@ def reproduce_command(settings, record, output_dir=None):
     flags = settings.command_flags()
     flags.update({"--device": record["device"], "--dtype": record["dtype"], "--vae": record.get("vae")})
     flags["--lora"] = [f"{lora['path']}:{lora['scale']:g}" for lora in record.get("loras", [])]
-    options, timesteps = settings.scheduler_options, settings.timesteps  # typed by `check`, or as given
+    options = settings.scheduler_options  # typed by `check`, or as given
     if isinstance(options, dict):
         options = [f"{key}={_option_text(value)}" for key, value in options.items()]
     flags["--scheduler-option"] = options
-    flags["--timesteps"] = timesteps if not isinstance(timesteps, list) else ",".join(map(str, timesteps))
+    flags["--timesteps"] = timesteps_text(settings.timesteps) or None  # typed by `check`, or as given; none: no flag
     for name, flag in (("ip_adapter", "--ip-adapter"), ("ip_adapter_scale", "--ip-adapter-scale")):
         flags[flag] = record.get(name)  # with a reference image only: the IP-Adapter needs one
     flags["--reference-image"] = record.get("reference_image")

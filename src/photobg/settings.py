@@ -679,6 +679,12 @@ class _AppendGiven(argparse.Action):
         setattr(namespace, GIVEN, getattr(namespace, GIVEN, set()) | {self.dest})
 
 
+def timesteps_text(timesteps):
+    """Fixed timesteps as the comma-separated text that `--timesteps` and the app's field take ("" for none; a text
+    as it is): what `parse_timesteps` reads back."""
+    return timesteps if isinstance(timesteps, str) else ",".join(map(str, timesteps or []))
+
+
 def parse_timesteps(value, name="--timesteps"):
     """Fixed timesteps as a list of ints, from a comma-separated text (`--timesteps`, the app's field) or a list (the
     API); None for none (None, or a blank text). A `SettingsError` naming the field (`name`) when they are no
